@@ -1,0 +1,479 @@
+//! Typed settings: the embedded `config/default.toml`, then an optional file, then `ATTESTD_*`
+//! environment variables. Invalid combinations fail here, at start-up, naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::AccountId;
+
+/// The embedded defaults; also the reference documentation of every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub webhook: WebhookSettings,
+    pub worker: WorkerSettings,
+    pub secrets: SecretsSettings,
+    pub signing: SigningSettings,
+    #[serde(default)]
+    pub registries: Vec<RegistrySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub anonymous_reads_on_loopback: bool,
+    pub tokens: Vec<TokenSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    pub name: String,
+    #[serde(default)]
+    pub account: Option<AccountId>,
+    pub sha256: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub dev_secret_file: PathBuf,
+    pub dev_account: AccountId,
+    pub sources: Vec<WebhookSourceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSourceSettings {
+    pub name: String,
+    pub account: AccountId,
+    pub secrets: Vec<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub lease_secs: u64,
+    pub poll_interval_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretBackendKind {
+    Env,
+    File,
+    Vault,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    pub backend: SecretBackendKind,
+    pub file_dir: PathBuf,
+    pub vault_addr: String,
+    pub vault_kv_mount: String,
+    pub vault_token: SecretRef,
+    pub vault_approle_role_id: SecretRef,
+    pub vault_approle_secret_id: SecretRef,
+    pub vault_ca_file: String,
+    pub refresh_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSettings {
+    pub default_key: String,
+    pub dev_key_prefix: PathBuf,
+    #[serde(default)]
+    pub accounts: BTreeMap<AccountId, String>,
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySettings>,
+}
+
+/// One configured signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeySettings {
+    /// A cosign key pair read from the secret backend and decrypted once.
+    Cosign {
+        private_key: String,
+        #[serde(default)]
+        password: Option<String>,
+    },
+    /// A Vault/OpenBao Transit key; signing happens on the server.
+    Transit {
+        #[serde(default = "default_transit_mount")]
+        mount: String,
+        key: String,
+    },
+}
+
+fn default_transit_mount() -> String {
+    "transit".to_owned()
+}
+
+/// How attestations are laid out in a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PushFormat {
+    /// cosign's `sha256-<hex>.att` tag.
+    #[default]
+    Att,
+    /// An OCI 1.1 referrer carrying a Sigstore bundle.
+    Referrers,
+    /// Both of the above.
+    Both,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub host: String,
+    #[serde(default)]
+    pub format: PushFormat,
+    #[serde(default)]
+    pub insecure_http: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Reference in the secret backend.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A service-level secret given in configuration: `env:NAME`, `file:/path`, or the literal value.
+/// Resolved once at start-up; `Debug` never shows a literal.
+#[derive(Clone, Deserialize)]
+#[serde(from = "String")]
+pub struct SecretRef(String);
+
+impl From<String> for SecretRef {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl SecretRef {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The reference with any literal value hidden.
+    pub fn redacted(&self) -> String {
+        if self.0.starts_with("env:") || self.0.starts_with("file:") {
+            self.0.clone()
+        } else if self.0.is_empty() {
+            String::new()
+        } else {
+            "[redacted]".to_owned()
+        }
+    }
+
+    /// Read the secret. `key` names the config key in errors.
+    pub fn resolve(&self, key: &str) -> Result<SecretString, ConfigError> {
+        let value = if let Some(var) = self.0.strip_prefix("env:") {
+            std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(key.to_owned(), format!("environment variable {var} is not set"))
+            })?
+        } else if let Some(path) = self.0.strip_prefix("file:") {
+            std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Invalid(key.to_owned(), format!("cannot read {path}: {e}")))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned()
+        } else {
+            self.0.clone()
+        };
+        if value.is_empty() {
+            return Err(ConfigError::Invalid(key.to_owned(), "the secret is empty".into()));
+        }
+        Ok(SecretString::from(value))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{0}`: {1}")]
+    Invalid(String, String),
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then `ATTESTD_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(
+                    "--config".into(),
+                    format!("{} does not exist", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("ATTESTD_").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |k: &str, m: String| Err(ConfigError::Invalid(k.to_owned(), m));
+        let db = self.database.url.expose_secret();
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return invalid("database.url", "must start with sqlite:, postgres:// or postgresql://".into());
+        }
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency", "must be at least 1".into());
+        }
+        if self.worker.max_attempts == 0 {
+            return invalid("worker.max_attempts", "must be at least 1".into());
+        }
+        for (i, s) in self.webhook.sources.iter().enumerate() {
+            if s.secrets.is_empty() || s.secrets.len() > 2 {
+                return invalid(
+                    &format!("webhook.sources[{i}].secrets"),
+                    "give one secret, or two while rotating".into(),
+                );
+            }
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid(&format!("auth.tokens[{i}].sha256"), "must be 64 hex characters".into());
+            }
+            if t.account.is_none() && !t.admin {
+                return invalid(&format!("auth.tokens[{i}]"), "needs an account, or admin = true".into());
+            }
+        }
+        if !self.signing.keys.is_empty() && self.signing.default_key.is_empty() {
+            return invalid("signing.default_key", "must name one of [signing.keys]".into());
+        }
+        if !self.signing.default_key.is_empty() && !self.signing.keys.contains_key(&self.signing.default_key) {
+            return invalid(
+                "signing.default_key",
+                format!("'{}' is not defined under [signing.keys]", self.signing.default_key),
+            );
+        }
+        for (account, key) in &self.signing.accounts {
+            if !self.signing.keys.contains_key(key) {
+                return invalid(
+                    &format!("signing.accounts.{account}"),
+                    format!("'{key}' is not defined under [signing.keys]"),
+                );
+            }
+        }
+        let uses_vault = self.secrets.backend == SecretBackendKind::Vault
+            || self.signing.keys.values().any(|k| matches!(k, KeySettings::Transit { .. }));
+        if uses_vault && self.secrets.vault_addr.is_empty() {
+            return invalid("secrets.vault_addr", "is required by the vault backend and transit keys".into());
+        }
+        let mut hosts = std::collections::HashSet::new();
+        for (i, r) in self.registries.iter().enumerate() {
+            if r.host.is_empty() || r.host.contains('/') {
+                return invalid(&format!("registries[{i}].host"), "must be a host[:port]".into());
+            }
+            if !hosts.insert(r.host.as_str()) {
+                return invalid(&format!("registries[{i}].host"), format!("{} is listed twice", r.host));
+            }
+            if r.insecure_http && !is_loopback_host(&r.host) {
+                return invalid(
+                    &format!("registries[{i}].insecure_http"),
+                    "plain http is only allowed for loopback registries".into(),
+                );
+            }
+            if r.username.is_some() != r.password.is_some() {
+                return invalid(&format!("registries[{i}]"), "username and password go together".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML-ish JSON with secrets redacted.
+    pub fn redacted(&self) -> serde_json::Value {
+        let db = self.database.url.expose_secret();
+        let db = match db.split_once('@') {
+            Some((creds, rest)) if creds.contains("://") && creds.contains(':') => {
+                let scheme_end = creds.find("://").map(|i| i + 3).unwrap_or(0);
+                let user = creds[scheme_end..].split(':').next().unwrap_or("");
+                format!("{}{user}:[redacted]@{rest}", &creds[..scheme_end])
+            }
+            _ => db.to_owned(),
+        };
+        serde_json::json!({
+            "server": {
+                "listen": self.server.listen.to_string(),
+                "public_url": self.server.public_url,
+                "body_limit_bytes": self.server.body_limit_bytes,
+                "request_timeout_secs": self.server.request_timeout_secs,
+                "shutdown_grace_secs": self.server.shutdown_grace_secs,
+            },
+            "database": {
+                "url": db,
+                "max_connections": self.database.max_connections,
+                "migrate_on_start": self.database.migrate_on_start,
+            },
+            "auth": {
+                "anonymous_reads_on_loopback": self.auth.anonymous_reads_on_loopback,
+                "tokens": self.auth.tokens.iter().map(|t| serde_json::json!({
+                    "name": t.name, "account": t.account, "admin": t.admin, "sha256": "[redacted]",
+                })).collect::<Vec<_>>(),
+            },
+            "webhook": {
+                "dev_secret_file": self.webhook.dev_secret_file,
+                "dev_account": self.webhook.dev_account,
+                "sources": self.webhook.sources.iter().map(|s| serde_json::json!({
+                    "name": s.name, "account": s.account,
+                    "secrets": s.secrets.iter().map(SecretRef::redacted).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            },
+            "worker": {
+                "enabled": self.worker.enabled,
+                "concurrency": self.worker.concurrency,
+                "lease_secs": self.worker.lease_secs,
+                "poll_interval_ms": self.worker.poll_interval_ms,
+                "max_attempts": self.worker.max_attempts,
+                "backoff_base_ms": self.worker.backoff_base_ms,
+                "backoff_max_secs": self.worker.backoff_max_secs,
+            },
+            "secrets": {
+                "backend": self.secrets.backend,
+                "file_dir": self.secrets.file_dir,
+                "vault_addr": self.secrets.vault_addr,
+                "vault_kv_mount": self.secrets.vault_kv_mount,
+                "vault_token": self.secrets.vault_token.redacted(),
+                "vault_approle_role_id": self.secrets.vault_approle_role_id.redacted(),
+                "vault_approle_secret_id": self.secrets.vault_approle_secret_id.redacted(),
+                "vault_ca_file": self.secrets.vault_ca_file,
+                "refresh_secs": self.secrets.refresh_secs,
+            },
+            "signing": {
+                "default_key": self.signing.default_key,
+                "dev_key_prefix": self.signing.dev_key_prefix,
+                "accounts": self.signing.accounts,
+                "keys": self.signing.keys.iter().map(|(name, k)| (name.clone(), match k {
+                    KeySettings::Cosign { private_key, password } => serde_json::json!({
+                        "type": "cosign", "private_key": private_key, "password": password,
+                    }),
+                    KeySettings::Transit { mount, key } => serde_json::json!({
+                        "type": "transit", "mount": mount, "key": key,
+                    }),
+                })).collect::<serde_json::Map<_, _>>(),
+            },
+            "registries": self.registries.iter().map(|r| serde_json::json!({
+                "host": r.host, "format": r.format, "insecure_http": r.insecure_http,
+                "ca_file": r.ca_file, "username": r.username, "password": r.password,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_validate() {
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.database.url.expose_secret().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn unknown_and_inconsistent_keys_are_named_in_the_error() {
+        let err = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[server]\nlisten_addr = \"x\""))
+            .extract::<Settings>()
+            .unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[signing]\ndefault_key = \"nope\""))
+            .extract()
+            .unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("signing.default_key"), "{err}");
+    }
+
+    #[test]
+    fn redacted_config_hides_literal_secrets_and_database_passwords() {
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(
+                "[database]\nurl = \"postgres://app:hunter2@db/attestd\"\n\
+                 [[webhook.sources]]\nname = \"ci\"\naccount = \"acme\"\nsecrets = [\"s3cr3t-literal\", \"env:NEXT\"]",
+            ))
+            .extract()
+            .unwrap();
+        let shown = s.redacted().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("s3cr3t-literal"), "{shown}");
+        assert!(shown.contains("env:NEXT"));
+        assert!(shown.contains("postgres://app:[redacted]@db/attestd"));
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "127.1.2.3"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["registry.example.com", "10.0.0.1:5000", "localhost.evil.com"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! SLSA v1 provenance as an in-toto Statement v1, built from a [`BuildCompleted`].
+//!
+//! The statement is serialized exactly once ([`statement_bytes`]); those bytes are stored, signed
+//! and served unchanged, so nothing downstream may re-serialize them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::build::BuildCompleted;
+
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
+/// The build type attestd records: a CI build reported through an attestd webhook.
+pub const BUILD_TYPE: &str = "https://attestd.dev/buildtypes/ci-webhook/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub subject: Vec<Subject>,
+    #[serde(rename = "predicateType")]
+    pub predicate_type: String,
+    pub predicate: Provenance,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    pub name: String,
+    pub digest: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    pub build_definition: BuildDefinition,
+    pub run_details: RunDetails,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildDefinition {
+    pub build_type: String,
+    pub external_parameters: ExternalParameters,
+    pub internal_parameters: InternalParameters,
+    pub resolved_dependencies: Vec<ResourceDescriptor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalParameters {
+    pub code_metadata: CodeMetadata,
+    pub trigger_metadata: TriggerMetadata,
+    pub build_metadata: BuildMetadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeMetadata {
+    #[serde(rename = "repositoryURL")]
+    pub repository_url: String,
+    pub branch: String,
+    pub commit_sha: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerMetadata {
+    pub trigger_type: String,
+    pub triggered_by: String,
+}
+
+/// `image` names the first (primary) artifact, as in Harness provenance; `artifacts` lists all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildMetadata {
+    pub image: String,
+    pub artifacts: Vec<ArtifactParameter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactParameter {
+    pub image: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalParameters {
+    pub pipeline_execution_id: String,
+    pub account_id: String,
+    pub pipeline_identifier: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDescriptor {
+    pub uri: String,
+    pub digest: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDetails {
+    pub builder: Builder,
+    pub metadata: BuildRunMetadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Builder {
+    pub id: String,
+    pub version: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRunMetadata {
+    pub invocation_id: String,
+    pub started_on: String,
+    pub finished_on: String,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    // Formatting a UTC timestamp with the well-known RFC 3339 description cannot fail for years
+    // 0..=9999, which the webhook parser already guarantees.
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The SLSA v1 provenance statement for `build`.
+pub fn statement(build: &BuildCompleted) -> Statement {
+    let subject = build
+        .artifacts
+        .iter()
+        .map(|a| Subject {
+            name: a.image.name(),
+            digest: BTreeMap::from([("sha256".to_owned(), a.digest.hex().to_owned())]),
+        })
+        .collect();
+    let artifacts: Vec<ArtifactParameter> = build
+        .artifacts
+        .iter()
+        .map(|a| ArtifactParameter {
+            image: a.image.to_string(),
+            digest: a.digest.to_string(),
+        })
+        .collect();
+    Statement {
+        type_: STATEMENT_TYPE.to_owned(),
+        subject,
+        predicate_type: SLSA_PROVENANCE_V1.to_owned(),
+        predicate: Provenance {
+            build_definition: BuildDefinition {
+                build_type: BUILD_TYPE.to_owned(),
+                external_parameters: ExternalParameters {
+                    code_metadata: CodeMetadata {
+                        repository_url: build.repository_url.clone(),
+                        branch: build.branch.clone(),
+                        commit_sha: build.commit_sha.clone(),
+                    },
+                    trigger_metadata: TriggerMetadata {
+                        trigger_type: build.trigger_type.clone(),
+                        triggered_by: build.triggered_by.clone(),
+                    },
+                    build_metadata: BuildMetadata {
+                        image: artifacts.first().map(|a| a.image.clone()).unwrap_or_default(),
+                        artifacts,
+                    },
+                },
+                internal_parameters: InternalParameters {
+                    pipeline_execution_id: build.pipeline_execution_id.clone(),
+                    account_id: build.account.to_string(),
+                    pipeline_identifier: build.pipeline_identifier.clone(),
+                },
+                resolved_dependencies: vec![ResourceDescriptor {
+                    uri: format!("git+{}@refs/heads/{}", build.repository_url, build.branch),
+                    digest: BTreeMap::from([("gitCommit".to_owned(), build.commit_sha.clone())]),
+                }],
+            },
+            run_details: RunDetails {
+                builder: Builder {
+                    id: build.builder_id.clone(),
+                    version: build.builder_version.clone(),
+                },
+                metadata: BuildRunMetadata {
+                    invocation_id: build.pipeline_execution_id.clone(),
+                    started_on: rfc3339(build.started_on),
+                    finished_on: rfc3339(build.finished_on),
+                },
+            },
+        },
+    }
+}
+
+/// The statement for `build`, serialized once. These bytes are what gets stored and signed.
+pub fn statement_bytes(build: &BuildCompleted) -> Vec<u8> {
+    // Serializing plain structs of strings and maps into a Vec cannot fail.
+    serde_json::to_vec(&statement(build)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Artifact, BuildStatus};
+    use time::macros::datetime;
+
+    fn build() -> BuildCompleted {
+        BuildCompleted {
+            account: "acme".parse().unwrap(),
+            pipeline_identifier: "build_and_push".into(),
+            pipeline_execution_id: "exec-42".into(),
+            repository_url: "https://github.com/acme/app".into(),
+            branch: "main".into(),
+            commit_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            trigger_type: "WEBHOOK".into(),
+            triggered_by: "alice@example.com".into(),
+            builder_id: "https://ci.example.com/runners/linux".into(),
+            builder_version: BTreeMap::from([("ci".into(), "1.2.3".into())]),
+            started_on: datetime!(2026-11-25 10:00:00 +01:00),
+            finished_on: datetime!(2026-11-25 09:05:00 UTC),
+            status: BuildStatus::Succeeded,
+            artifacts: vec![
+                Artifact {
+                    image: "registry.example.com/acme/app:1.0".parse().unwrap(),
+                    digest: format!("sha256:{}", "ab".repeat(32)).parse().unwrap(),
+                },
+                Artifact {
+                    image: "registry.example.com/acme/sidecar".parse().unwrap(),
+                    digest: format!("sha256:{}", "cd".repeat(32)).parse().unwrap(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn statement_has_one_subject_per_artifact_with_hex_digest() {
+        let v: serde_json::Value = serde_json::from_slice(&statement_bytes(&build())).unwrap();
+        assert_eq!(v["_type"], STATEMENT_TYPE);
+        assert_eq!(v["predicateType"], SLSA_PROVENANCE_V1);
+        assert_eq!(v["subject"][0]["name"], "registry.example.com/acme/app");
+        assert_eq!(v["subject"][0]["digest"]["sha256"], "ab".repeat(32));
+        assert_eq!(v["subject"][1]["digest"]["sha256"], "cd".repeat(32));
+        assert_eq!(v["subject"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn predicate_uses_slsa_v1_field_names() {
+        let v: serde_json::Value = serde_json::from_slice(&statement_bytes(&build())).unwrap();
+        let p = &v["predicate"];
+        let ext = &p["buildDefinition"]["externalParameters"];
+        assert_eq!(ext["codeMetadata"]["repositoryURL"], "https://github.com/acme/app");
+        assert_eq!(ext["triggerMetadata"]["triggeredBy"], "alice@example.com");
+        assert_eq!(ext["buildMetadata"]["image"], "registry.example.com/acme/app:1.0");
+        assert_eq!(
+            p["buildDefinition"]["resolvedDependencies"][0]["uri"],
+            "git+https://github.com/acme/app@refs/heads/main"
+        );
+        assert_eq!(p["runDetails"]["metadata"]["startedOn"], "2026-11-25T09:00:00Z");
+        assert_eq!(p["runDetails"]["metadata"]["invocationId"], "exec-42");
+        assert!(p["runDetails"].get("runDetailsMetadata").is_none());
+    }
+}

@@ -1,0 +1,42 @@
+//! Signers (a decrypted cosign key held in memory, or a Vault/OpenBao Transit key) and DSSE
+//! envelope assembly. The signature always covers the DSSE pre-authentication encoding.
+
+use std::sync::Arc;
+
+use crate::domain::KeyId;
+use crate::domain::dsse::{self, Envelope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// Transient: the backend holding the key did not answer.
+    #[error("signing backend unavailable: {0}")]
+    Unavailable(String),
+    /// Permanent: the key cannot sign (wrong type, refused by the backend).
+    #[error("signing failed: {0}")]
+    Failed(String),
+}
+
+/// Something that produces ECDSA P-256 / SHA-256 signatures, ASN.1 DER encoded.
+#[async_trait::async_trait]
+pub trait Signer: Send + Sync {
+    /// SHA-256 of the public key's SubjectPublicKeyInfo DER, hex.
+    fn key_id(&self) -> &KeyId;
+    /// The public key as a PKIX `PUBLIC KEY` PEM.
+    fn public_key_pem(&self) -> &str;
+    /// Sign `message` (hashing it with SHA-256) and return the DER signature.
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError>;
+}
+
+/// Sign `payload` as a DSSE envelope and serialize it once; the returned bytes are what is stored.
+pub async fn sign_envelope(
+    signer: &dyn Signer,
+    payload_type: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, SignError> {
+    let sig = signer.sign(&dsse::pae(payload_type, payload)).await?;
+    let envelope = Envelope::new(payload_type, payload, signer.key_id().as_str(), &sig);
+    serde_json::to_vec(&envelope).map_err(|e| SignError::Failed(e.to_string()))
+}
+
+/// Shared handle to a signer.
+pub type DynSigner = Arc<dyn Signer>;

@@ -1,0 +1,308 @@
+//! Persistence behind one [`Store`] trait with a PostgreSQL (production) and a SQLite (embedded)
+//! implementation. Every method is a use case that runs in one transaction; an execution, its
+//! artifacts, its statement and its outbox job are written together or not at all.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId};
+
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// Same idempotency key, different content.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The job's lease expired and another worker owns it now; drop the result.
+    #[error("lease on job {0} was lost")]
+    LeaseLost(i64),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// A build to record, with its statement already serialized (absent for unsuccessful builds).
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub id: ExecutionId,
+    pub build: BuildCompleted,
+    /// SHA-256 of the normalized webhook; equal for redeliveries, different for a changed body.
+    pub request_sha256: String,
+    pub statement: Option<Vec<u8>>,
+    pub received_at: OffsetDateTime,
+}
+
+#[derive(Debug)]
+pub enum Recorded {
+    Created(Execution),
+    /// A redelivery of an execution already recorded with the same content.
+    Existing(Execution),
+}
+
+/// Where an execution's attestation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestationState {
+    /// The build did not succeed; nothing to attest.
+    Skipped,
+    /// Waiting to be signed.
+    Pending,
+    /// Signed; pushes to registries under way or retrying.
+    Pushing,
+    /// Signed and pushed to every artifact's registry.
+    Attested,
+    /// A step ran out of attempts or failed permanently; see `lastError`.
+    Failed,
+}
+
+impl AttestationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Pending => "pending",
+            Self::Pushing => "pushing",
+            Self::Attested => "attested",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "skipped" => Self::Skipped,
+            "pending" => Self::Pending,
+            "pushing" => Self::Pushing,
+            "attested" => Self::Attested,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-artifact delivery state of the attestation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PushState {
+    /// Nothing to push (unsuccessful build).
+    Skipped,
+    /// Waiting for the signature or its first attempt.
+    Pending,
+    Pushed,
+    /// Failed at least once; will be tried again at `nextAttemptAt`.
+    Retrying,
+    /// Out of attempts or permanently refused; `POST .../retry` re-drives it.
+    Dead,
+}
+
+impl PushState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Pending => "pending",
+            Self::Pushed => "pushed",
+            Self::Retrying => "retrying",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "skipped" => Self::Skipped,
+            "pending" => Self::Pending,
+            "pushed" => Self::Pushed,
+            "retrying" => Self::Retrying,
+            "dead" => Self::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A recorded execution with its artifacts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub id: ExecutionId,
+    pub account: AccountId,
+    pub pipeline_identifier: String,
+    pub pipeline_execution_id: String,
+    pub repository_url: String,
+    pub branch: String,
+    pub commit_sha: String,
+    pub trigger_type: String,
+    pub triggered_by: String,
+    pub builder_id: String,
+    pub builder_version: BTreeMap<String, String>,
+    pub started_on: OffsetDateTime,
+    pub finished_on: OffsetDateTime,
+    pub status: BuildStatus,
+    pub received_at: OffsetDateTime,
+    pub attestation: AttestationState,
+    pub key_id: Option<String>,
+    pub signed_at: Option<OffsetDateTime>,
+    pub attested_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactRecord {
+    pub position: i32,
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub push_state: PushState,
+    pub push_attempts: i32,
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    /// Where the attestation was written, e.g. `registry/repo:sha256-<hex>.att`.
+    pub pushed_reference: Option<String>,
+    /// Digest of the manifest that holds the attestation after the push.
+    pub manifest_digest: Option<String>,
+    pub pushed_at: Option<OffsetDateTime>,
+}
+
+/// Filters for listing executions. `account: None` only for admin readers.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub account: Option<AccountId>,
+    pub pipeline: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub status: Option<BuildStatus>,
+    pub attestation: Option<AttestationState>,
+    pub started_after: Option<OffsetDateTime>,
+    pub started_before: Option<OffsetDateTime>,
+    pub finished_after: Option<OffsetDateTime>,
+    pub finished_before: Option<OffsetDateTime>,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+    /// Continue after this execution (exclusive) in the chosen order.
+    pub after: Option<ExecutionId>,
+    pub limit: u32,
+}
+
+/// What a worker is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Sign the execution's statement into a DSSE envelope.
+    Sign,
+    /// Push the envelope for one artifact to its registry.
+    Push,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sign => "sign",
+            Self::Push => "push",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sign" => Some(Self::Sign),
+            "push" => Some(Self::Push),
+            _ => None,
+        }
+    }
+}
+
+/// A job leased to one worker until `lease_expires_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub kind: JobKind,
+    pub execution_id: ExecutionId,
+    pub artifact_position: Option<i32>,
+    /// Attempts including this one.
+    pub attempts: i32,
+    pub lease_token: Uuid,
+}
+
+/// The result of a successful push, recorded on the artifact.
+#[derive(Debug, Clone)]
+pub struct PushRecord {
+    pub reference: String,
+    pub manifest_digest: String,
+}
+
+/// One execution as found by an artifact-digest lookup.
+#[derive(Debug, Clone)]
+pub struct DigestMatch {
+    pub execution: Execution,
+    pub artifact_position: i32,
+}
+
+/// The persistence operations attestd needs, identical on every backend.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+    /// Apply pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// A cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Record a build idempotently by (account, pipeline execution id). A successful build also
+    /// gets its statement and a sign job, in the same transaction.
+    async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError>;
+    async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError>;
+    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
+    /// The stored statement bytes, exactly as serialized at ingest.
+    async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The stored DSSE envelope bytes, exactly as serialized when signed.
+    async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Executions with an artifact of this digest, newest first, optionally for one account.
+    async fn executions_by_digest(
+        &self,
+        digest: &Digest,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<DigestMatch>, StoreError>;
+
+    /// Lease the next runnable job (queued and due, or running with an expired lease).
+    async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError>;
+    /// Store the envelope unless one is stored already, finish the sign job and queue one push
+    /// job per artifact. Returns the envelope that is stored (the earlier one, if any).
+    async fn complete_sign(&self, job: &Job, envelope: &[u8], key_id: &str) -> Result<Vec<u8>, StoreError>;
+    /// Record a pushed artifact and finish its job.
+    async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError>;
+    /// Record a failed attempt: retried at `retry_at`, or dead when `None`.
+    async fn fail_job(&self, job: &Job, error: &str, retry_at: Option<OffsetDateTime>) -> Result<(), StoreError>;
+    /// Give a job back without counting the attempt (shutdown).
+    async fn release_job(&self, job: &Job) -> Result<(), StoreError>;
+    /// Re-queue the execution's dead jobs. Returns how many were re-queued.
+    async fn retry_execution(&self, id: ExecutionId) -> Result<u64, StoreError>;
+    /// Jobs that are neither done nor dead.
+    async fn unfinished_jobs(&self) -> Result<u64, StoreError>;
+
+    /// Take a named lock for `ttl` unless someone else holds it. Used to serialize manifest
+    /// updates of one registry tag across workers and replicas.
+    async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
+    async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Open the store named by a `sqlite:` or `postgres://` URL.
+pub async fn connect(url: &str, max_connections: u32) -> Result<DynStore, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+    } else {
+        Ok(Arc::new(PgStore::connect(url, max_connections).await?))
+    }
+}
