@@ -216,18 +216,26 @@ impl SecretRef {
     pub fn resolve(&self, key: &str) -> Result<SecretString, ConfigError> {
         let value = if let Some(var) = self.0.strip_prefix("env:") {
             std::env::var(var).map_err(|_| {
-                ConfigError::Invalid(key.to_owned(), format!("environment variable {var} is not set"))
+                ConfigError::Invalid(
+                    key.to_owned(),
+                    format!("environment variable {var} is not set"),
+                )
             })?
         } else if let Some(path) = self.0.strip_prefix("file:") {
             std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::Invalid(key.to_owned(), format!("cannot read {path}: {e}")))?
+                .map_err(|e| {
+                    ConfigError::Invalid(key.to_owned(), format!("cannot read {path}: {e}"))
+                })?
                 .trim_end_matches(['\n', '\r'])
                 .to_owned()
         } else {
             self.0.clone()
         };
         if value.is_empty() {
-            return Err(ConfigError::Invalid(key.to_owned(), "the secret is empty".into()));
+            return Err(ConfigError::Invalid(
+                key.to_owned(),
+                "the secret is empty".into(),
+            ));
         }
         Ok(SecretString::from(value))
     }
@@ -263,8 +271,14 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |k: &str, m: String| Err(ConfigError::Invalid(k.to_owned(), m));
         let db = self.database.url.expose_secret();
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-            return invalid("database.url", "must start with sqlite:, postgres:// or postgresql://".into());
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://".into(),
+            );
         }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency", "must be at least 1".into());
@@ -282,19 +296,33 @@ impl Settings {
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return invalid(&format!("auth.tokens[{i}].sha256"), "must be 64 hex characters".into());
+                return invalid(
+                    &format!("auth.tokens[{i}].sha256"),
+                    "must be 64 hex characters".into(),
+                );
             }
             if t.account.is_none() && !t.admin {
-                return invalid(&format!("auth.tokens[{i}]"), "needs an account, or admin = true".into());
+                return invalid(
+                    &format!("auth.tokens[{i}]"),
+                    "needs an account, or admin = true".into(),
+                );
             }
         }
         if !self.signing.keys.is_empty() && self.signing.default_key.is_empty() {
-            return invalid("signing.default_key", "must name one of [signing.keys]".into());
-        }
-        if !self.signing.default_key.is_empty() && !self.signing.keys.contains_key(&self.signing.default_key) {
             return invalid(
                 "signing.default_key",
-                format!("'{}' is not defined under [signing.keys]", self.signing.default_key),
+                "must name one of [signing.keys]".into(),
+            );
+        }
+        if !self.signing.default_key.is_empty()
+            && !self.signing.keys.contains_key(&self.signing.default_key)
+        {
+            return invalid(
+                "signing.default_key",
+                format!(
+                    "'{}' is not defined under [signing.keys]",
+                    self.signing.default_key
+                ),
             );
         }
         for (account, key) in &self.signing.accounts {
@@ -306,17 +334,30 @@ impl Settings {
             }
         }
         let uses_vault = self.secrets.backend == SecretBackendKind::Vault
-            || self.signing.keys.values().any(|k| matches!(k, KeySettings::Transit { .. }));
+            || self
+                .signing
+                .keys
+                .values()
+                .any(|k| matches!(k, KeySettings::Transit { .. }));
         if uses_vault && self.secrets.vault_addr.is_empty() {
-            return invalid("secrets.vault_addr", "is required by the vault backend and transit keys".into());
+            return invalid(
+                "secrets.vault_addr",
+                "is required by the vault backend and transit keys".into(),
+            );
         }
         let mut hosts = std::collections::HashSet::new();
         for (i, r) in self.registries.iter().enumerate() {
             if r.host.is_empty() || r.host.contains('/') {
-                return invalid(&format!("registries[{i}].host"), "must be a host[:port]".into());
+                return invalid(
+                    &format!("registries[{i}].host"),
+                    "must be a host[:port]".into(),
+                );
             }
             if !hosts.insert(r.host.as_str()) {
-                return invalid(&format!("registries[{i}].host"), format!("{} is listed twice", r.host));
+                return invalid(
+                    &format!("registries[{i}].host"),
+                    format!("{} is listed twice", r.host),
+                );
             }
             if r.insecure_http && !is_loopback_host(&r.host) {
                 return invalid(
@@ -325,7 +366,10 @@ impl Settings {
                 );
             }
             if r.username.is_some() != r.password.is_some() {
-                return invalid(&format!("registries[{i}]"), "username and password go together".into());
+                return invalid(
+                    &format!("registries[{i}]"),
+                    "username and password go together".into(),
+                );
             }
         }
         Ok(())
@@ -469,10 +513,20 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_recognised() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "127.1.2.3"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["registry.example.com", "10.0.0.1:5000", "localhost.evil.com"] {
+        for h in [
+            "registry.example.com",
+            "10.0.0.1:5000",
+            "localhost.evil.com",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }

@@ -140,7 +140,8 @@ fn is_registry_host(s: &str) -> bool {
         Some((h, p)) => (h, Some(p)),
         None => (s, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     let host_ok = !host.is_empty()
         && host.len() <= 253
         && host
@@ -158,11 +159,15 @@ fn is_repository_name(s: &str) -> bool {
         && s.split('/').all(|component| {
             let bytes = component.as_bytes();
             !bytes.is_empty()
-                && bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && bytes.last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                 && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+                    .first()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && bytes
+                    .last()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && bytes.iter().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
                 && !component.contains("..")
                 && !component.contains("___")
         })
@@ -172,8 +177,11 @@ fn is_repository_name(s: &str) -> bool {
 fn is_tag(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

@@ -163,7 +163,10 @@ pub fn statement(build: &BuildCompleted) -> Statement {
                         triggered_by: build.triggered_by.clone(),
                     },
                     build_metadata: BuildMetadata {
-                        image: artifacts.first().map(|a| a.image.clone()).unwrap_or_default(),
+                        image: artifacts
+                            .first()
+                            .map(|a| a.image.clone())
+                            .unwrap_or_default(),
                         artifacts,
                     },
                 },
@@ -248,14 +251,23 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&statement_bytes(&build())).unwrap();
         let p = &v["predicate"];
         let ext = &p["buildDefinition"]["externalParameters"];
-        assert_eq!(ext["codeMetadata"]["repositoryURL"], "https://github.com/acme/app");
+        assert_eq!(
+            ext["codeMetadata"]["repositoryURL"],
+            "https://github.com/acme/app"
+        );
         assert_eq!(ext["triggerMetadata"]["triggeredBy"], "alice@example.com");
-        assert_eq!(ext["buildMetadata"]["image"], "registry.example.com/acme/app:1.0");
+        assert_eq!(
+            ext["buildMetadata"]["image"],
+            "registry.example.com/acme/app:1.0"
+        );
         assert_eq!(
             p["buildDefinition"]["resolvedDependencies"][0]["uri"],
             "git+https://github.com/acme/app@refs/heads/main"
         );
-        assert_eq!(p["runDetails"]["metadata"]["startedOn"], "2026-11-25T09:00:00Z");
+        assert_eq!(
+            p["runDetails"]["metadata"]["startedOn"],
+            "2026-11-25T09:00:00Z"
+        );
         assert_eq!(p["runDetails"]["metadata"]["invocationId"], "exec-42");
         assert!(p["runDetails"].get("runDetailsMetadata").is_none());
     }

@@ -8,7 +8,10 @@ use secrecy::SecretString;
 pub enum SecretError {
     /// The reference does not exist in the backend (a configuration mistake, not transient).
     #[error("secret {reference} not found in the {backend} backend")]
-    NotFound { backend: &'static str, reference: String },
+    NotFound {
+        backend: &'static str,
+        reference: String,
+    },
     /// The backend could not be reached or answered with an error; worth retrying.
     #[error("secret backend {backend} unavailable while reading {reference}: {reason}")]
     Unavailable {

@@ -262,7 +262,8 @@ pub trait Store: Send + Sync {
     /// gets its statement and a sign job, in the same transaction.
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError>;
     async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError>;
-    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
+    async fn list_executions(&self, filter: &ExecutionFilter)
+    -> Result<Vec<Execution>, StoreError>;
     /// The stored statement bytes, exactly as serialized at ingest.
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
     /// The stored DSSE envelope bytes, exactly as serialized when signed.
@@ -278,11 +279,21 @@ pub trait Store: Send + Sync {
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError>;
     /// Store the envelope unless one is stored already, finish the sign job and queue one push
     /// job per artifact. Returns the envelope that is stored (the earlier one, if any).
-    async fn complete_sign(&self, job: &Job, envelope: &[u8], key_id: &str) -> Result<Vec<u8>, StoreError>;
+    async fn complete_sign(
+        &self,
+        job: &Job,
+        envelope: &[u8],
+        key_id: &str,
+    ) -> Result<Vec<u8>, StoreError>;
     /// Record a pushed artifact and finish its job.
     async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError>;
     /// Record a failed attempt: retried at `retry_at`, or dead when `None`.
-    async fn fail_job(&self, job: &Job, error: &str, retry_at: Option<OffsetDateTime>) -> Result<(), StoreError>;
+    async fn fail_job(
+        &self,
+        job: &Job,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
     /// Give a job back without counting the attempt (shutdown).
     async fn release_job(&self, job: &Job) -> Result<(), StoreError>;
     /// Re-queue the execution's dead jobs. Returns how many were re-queued.
