@@ -1,5 +1,6 @@
 //! Integration tests: the real app against real PostgreSQL, SQLite, registries and OpenBao.
 
 mod api;
+mod query;
 mod store;
 mod support;
