@@ -1,0 +1,4 @@
+//! Integration tests against real services, one module per concern.
+
+mod registry;
+mod support;

@@ -1,0 +1,3 @@
+//! Shared helpers: real services started as plain processes, torn down on drop.
+
+pub mod registry;
