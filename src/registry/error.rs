@@ -137,6 +137,20 @@ impl RegistryError {
                 } else if codes.iter().any(|c| {
                     matches!(
                         c,
+                        OciErrorCode::ManifestBlobUnknown
+                            | OciErrorCode::BlobUploadUnknown
+                            | OciErrorCode::BlobUploadInvalid
+                    )
+                }) {
+                    // A blob vanished between upload and manifest PUT (garbage collection, an
+                    // expired upload session): the next attempt uploads it again.
+                    Self::retryable(
+                        ErrorCode::Unavailable,
+                        format!("{what}: the registry lost an uploaded blob"),
+                    )
+                } else if codes.iter().any(|c| {
+                    matches!(
+                        c,
                         OciErrorCode::ManifestUnknown
                             | OciErrorCode::NameUnknown
                             | OciErrorCode::NotFound
@@ -248,5 +262,33 @@ mod tests {
         assert!(from_status("x", 503).is_retryable());
         assert!(from_status("x", 429).is_retryable());
         assert!(!from_status("x", 400).is_retryable());
+    }
+
+    fn envelope_error(code: &str) -> RegistryError {
+        let envelope = serde_json::from_value(serde_json::json!({
+            "errors": [{"code": code, "message": "m"}]
+        }))
+        .unwrap();
+        RegistryError::from_oci(
+            "x",
+            &OciDistributionError::RegistryError {
+                envelope,
+                url: "u".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn registry_error_codes_are_classified() {
+        assert_eq!(envelope_error("DENIED").code(), ErrorCode::Unauthorized);
+        assert_eq!(
+            envelope_error("MANIFEST_UNKNOWN").code(),
+            ErrorCode::ImageNotFound
+        );
+        assert!(envelope_error("MANIFEST_BLOB_UNKNOWN").is_retryable());
+        assert!(envelope_error("TOOMANYREQUESTS").is_retryable());
+        let other = envelope_error("MANIFEST_INVALID");
+        assert_eq!(other.code(), ErrorCode::Rejected);
+        assert!(other.to_string().contains("MANIFEST_INVALID"), "{other}");
     }
 }
