@@ -113,10 +113,8 @@ pub fn plan_att(
                 .map_err(|e| format!("the existing attestation manifest is not JSON: {e}"))?;
             let layers = match m.get("layers") {
                 Some(Value::Array(l)) => l.clone(),
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => {
-                    return Err("the existing attestation manifest has malformed layers".into());
-                }
+                // An index or anything else under the tag is not ours to overwrite.
+                _ => return Err("the tag holds something other than an image manifest".into()),
             };
             (layers, m.get("annotations").cloned())
         }
@@ -342,6 +340,12 @@ mod tests {
             plan_att(Some(&full), b"new", "p").unwrap(),
             AttPlan::Full(MAX_ATT_LAYERS)
         ));
+    }
+
+    #[test]
+    fn plan_refuses_to_overwrite_what_is_not_an_image_manifest() {
+        let index = to_vec(&json!({"schemaVersion": 2, "manifests": []}));
+        assert!(plan_att(Some(&index), b"{}", "p").is_err());
     }
 
     #[test]

@@ -133,32 +133,38 @@ impl Registries {
     ) -> Result<PushOutcome, PushError> {
         let s = conn.session().await?;
         let subject = image_descriptor(&s, req.image, req.digest).await?;
-        let att = match conn.format {
-            PushFormat::Att | PushFormat::Both => Some(push_att(&s, req).await?),
-            PushFormat::Referrers => None,
-        };
-        let referrer = match conn.format {
-            PushFormat::Referrers | PushFormat::Both => {
-                Some(push_referrer(conn, &s, req, &subject).await?)
-            }
-            PushFormat::Att => None,
-        };
         let name = req.image.name();
-        Ok(match (att, referrer) {
-            (Some(att), referrer) => PushOutcome {
-                reference: format!("{name}:{}", layout::att_tag(req.digest)),
-                manifest_digest: att.manifest_digest,
-                already_present: att.already_present
-                    && referrer.as_ref().is_none_or(|r| r.already_present),
-                referrer: referrer.map(|r| format!("{name}@{}", r.manifest_digest)),
-            },
-            (None, Some(r)) => PushOutcome {
-                reference: format!("{name}@{}", r.manifest_digest),
-                manifest_digest: r.manifest_digest.clone(),
-                referrer: Some(format!("{name}@{}", r.manifest_digest)),
-                already_present: r.already_present,
-            },
-            (None, None) => unreachable!("every format writes at least one layout"),
+        let att_reference = format!("{name}:{}", layout::att_tag(req.digest));
+        Ok(match conn.format {
+            PushFormat::Att => {
+                let att = push_att(&s, req).await?;
+                PushOutcome {
+                    reference: att_reference,
+                    manifest_digest: att.manifest_digest,
+                    referrer: None,
+                    already_present: att.already_present,
+                }
+            }
+            PushFormat::Referrers => {
+                let r = push_referrer(conn, &s, req, &subject).await?;
+                let reference = format!("{name}@{}", r.manifest_digest);
+                PushOutcome {
+                    referrer: Some(reference.clone()),
+                    reference,
+                    manifest_digest: r.manifest_digest,
+                    already_present: r.already_present,
+                }
+            }
+            PushFormat::Both => {
+                let att = push_att(&s, req).await?;
+                let r = push_referrer(conn, &s, req, &subject).await?;
+                PushOutcome {
+                    reference: att_reference,
+                    manifest_digest: att.manifest_digest,
+                    referrer: Some(format!("{name}@{}", r.manifest_digest)),
+                    already_present: att.already_present && r.already_present,
+                }
+            }
         })
     }
 
