@@ -1,3 +1,538 @@
 //! Pushing signed attestations to OCI registries where cosign looks for them (`sha256-<hex>.att`)
 //! and, optionally, as OCI 1.1 referrers; and reading them back for verification.
 //! Only registries listed in configuration are ever contacted.
+
+mod connection;
+mod error;
+pub mod layout;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use self::connection::{Connection, Session};
+pub use self::error::{ErrorCode, PushError, RegistryError};
+use self::layout::AttPlan;
+use crate::config::{PushFormat, RegistrySettings};
+use crate::domain::{Digest, ImageRef};
+use crate::secrets::SecretSource;
+
+/// One attestation to push next to an image.
+#[derive(Debug, Clone, Copy)]
+pub struct PushRequest<'a> {
+    pub image: &'a ImageRef,
+    /// The image manifest's digest; the attestation's subject.
+    pub digest: &'a Digest,
+    /// The serialized DSSE envelope, pushed byte for byte.
+    pub envelope: &'a [u8],
+    pub predicate_type: &'a str,
+    /// The signing key's id, named in the Sigstore bundle's `publicKey.hint`.
+    pub key_id: &'a str,
+}
+
+/// Where an attestation ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// `host/repo:sha256-<hex>.att`, or `host/repo@sha256:…` of the referrer in referrers-only
+    /// mode.
+    pub reference: String,
+    /// Digest of the manifest `reference` names, as read back from the registry.
+    pub manifest_digest: String,
+    /// `host/repo@sha256:…` of the OCI 1.1 referrer manifest, when that format is configured.
+    pub referrer: Option<String>,
+    /// Nothing was written: every configured format already held this envelope.
+    pub already_present: bool,
+}
+
+/// Where a fetched attestation was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttestationSource {
+    /// A layer of the `sha256-<hex>.att` manifest.
+    AttTag,
+    /// A Sigstore bundle in the referrer manifest with this digest.
+    Referrer { manifest_digest: String },
+}
+
+/// A DSSE envelope read from a registry, with the annotations it was published under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedAttestation {
+    pub source: AttestationSource,
+    /// Digest of the blob the envelope came from (the layer, or the bundle).
+    pub blob_digest: String,
+    /// The envelope bytes as stored.
+    pub envelope: Vec<u8>,
+    /// Layer annotations (`.att`) or referrer descriptor annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The registries attestd may talk to, built from configuration.
+pub struct Registries {
+    by_host: HashMap<String, Connection>,
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut hosts: Vec<&String> = self.by_host.keys().collect();
+        hosts.sort();
+        f.debug_struct("Registries").field("hosts", &hosts).finish()
+    }
+}
+
+impl Registries {
+    /// Clients for every listed registry; fails on unusable TLS settings (e.g. a bad `ca_file`).
+    /// Passwords are read from `secrets` on each use, never here.
+    pub fn new(
+        settings: &[RegistrySettings],
+        secrets: Arc<dyn SecretSource>,
+    ) -> Result<Self, RegistryError> {
+        let mut by_host = HashMap::new();
+        for s in settings {
+            by_host.insert(s.host.clone(), Connection::new(s, secrets.clone())?);
+        }
+        Ok(Self { by_host })
+    }
+
+    /// Whether `host` (as written in image names, with `:port`) is configured.
+    pub fn is_allowed(&self, host: &str) -> bool {
+        self.by_host.contains_key(host)
+    }
+
+    fn connection(&self, host: &str) -> Result<&Connection, RegistryError> {
+        self.by_host.get(host).ok_or_else(|| {
+            RegistryError::permanent(
+                ErrorCode::RegistryNotConfigured,
+                format!("registry {host} is not configured; add it under [[registries]]"),
+            )
+        })
+    }
+
+    /// Push one attestation in the registry's configured format(s) and read it back.
+    ///
+    /// The `.att` manifest is rewritten read-modify-write: existing layers are kept verbatim
+    /// and the new one appended, or nothing is written if a layer with the envelope's digest is
+    /// already there. That is only safe with one writer per tag: the caller must serialize
+    /// pushes for the same (registry, repository, digest) — the worker holds a distributed lock
+    /// — so this function assumes no concurrent writer. The same holds for the referrers
+    /// tag-schema index. Retrying after any error is safe.
+    pub async fn push(&self, req: &PushRequest<'_>) -> Result<PushOutcome, PushError> {
+        let conn = self.connection(&req.image.registry)?;
+        let result = self.push_with(conn, req).await;
+        if let Err(e) = &result
+            && e.code() == ErrorCode::Unauthorized
+        {
+            conn.forget_credentials();
+        }
+        result
+    }
+
+    async fn push_with(
+        &self,
+        conn: &Connection,
+        req: &PushRequest<'_>,
+    ) -> Result<PushOutcome, PushError> {
+        let s = conn.session().await?;
+        let subject = image_descriptor(&s, req.image, req.digest).await?;
+        let name = req.image.name();
+        let att_reference = format!("{name}:{}", layout::att_tag(req.digest));
+        Ok(match conn.format {
+            PushFormat::Att => {
+                let att = push_att(&s, req).await?;
+                PushOutcome {
+                    reference: att_reference,
+                    manifest_digest: att.manifest_digest,
+                    referrer: None,
+                    already_present: att.already_present,
+                }
+            }
+            PushFormat::Referrers => {
+                let r = push_referrer(conn, &s, req, &subject).await?;
+                let reference = format!("{name}@{}", r.manifest_digest);
+                PushOutcome {
+                    referrer: Some(reference.clone()),
+                    reference,
+                    manifest_digest: r.manifest_digest,
+                    already_present: r.already_present,
+                }
+            }
+            PushFormat::Both => {
+                let att = push_att(&s, req).await?;
+                let r = push_referrer(conn, &s, req, &subject).await?;
+                PushOutcome {
+                    reference: att_reference,
+                    manifest_digest: att.manifest_digest,
+                    referrer: Some(format!("{name}@{}", r.manifest_digest)),
+                    already_present: att.already_present && r.already_present,
+                }
+            }
+        })
+    }
+
+    /// The first half of an `.att` push — both blobs uploaded, no manifest written — as a crash
+    /// between the two would leave it. Exposed for tests; `push` calls the whole sequence.
+    #[doc(hidden)]
+    pub async fn upload_att_blobs_only(&self, req: &PushRequest<'_>) -> Result<(), PushError> {
+        let conn = self.connection(&req.image.registry)?;
+        let s = conn.session().await?;
+        let tag = s.reference(
+            &req.image.registry,
+            &req.image.repository,
+            &layout::att_tag(req.digest),
+        );
+        if let AttPlan::Write(m) = plan_att(&s, req, &tag).await?.1 {
+            upload_att_blobs(&s, req, &tag, &m).await?;
+        }
+        Ok(())
+    }
+
+    /// Every DSSE envelope published for `digest`: the `.att` layers, then (for registries
+    /// configured with the referrers format) the Sigstore bundles among its referrers.
+    pub async fn fetch_attestations(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Vec<FetchedAttestation>, RegistryError> {
+        let conn = self.connection(&image.registry)?;
+        let s = conn.session().await?;
+        let (host, repo) = (&image.registry, &image.repository);
+        let mut out = Vec::new();
+
+        let tag = s.reference(host, repo, &layout::att_tag(digest));
+        let what = format!("read {}/{repo}:{}", host, layout::att_tag(digest));
+        if let Some((body, _)) = s.manifest(&tag, &what).await? {
+            let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
+                RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
+            })?;
+            for layer in manifest["layers"].as_array().into_iter().flatten() {
+                if layer["mediaType"] != layout::DSSE_LAYER {
+                    continue;
+                }
+                let Some(blob) = layout::digest_of(layer) else {
+                    continue;
+                };
+                let envelope = s.pull_blob(&tag, blob, &what).await?;
+                out.push(FetchedAttestation {
+                    source: AttestationSource::AttTag,
+                    blob_digest: blob.to_owned(),
+                    envelope,
+                    annotations: annotations(layer),
+                });
+            }
+        }
+
+        if conn.format != PushFormat::Att {
+            let what = format!("read the referrers of {host}/{repo}@{digest}");
+            for entry in list_referrers(conn, &s, image, digest, &what).await? {
+                if entry["artifactType"] != layout::SIGSTORE_BUNDLE_V03 {
+                    continue;
+                }
+                let Some(manifest_digest) = layout::digest_of(&entry) else {
+                    continue;
+                };
+                let by_digest = s.by_digest(host, repo, manifest_digest);
+                let Some((body, _)) = s.manifest(&by_digest, &what).await? else {
+                    continue;
+                };
+                let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
+                    RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
+                })?;
+                for layer in manifest["layers"].as_array().into_iter().flatten() {
+                    if layer["mediaType"] != layout::SIGSTORE_BUNDLE_V03 {
+                        continue;
+                    }
+                    let Some(blob) = layout::digest_of(layer) else {
+                        continue;
+                    };
+                    let bundle = s.pull_blob(&by_digest, blob, &what).await?;
+                    let envelope = layout::envelope_from_bundle(&bundle).map_err(|e| {
+                        RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
+                    })?;
+                    out.push(FetchedAttestation {
+                        source: AttestationSource::Referrer {
+                            manifest_digest: manifest_digest.to_owned(),
+                        },
+                        blob_digest: blob.to_owned(),
+                        envelope,
+                        annotations: annotations(&entry),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The manifest digest `image`'s tag points at now.
+    pub async fn resolve(&self, image: &ImageRef) -> Result<Digest, RegistryError> {
+        let conn = self.connection(&image.registry)?;
+        let Some(tag) = &image.tag else {
+            return Err(RegistryError::permanent(
+                ErrorCode::Rejected,
+                format!("{image} has no tag to resolve"),
+            ));
+        };
+        let s = conn.session().await?;
+        let reference = s.reference(&image.registry, &image.repository, tag);
+        let what = format!("resolve {image}");
+        let digest = s
+            .client
+            .fetch_manifest_digest(&reference, &s.auth)
+            .await
+            .map_err(|e| RegistryError::from_oci(&what, &e))?;
+        digest.parse().map_err(|_| {
+            RegistryError::permanent(
+                ErrorCode::InvalidContent,
+                format!("{what}: the registry answered with an unsupported digest {digest}"),
+            )
+        })
+    }
+}
+
+/// The subject descriptor of the image manifest; its absence is a permanent failure.
+async fn image_descriptor(
+    s: &Session,
+    image: &ImageRef,
+    digest: &Digest,
+) -> Result<Value, RegistryError> {
+    let name = image.name();
+    let reference = s.by_digest(&image.registry, &image.repository, digest.as_str());
+    match s
+        .manifest(&reference, &format!("read image manifest {name}@{digest}"))
+        .await?
+    {
+        Some((body, _)) => Ok(layout::subject_descriptor(&body, digest)),
+        None => Err(RegistryError::permanent(
+            ErrorCode::ImageNotFound,
+            format!("image manifest {digest} not found in {name}"),
+        )),
+    }
+}
+
+/// The result of writing one layout.
+struct Written {
+    manifest_digest: String,
+    already_present: bool,
+}
+
+async fn plan_att(
+    s: &Session,
+    req: &PushRequest<'_>,
+    tag: &oci_client::Reference,
+) -> Result<(Option<String>, AttPlan), RegistryError> {
+    let what = format!("read {}:{}", req.image.name(), layout::att_tag(req.digest));
+    let existing = s.manifest(tag, &what).await?;
+    let plan = layout::plan_att(
+        existing.as_ref().map(|(b, _)| b.as_slice()),
+        req.envelope,
+        req.predicate_type,
+    )
+    .map_err(|e| RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}")))?;
+    Ok((existing.map(|(_, d)| d), plan))
+}
+
+async fn upload_att_blobs(
+    s: &Session,
+    req: &PushRequest<'_>,
+    tag: &oci_client::Reference,
+    m: &layout::AttManifest,
+) -> Result<(), RegistryError> {
+    let name = req.image.name();
+    s.push_blob(
+        tag,
+        req.envelope,
+        &format!("upload the attestation blob to {name}"),
+    )
+    .await?;
+    s.push_blob(
+        tag,
+        &m.config,
+        &format!("upload the attestation config to {name}"),
+    )
+    .await
+}
+
+async fn push_att(s: &Session, req: &PushRequest<'_>) -> Result<Written, RegistryError> {
+    let name = req.image.name();
+    let att_tag = layout::att_tag(req.digest);
+    let tag = s.reference(&req.image.registry, &req.image.repository, &att_tag);
+    let (existing_digest, plan) = plan_att(s, req, &tag).await?;
+    let m = match plan {
+        AttPlan::AlreadyPresent => {
+            return Ok(Written {
+                manifest_digest: existing_digest.unwrap_or_default(),
+                already_present: true,
+            });
+        }
+        AttPlan::Full(n) => {
+            return Err(RegistryError::permanent(
+                ErrorCode::TooManyLayers,
+                format!(
+                    "{name}:{att_tag} already holds {n} attestations; cosign reads at most {}, so attestd will not add more",
+                    layout::MAX_ATT_LAYERS
+                ),
+            ));
+        }
+        AttPlan::Write(m) => m,
+    };
+    upload_att_blobs(s, req, &tag, &m).await?;
+    s.push_manifest(
+        &tag,
+        &m.manifest,
+        layout::OCI_MANIFEST,
+        &format!("write {name}:{att_tag}"),
+    )
+    .await?;
+
+    let what = format!("read back {name}:{att_tag}");
+    let layer = Digest::of(req.envelope);
+    match s.manifest(&tag, &what).await? {
+        Some((body, digest)) if layout::lists_layer(&body, layer.as_str()) => Ok(Written {
+            manifest_digest: digest,
+            already_present: false,
+        }),
+        _ => Err(RegistryError::retryable(
+            ErrorCode::NotVisible,
+            format!("{what}: the new attestation layer {layer} is not listed yet"),
+        )),
+    }
+}
+
+async fn list_referrers(
+    conn: &Connection,
+    s: &Session,
+    image: &ImageRef,
+    digest: &Digest,
+    what: &str,
+) -> Result<Vec<Value>, RegistryError> {
+    let subject = s.by_digest(&image.registry, &image.repository, digest.as_str());
+    if conn.supports_referrers(s, &subject, digest).await? {
+        return s
+            .referrers(&subject, layout::SIGSTORE_BUNDLE_V03, what)
+            .await;
+    }
+    let tag = s.reference(
+        &image.registry,
+        &image.repository,
+        &layout::referrers_tag(digest),
+    );
+    let Some((body, _)) = s.manifest(&tag, what).await? else {
+        return Ok(Vec::new());
+    };
+    let index: Value = serde_json::from_slice(&body)
+        .map_err(|e| RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}")))?;
+    Ok(index["manifests"].as_array().cloned().unwrap_or_default())
+}
+
+async fn push_referrer(
+    conn: &Connection,
+    s: &Session,
+    req: &PushRequest<'_>,
+    subject: &Value,
+) -> Result<Written, RegistryError> {
+    let name = req.image.name();
+    let (host, repo) = (&req.image.registry, &req.image.repository);
+    let invalid = |e: String| RegistryError::permanent(ErrorCode::InvalidContent, e);
+    let bundle = layout::sigstore_bundle(req.envelope, req.key_id).map_err(invalid)?;
+    let manifest = layout::referrer_manifest(&bundle, subject, req.predicate_type);
+    let manifest_digest = Digest::of(&manifest);
+    let entry = layout::referrer_entry(&manifest, req.predicate_type);
+    let subject_ref = s.by_digest(host, repo, req.digest.as_str());
+    let native = conn.supports_referrers(s, &subject_ref, req.digest).await?;
+    let what = format!("read the referrers of {name}@{}", req.digest);
+
+    let fallback_tag = s.reference(host, repo, &layout::referrers_tag(req.digest));
+    let existing_index = if native {
+        let listed = s
+            .referrers(&subject_ref, layout::SIGSTORE_BUNDLE_V03, &what)
+            .await?;
+        if listed
+            .iter()
+            .any(|d| layout::digest_of(d) == Some(manifest_digest.as_str()))
+        {
+            return Ok(Written {
+                manifest_digest: manifest_digest.to_string(),
+                already_present: true,
+            });
+        }
+        None
+    } else {
+        let existing = s.manifest(&fallback_tag, &what).await?;
+        if let Some((body, _)) = &existing
+            && layout::lists_manifest(body, manifest_digest.as_str())
+        {
+            return Ok(Written {
+                manifest_digest: manifest_digest.to_string(),
+                already_present: true,
+            });
+        }
+        Some(existing.map(|(b, _)| b))
+    };
+
+    let by_digest = s.by_digest(host, repo, manifest_digest.as_str());
+    s.push_blob(
+        &by_digest,
+        layout::EMPTY_BLOB,
+        &format!("upload the empty config to {name}"),
+    )
+    .await?;
+    s.push_blob(
+        &by_digest,
+        &bundle,
+        &format!("upload the Sigstore bundle to {name}"),
+    )
+    .await?;
+    s.push_manifest(
+        &by_digest,
+        &manifest,
+        layout::OCI_MANIFEST,
+        &format!("write the referrer manifest to {name}"),
+    )
+    .await?;
+
+    let visible = match existing_index {
+        // The registry indexes referrers itself.
+        None => s
+            .referrers(&subject_ref, layout::SIGSTORE_BUNDLE_V03, &what)
+            .await?
+            .iter()
+            .any(|d| layout::digest_of(d) == Some(manifest_digest.as_str())),
+        // No referrers API: maintain the tag-schema index ourselves.
+        Some(existing) => {
+            let tag = layout::referrers_tag(req.digest);
+            if let Some(index) = layout::plan_referrers_index(existing.as_deref(), entry)
+                .map_err(|e| invalid(format!("{name}:{tag}: {e}")))?
+            {
+                s.push_manifest(
+                    &fallback_tag,
+                    &index,
+                    layout::OCI_INDEX,
+                    &format!("write the referrers index {name}:{tag}"),
+                )
+                .await?;
+            }
+            s.manifest(&fallback_tag, &what)
+                .await?
+                .is_some_and(|(body, _)| layout::lists_manifest(&body, manifest_digest.as_str()))
+        }
+    };
+    if !visible {
+        return Err(RegistryError::retryable(
+            ErrorCode::NotVisible,
+            format!("{what}: the new referrer {manifest_digest} is not listed yet"),
+        ));
+    }
+    Ok(Written {
+        manifest_digest: manifest_digest.to_string(),
+        already_present: false,
+    })
+}
+
+fn annotations(descriptor: &Value) -> BTreeMap<String, String> {
+    descriptor["annotations"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

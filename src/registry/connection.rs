@@ -1,0 +1,409 @@
+//! One configured registry: its TLS trust, its credentials (read from the secret backend on every
+//! use, so a rotated password takes effect) and the oci-client speaking to it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OnceCell;
+
+use super::error::{ErrorCode, RegistryError, from_status};
+use super::layout;
+use crate::config::{PushFormat, RegistrySettings, is_loopback_host};
+use crate::domain::Digest;
+use crate::secrets::SecretSource;
+
+const USER_AGENT: &str = concat!("attestd/", env!("CARGO_PKG_VERSION"));
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Connection {
+    pub host: String,
+    pub format: PushFormat,
+    insecure_http: bool,
+    ca_pem: Option<Vec<u8>>,
+    username: Option<String>,
+    password_ref: Option<String>,
+    secrets: Arc<dyn SecretSource>,
+    current: Mutex<Option<Current>>,
+    /// Whether the registry serves `GET /v2/<repo>/referrers/<digest>`; probed once.
+    referrers_api: OnceCell<bool>,
+}
+
+/// A client built for one password; replaced when the secret backend returns another.
+#[derive(Clone)]
+struct Current {
+    password: Option<SecretString>,
+    session: Session,
+}
+
+/// A ready client plus the credentials it was built with.
+#[derive(Clone)]
+pub(crate) struct Session {
+    pub client: Client,
+    pub auth: RegistryAuth,
+    /// Plain HTTP client with the same trust, for the one call oci-client does not expose.
+    raw: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl Connection {
+    pub fn new(
+        s: &RegistrySettings,
+        secrets: Arc<dyn SecretSource>,
+    ) -> Result<Self, RegistryError> {
+        let misconfigured = |m: String| RegistryError::permanent(ErrorCode::Misconfigured, m);
+        if s.insecure_http && !is_loopback_host(&s.host) {
+            return Err(misconfigured(format!(
+                "registry {}: plain http is only allowed for loopback registries",
+                s.host
+            )));
+        }
+        let ca_pem = match &s.ca_file {
+            Some(path) if !path.as_os_str().is_empty() => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    misconfigured(format!(
+                        "registry {}: cannot read ca_file {}: {e}",
+                        s.host,
+                        path.display()
+                    ))
+                })?;
+                let parsed = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| {
+                        if c.is_empty() {
+                            Err("no certificate in it".to_owned())
+                        } else {
+                            Ok(c)
+                        }
+                    });
+                if let Err(e) = parsed {
+                    return Err(misconfigured(format!(
+                        "registry {}: ca_file {} is not PEM certificates: {e}",
+                        s.host,
+                        path.display()
+                    )));
+                }
+                Some(pem)
+            }
+            _ => None,
+        };
+        let conn = Self {
+            host: s.host.clone(),
+            format: s.format,
+            insecure_http: s.insecure_http,
+            ca_pem,
+            username: s.username.clone().filter(|u| !u.is_empty()),
+            password_ref: s.password.clone().filter(|p| !p.is_empty()),
+            secrets,
+            current: Mutex::new(None),
+            referrers_api: OnceCell::new(),
+        };
+        // Build once now so a bad TLS setup fails at start-up, not on the first push.
+        conn.build(None)?;
+        Ok(conn)
+    }
+
+    /// A client with current credentials.
+    pub async fn session(&self) -> Result<Session, RegistryError> {
+        let password = match (&self.username, &self.password_ref) {
+            (Some(_), Some(reference)) => Some(
+                self.secrets
+                    .get(reference)
+                    .await
+                    .map_err(|e| RegistryError::from_secret(&self.host, &e))?,
+            ),
+            _ => None,
+        };
+        let same = |cur: &Current| match (&cur.password, &password) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        };
+        if let Ok(guard) = self.current.lock()
+            && let Some(cur) = guard.as_ref()
+            && same(cur)
+        {
+            return Ok(cur.session.clone());
+        }
+        let session = self.build(password.as_ref())?;
+        if let Ok(mut guard) = self.current.lock() {
+            *guard = Some(Current {
+                password,
+                session: session.clone(),
+            });
+        }
+        Ok(session)
+    }
+
+    /// After a 401/403: drop cached credentials so the next attempt reads the backend again.
+    pub fn forget_credentials(&self) {
+        self.secrets.invalidate();
+        if let Ok(mut guard) = self.current.lock() {
+            *guard = None;
+        }
+    }
+
+    fn build(&self, password: Option<&SecretString>) -> Result<Session, RegistryError> {
+        let misconfigured = |m: String| RegistryError::permanent(ErrorCode::Misconfigured, m);
+        let certs: Vec<Certificate> = self
+            .ca_pem
+            .as_deref()
+            .map(split_pem_certificates)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|data| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            })
+            .collect();
+        let config = ClientConfig {
+            protocol: if self.insecure_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            extra_root_certificates: certs,
+            // Attestation blobs are small: one PUT beats a chunked session.
+            use_monolithic_push: true,
+            platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|e| {
+            misconfigured(format!(
+                "registry {}: cannot build a client: {e}",
+                self.host
+            ))
+        })?;
+        let mut raw = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT);
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| misconfigured(format!("registry {}: bad ca_file: {e}", self.host)))?;
+            raw = raw.tls_certs_merge(certs);
+        }
+        let raw = raw.build().map_err(|e| {
+            misconfigured(format!(
+                "registry {}: cannot build a client: {e}",
+                self.host
+            ))
+        })?;
+        let auth = match (&self.username, password) {
+            (Some(user), Some(pass)) => {
+                RegistryAuth::Basic(user.clone(), pass.expose_secret().to_owned())
+            }
+            _ => RegistryAuth::Anonymous,
+        };
+        Ok(Session {
+            client,
+            auth,
+            raw,
+            scheme: if self.insecure_http { "http" } else { "https" },
+        })
+    }
+
+    /// Whether the registry implements the OCI 1.1 referrers API (404 means it does not).
+    pub async fn supports_referrers(
+        &self,
+        s: &Session,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        self.referrers_api
+            .get_or_try_init(|| s.probe_referrers(reference, digest))
+            .await
+            .copied()
+    }
+}
+
+impl Session {
+    pub fn reference(&self, host: &str, repository: &str, tag: &str) -> Reference {
+        Reference::with_tag(host.to_owned(), repository.to_owned(), tag.to_owned())
+    }
+
+    pub fn by_digest(&self, host: &str, repository: &str, digest: &str) -> Reference {
+        Reference::with_digest(host.to_owned(), repository.to_owned(), digest.to_owned())
+    }
+
+    /// A manifest's bytes and digest, or `None` if the registry says it does not exist.
+    pub async fn manifest(
+        &self,
+        reference: &Reference,
+        what: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, RegistryError> {
+        match self
+            .client
+            .pull_manifest_raw(reference, &self.auth, layout::ACCEPTED_MANIFESTS)
+            .await
+        {
+            Ok((body, digest)) => Ok(Some((body.to_vec(), digest))),
+            Err(e) => {
+                let err = RegistryError::from_oci(what, &e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    pub async fn push_blob(
+        &self,
+        reference: &Reference,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        let digest = Digest::of(bytes);
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
+        self.client
+            .push_blob(reference, bytes.to_vec(), digest.as_str())
+            .await
+            .map(drop)
+            .map_err(|e| RegistryError::from_oci(what, &e))
+    }
+
+    pub async fn push_manifest(
+        &self,
+        reference: &Reference,
+        body: &[u8],
+        media_type: &'static str,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
+        self.client
+            .push_manifest_raw(
+                reference,
+                body.to_vec(),
+                reqwest::header::HeaderValue::from_static(media_type),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| RegistryError::from_oci(what, &e))
+    }
+
+    pub async fn pull_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
+        let mut out = Vec::new();
+        self.client
+            .pull_blob(reference, digest, &mut out)
+            .await
+            .map_err(|e| RegistryError::from_oci(what, &e))?;
+        Ok(out)
+    }
+
+    /// The referrers list from the native API (only call when it is supported).
+    pub async fn referrers(
+        &self,
+        subject: &Reference,
+        artifact_type: &str,
+        what: &str,
+    ) -> Result<Vec<serde_json::Value>, RegistryError> {
+        self.client
+            .store_auth_if_needed(subject.resolve_registry(), &self.auth)
+            .await;
+        let index = self
+            .client
+            .pull_referrers(subject, Some(artifact_type))
+            .await
+            .map_err(|e| RegistryError::from_oci(what, &e))?;
+        Ok(index
+            .manifests
+            .iter()
+            .filter_map(|m| serde_json::to_value(m).ok())
+            .collect())
+    }
+
+    async fn probe_referrers(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let what = format!(
+            "probe the referrers API of {}",
+            reference.resolve_registry()
+        );
+        let url = format!(
+            "{}://{}/v2/{}/referrers/{}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository(),
+            digest
+        );
+        let mut request = self
+            .raw
+            .get(&url)
+            .header(reqwest::header::ACCEPT, layout::OCI_INDEX);
+        if let RegistryAuth::Basic(user, pass) = &self.auth {
+            // `auth` runs the bearer token dance if the registry asks for one; a basic challenge
+            // (or none) yields no token and the credentials are sent as they are.
+            match self
+                .client
+                .auth(reference, &self.auth, RegistryOperation::Pull)
+                .await
+            {
+                Ok(Some(token)) => request = request.bearer_auth(token),
+                Ok(None) => request = request.basic_auth(user, Some(pass)),
+                Err(e) => return Err(RegistryError::from_oci(&what, &e)),
+            }
+        }
+        let response = request.send().await.map_err(|e| {
+            RegistryError::from_oci(&what, &oci_client::errors::OciDistributionError::from(e))
+        })?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(from_status(&what, status)),
+        }
+    }
+}
+
+/// Each `CERTIFICATE` block of a PEM bundle on its own (oci-client reads one per entry).
+fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        out.push(format!("{}\n", &rest[start..stop]).into_bytes());
+        rest = &rest[stop..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_bundles_split_into_single_certificates() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
+        let bundle = format!("junk\n{one}\n{one}\n");
+        let certs = split_pem_certificates(bundle.as_bytes());
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0], format!("{one}\n").into_bytes());
+    }
+}
