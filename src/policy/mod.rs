@@ -242,4 +242,4 @@ fn message(item: &serde_json::Value) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,6 +3,12 @@ use serde_json::json;
 
 const BRANCH_MAIN: &str = include_str!("../../policies/examples/branch-main.rego");
 const HARNESS_REPOSITORY: &str = include_str!("../../policies/examples/harness-repository.rego");
+/// The Rego v1 `deny contains` form, inline so the test shows exactly what is parsed.
+pub(crate) const BRANCH_V1: &str = r#"package attestd.branch
+deny contains msg if {
+    input.predicate.buildDefinition.externalParameters.codeMetadata.branch != "main"
+    msg := "builds must come from main"
+}"#;
 
 fn statement(repository: &str, branch: &str) -> serde_json::Value {
     json!({
@@ -29,15 +35,7 @@ fn only(policy: &Policy, statement: &serde_json::Value) -> PolicyResult {
 
 #[test]
 fn rego_v1_deny_contains_fails_with_its_message() {
-    let policy = Policy::from_source(
-        "branch",
-        r#"package attestd.branch
-deny contains msg if {
-    input.predicate.buildDefinition.externalParameters.codeMetadata.branch != "main"
-    msg := "builds must come from main"
-}"#,
-    )
-    .unwrap();
+    let policy = Policy::from_source("branch", BRANCH_V1).unwrap();
     assert_eq!(policy.rego_version(), RegoVersion::V1);
     assert_eq!(policy.input_shape(), InputShape::Statement);
 

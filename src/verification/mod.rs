@@ -88,7 +88,7 @@ fn overall_reason(attestations: &[AttestationCheck]) -> Reason {
         Some((a, r)) => {
             let prefix = match attestations.len() {
                 1 => String::new(),
-                n => format!("none of {n} attestations is allowed; the closest, "),
+                n => format!("none of {n} attestations is allowed; closest is "),
             };
             Reason {
                 code: r.code,

@@ -350,15 +350,7 @@ fn legacy_in_toto_v0_1_statement_is_accepted() {
 fn policy_deny_fails_with_its_message_on_a_verified_attestation() {
     let key = AwsKey::new();
     let image = digest("ab");
-    let policy = Policy::from_source(
-        "branch",
-        r#"package attestd.branch
-deny contains msg if {
-    input.predicate.buildDefinition.externalParameters.codeMetadata.branch != "main"
-    msg := "builds must come from main"
-}"#,
-    )
-    .unwrap();
+    let policy = Policy::from_source("branch", crate::policy::tests::BRANCH_V1).unwrap();
     let report = verify_one(
         &image,
         signed(&key, &statement(&image, "feature/x", "r")),
