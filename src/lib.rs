@@ -12,6 +12,7 @@ pub mod registry;
 pub mod secrets;
 pub mod signing;
 pub mod store;
+pub mod verification;
 pub mod worker;
 
 pub use app::App;
