@@ -1,5 +1,7 @@
 //! The one error type at the HTTP edge. Each variant maps to one status and a stable machine
-//! code; internal causes are logged once with their chain and never sent to the client.
+//! code; internal causes are logged once with their chain and never sent to the client. The API
+//! renders it as JSON (here); the web view renders the same code and message as HTML
+//! (`http::ui::HtmlError`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +17,9 @@ pub enum ApiError {
     Unauthenticated,
     #[error("{0}")]
     AccountMismatch(String),
+    /// Refused for a reason other than the account (e.g. a cross-origin form post).
+    #[error("{1}")]
+    Forbidden(&'static str, String),
     #[error("{0}")]
     NotFound(&'static str, String),
     #[error("{0}")]
@@ -52,7 +57,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidSignature | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::AccountMismatch(_) => StatusCode::FORBIDDEN,
+            Self::AccountMismatch(_) | Self::Forbidden(..) => StatusCode::FORBIDDEN,
             Self::NotFound(..) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Malformed(_) | Self::BadRequest(..) => StatusCode::BAD_REQUEST,
@@ -69,6 +74,7 @@ impl ApiError {
             Self::InvalidSignature => "invalid_signature",
             Self::Unauthenticated => "unauthenticated",
             Self::AccountMismatch(_) => "account_mismatch",
+            Self::Forbidden(code, _) => code,
             Self::NotFound(code, _) => code,
             Self::Conflict(_) => "execution_conflict",
             Self::Malformed(_) => "malformed_json",
@@ -84,6 +90,13 @@ impl ApiError {
     pub fn execution_not_found() -> Self {
         Self::NotFound("execution_not_found", "no such execution".into())
     }
+
+    /// Log an internal cause once, with its chain; every rendering (JSON or HTML) calls this.
+    pub fn log_if_internal(&self) {
+        if let Self::Internal(cause) = self {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+    }
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -98,9 +111,7 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(cause) = &self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
-        }
+        self.log_if_internal();
         let status = self.status();
         let details = match &self {
             Self::Validation(errors) => Some(errors.as_slice()),

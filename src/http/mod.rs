@@ -18,6 +18,7 @@ use crate::app::AppState;
 pub mod auth;
 pub mod executions;
 pub mod health;
+pub mod ui;
 pub mod views;
 pub mod webhooks;
 
@@ -37,6 +38,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/executions/{execution_id}/provenance", get(executions::get_provenance))
         .route("/v1/executions/{execution_id}/attestation", get(executions::get_attestation))
         .route("/v1/executions/{execution_id}/retry", post(executions::retry_execution))
+        // Supply Chain web view: HTML pages, bearer or `attestd_token` cookie auth.
+        .route("/", get(ui::redirect_to_executions))
+        .route("/ui", get(ui::redirect_to_executions))
+        .route("/ui/static/attestd.css", get(ui::get_stylesheet))
+        .route("/ui/login", get(ui::show_login_page).post(ui::log_in))
+        .route("/ui/logout", post(ui::log_out))
+        .route("/ui/executions", get(ui::list_executions_page))
+        .route("/ui/executions/{execution_id}", get(ui::show_execution_page))
+        .route("/ui/executions/{execution_id}/retry", post(ui::retry_execution_page))
+        .route("/ui/executions/{execution_id}/provenance", get(ui::download_provenance))
+        .route("/ui/executions/{execution_id}/attestation", get(ui::download_attestation))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CompressionLayer::new())
