@@ -20,7 +20,7 @@ pub enum ApiError {
     /// Refused for a reason other than the account (e.g. a cross-origin form post).
     #[error("{1}")]
     Forbidden(&'static str, String),
-    #[error("{0}")]
+    #[error("{1}")]
     NotFound(&'static str, String),
     #[error("{0}")]
     Conflict(String),
@@ -30,7 +30,7 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("{0}")]
     UnsupportedSchema(String),
-    #[error("{0}")]
+    #[error("{1}")]
     BadRequest(&'static str, String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -132,5 +132,24 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn coded_variants_say_their_message_not_their_code() {
+        let e = ApiError::NotFound("execution_not_found", "no such execution".into());
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("execution_not_found", "no such execution")
+        );
+        let e = ApiError::BadRequest("invalid_query", "bad `limit`".into());
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("invalid_query", "bad `limit`")
+        );
     }
 }
