@@ -3,3 +3,4 @@
 mod api;
 mod store;
 mod support;
+mod ui;
