@@ -1,5 +1,7 @@
 //! The one error type at the HTTP edge. Each variant maps to one status and a stable machine
-//! code; internal causes are logged once with their chain and never sent to the client.
+//! code; internal causes are logged once with their chain and never sent to the client. The API
+//! renders it as JSON (here); the web view renders the same code and message as HTML
+//! (`http::ui::HtmlError`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +17,10 @@ pub enum ApiError {
     Unauthenticated,
     #[error("{0}")]
     AccountMismatch(String),
-    #[error("{0}")]
+    /// Refused for a reason other than the account (e.g. a cross-origin form post).
+    #[error("{1}")]
+    Forbidden(&'static str, String),
+    #[error("{1}")]
     NotFound(&'static str, String),
     #[error("{0}")]
     Conflict(String),
@@ -25,7 +30,7 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("{0}")]
     UnsupportedSchema(String),
-    #[error("{0}")]
+    #[error("{1}")]
     BadRequest(&'static str, String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -68,7 +73,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidSignature | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::AccountMismatch(_) => StatusCode::FORBIDDEN,
+            Self::AccountMismatch(_) | Self::Forbidden(..) => StatusCode::FORBIDDEN,
             Self::NotFound(..) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Malformed(_) | Self::BadRequest(..) => StatusCode::BAD_REQUEST,
@@ -85,6 +90,7 @@ impl ApiError {
             Self::InvalidSignature => "invalid_signature",
             Self::Unauthenticated => "unauthenticated",
             Self::AccountMismatch(_) => "account_mismatch",
+            Self::Forbidden(code, _) => code,
             Self::NotFound(code, _) => code,
             Self::Conflict(_) => "execution_conflict",
             Self::Malformed(_) => "malformed_json",
@@ -100,6 +106,13 @@ impl ApiError {
     pub fn execution_not_found() -> Self {
         Self::NotFound("execution_not_found", "no such execution".into())
     }
+
+    /// Log an internal cause once, with its chain; every rendering (JSON or HTML) calls this.
+    pub fn log_if_internal(&self) {
+        if let Self::Internal(cause) = self {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+    }
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -114,9 +127,7 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(cause) = &self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
-        }
+        self.log_if_internal();
         let status = self.status();
         let details = match &self {
             Self::Validation(errors) => Some(errors.as_slice()),
@@ -137,5 +148,24 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn coded_variants_say_their_message_not_their_code() {
+        let e = ApiError::NotFound("execution_not_found", "no such execution".into());
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("execution_not_found", "no such execution")
+        );
+        let e = ApiError::BadRequest("invalid_query", "bad `limit`".into());
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("invalid_query", "bad `limit`")
+        );
     }
 }

@@ -1,7 +1,8 @@
-//! Read authorization: a bearer token, configured only as its SHA-256, bound to one account or
-//! to every account (admin). Another account's execution looks exactly like a missing one.
+//! Read authorization: a bearer token (or, for the web view, the same token in a cookie),
+//! configured only as its SHA-256, bound to one account or to every account (admin). Another account's execution looks exactly like a missing one.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq;
@@ -90,12 +91,62 @@ impl FromRequestParts<AppState> for Reader {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let bearer = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        state.tokens.reader(bearer).ok_or(ApiError::Unauthenticated)
+        // Browsers cannot send bearer tokens from links and forms: the web view's login stores
+        // the token in a cookie, used only when no Authorization header was sent.
+        let token = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim),
+            None => cookie(&parts.headers, TOKEN_COOKIE).filter(|v| !v.is_empty()),
+        };
+        state.tokens.reader(token).ok_or(ApiError::Unauthenticated)
+    }
+}
+
+/// The cookie the web view's login sets to the presented read token.
+pub const TOKEN_COOKIE: &str = "attestd_token";
+
+/// The value of the first cookie named `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    use super::cookie;
+
+    #[test]
+    fn cookie_is_found_among_others_and_across_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; theme=dark"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("attestd_token=tok-123;x=y"),
+        );
+        assert_eq!(cookie(&h, "attestd_token"), Some("tok-123"));
+        assert_eq!(cookie(&h, "theme"), Some("dark"));
+        assert_eq!(cookie(&h, "attestd"), None, "names match exactly");
+        assert_eq!(cookie(&HeaderMap::new(), "attestd_token"), None);
+    }
+
+    #[test]
+    fn quoted_cookie_values_are_unquoted() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("attestd_token=\"abc\""),
+        );
+        assert_eq!(cookie(&h, "attestd_token"), Some("abc"));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -25,6 +25,7 @@ pub mod auth;
 pub mod executions;
 pub mod health;
 pub mod stats;
+pub mod ui;
 pub mod views;
 pub mod webhooks;
 
@@ -85,6 +86,17 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = api();
     let doc = std::sync::Arc::new(doc);
     api.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        // Supply Chain web view: HTML pages (bearer or `attestd_token` cookie), not in the API document.
+        .route("/", get(ui::redirect_to_executions))
+        .route("/ui", get(ui::redirect_to_executions))
+        .route("/ui/static/attestd.css", get(ui::get_stylesheet))
+        .route("/ui/login", get(ui::show_login_page).post(ui::log_in))
+        .route("/ui/logout", post(ui::log_out))
+        .route("/ui/executions", get(ui::list_executions_page))
+        .route("/ui/executions/{execution_id}", get(ui::show_execution_page))
+        .route("/ui/executions/{execution_id}/retry", post(ui::retry_execution_page))
+        .route("/ui/executions/{execution_id}/provenance", get(ui::download_provenance))
+        .route("/ui/executions/{execution_id}/attestation", get(ui::download_attestation))
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))

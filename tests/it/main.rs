@@ -1,7 +1,8 @@
 //! Integration tests: the real app against real PostgreSQL, SQLite, registries and OpenBao.
 
 mod api;
-mod registry;
 mod query;
+mod registry;
 mod store;
 mod support;
+mod ui;
