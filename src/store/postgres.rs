@@ -1,87 +1,557 @@
-//! (in progress)
+//! PostgreSQL store: the production backend, shared by any number of stateless replicas.
+//! Job claims use `FOR UPDATE SKIP LOCKED`, so two workers never lease the same job.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::rows::{self, ARTIFACT_COLUMNS, ArtifactRow, EXECUTION_COLUMNS, ExecutionRow};
 use super::*;
-pub struct PgStore;
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
 impl PgStore {
-    pub async fn connect(_url: &str, _max: u32) -> Result<Self, StoreError> {
-        unimplemented!()
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("attestd");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    async fn load(
+        &self,
+        ids: &[Uuid],
+        rows: Vec<ExecutionRow>,
+    ) -> Result<Vec<Execution>, StoreError> {
+        let artifacts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE execution_id = ANY($1)"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(artifact_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        rows::assemble(rows, artifacts)
+    }
+
+    async fn finish_job<'c>(
+        tx: &mut sqlx::Transaction<'c, Postgres>,
+        job: &Job,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, last_error = NULL, updated_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(job.id));
+        }
+        Ok(())
     }
 }
+
+fn execution_row(r: &sqlx::postgres::PgRow) -> Result<ExecutionRow, sqlx::Error> {
+    let Json(builder_version): Json<BTreeMap<String, String>> = r.try_get("builder_version")?;
+    Ok(ExecutionRow {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        pipeline_execution_id: r.try_get("pipeline_execution_id")?,
+        pipeline_identifier: r.try_get("pipeline_identifier")?,
+        repository_url: r.try_get("repository_url")?,
+        branch: r.try_get("branch")?,
+        commit_sha: r.try_get("commit_sha")?,
+        trigger_type: r.try_get("trigger_type")?,
+        triggered_by: r.try_get("triggered_by")?,
+        builder_id: r.try_get("builder_id")?,
+        builder_version,
+        started_on: r.try_get("started_on")?,
+        finished_on: r.try_get("finished_on")?,
+        status: r.try_get("status")?,
+        received_at: r.try_get("received_at")?,
+        attestation_state: r.try_get("attestation_state")?,
+        key_id: r.try_get("key_id")?,
+        signed_at: r.try_get("signed_at")?,
+        attested_at: r.try_get("attested_at")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+fn artifact_row(r: &sqlx::postgres::PgRow) -> Result<ArtifactRow, sqlx::Error> {
+    Ok(ArtifactRow {
+        execution_id: r.try_get("execution_id")?,
+        position: r.try_get("position")?,
+        registry: r.try_get("registry")?,
+        repository: r.try_get("repository")?,
+        tag: r.try_get("tag")?,
+        digest: r.try_get("digest")?,
+        push_state: r.try_get("push_state")?,
+        push_attempts: r.try_get("push_attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        pushed_reference: r.try_get("pushed_reference")?,
+        manifest_digest: r.try_get("manifest_digest")?,
+        pushed_at: r.try_get("pushed_at")?,
+    })
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
+
     async fn migrate(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
     }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
-    async fn record_build(&self, _new: NewExecution) -> Result<Recorded, StoreError> {
-        unimplemented!()
+
+    async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
+        let b = &new.build;
+        let succeeded = b.status == BuildStatus::Succeeded;
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
+             repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
+             builder_version, started_on, finished_on, status, request_sha256, received_at, \
+             statement, attestation_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING",
+        )
+        .bind(new.id.0)
+        .bind(b.account.as_str())
+        .bind(&b.pipeline_execution_id)
+        .bind(&b.pipeline_identifier)
+        .bind(&b.repository_url)
+        .bind(&b.branch)
+        .bind(&b.commit_sha)
+        .bind(&b.trigger_type)
+        .bind(&b.triggered_by)
+        .bind(&b.builder_id)
+        .bind(Json(&b.builder_version))
+        .bind(b.started_on)
+        .bind(b.finished_on)
+        .bind(b.status.as_str())
+        .bind(&new.request_sha256)
+        .bind(new.received_at)
+        .bind(new.statement.as_deref())
+        .bind(if succeeded { "pending" } else { "skipped" })
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+
+        if !inserted {
+            tx.rollback().await?;
+            let existing = sqlx::query(
+                "SELECT id, request_sha256 FROM executions WHERE account_id = $1 AND pipeline_execution_id = $2",
+            )
+            .bind(b.account.as_str())
+            .bind(&b.pipeline_execution_id)
+            .fetch_one(&self.pool)
+            .await?;
+            let id: Uuid = existing.try_get("id")?;
+            let hash: String = existing.try_get("request_sha256")?;
+            if hash != new.request_sha256 {
+                return Err(StoreError::Conflict(format!(
+                    "pipeline execution {} of account {} was already recorded with different content",
+                    b.pipeline_execution_id, b.account
+                )));
+            }
+            let execution = self
+                .execution(ExecutionId(id))
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            return Ok(Recorded::Existing(execution));
+        }
+
+        let push_state = if succeeded { "pending" } else { "skipped" };
+        let mut artifacts = QueryBuilder::<Postgres>::new(
+            "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
+        );
+        artifacts.push_values(b.artifacts.iter().enumerate(), |mut row, (i, a)| {
+            row.push_bind(new.id.0)
+                .push_bind(i as i32)
+                .push_bind(&a.image.registry)
+                .push_bind(&a.image.repository)
+                .push_bind(&a.image.tag)
+                .push_bind(a.digest.as_str())
+                .push_bind(push_state);
+        });
+        artifacts.build().execute(&mut *tx).await?;
+
+        if succeeded {
+            sqlx::query(
+                "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+                 VALUES ('sign', $1, 'queued', $2, $2, $2)",
+            )
+            .bind(new.id.0)
+            .bind(new.received_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let execution = self.execution(new.id).await?.ok_or(StoreError::NotFound)?;
+        Ok(Recorded::Created(execution))
     }
-    async fn execution(&self, _id: ExecutionId) -> Result<Option<Execution>, StoreError> {
-        unimplemented!()
+
+    async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(self.load(&[id.0], vec![execution_row(&row)?]).await?.pop())
     }
-    async fn list_executions(
-        &self,
-        _filter: &ExecutionFilter,
-    ) -> Result<Vec<Execution>, StoreError> {
-        unimplemented!()
+
+    async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE"
+        ));
+        if let Some(v) = &f.account {
+            q.push(" AND account_id = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &f.pipeline {
+            q.push(" AND pipeline_identifier = ").push_bind(v);
+        }
+        if let Some(v) = &f.repository {
+            q.push(" AND repository_url = ").push_bind(v);
+        }
+        if let Some(v) = &f.branch {
+            q.push(" AND branch = ").push_bind(v);
+        }
+        if let Some(v) = &f.commit {
+            q.push(" AND commit_sha = ").push_bind(v);
+        }
+        if let Some(v) = f.status {
+            q.push(" AND status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.attestation {
+            q.push(" AND attestation_state = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.started_after {
+            q.push(" AND started_on >= ").push_bind(v);
+        }
+        if let Some(v) = f.started_before {
+            q.push(" AND started_on < ").push_bind(v);
+        }
+        if let Some(v) = f.finished_after {
+            q.push(" AND finished_on >= ").push_bind(v);
+        }
+        if let Some(v) = f.finished_before {
+            q.push(" AND finished_on < ").push_bind(v);
+        }
+        if let Some(after) = f.after {
+            q.push(if f.ascending {
+                " AND id > "
+            } else {
+                " AND id < "
+            })
+            .push_bind(after.0);
+        }
+        q.push(if f.ascending {
+            " ORDER BY id ASC"
+        } else {
+            " ORDER BY id DESC"
+        });
+        q.push(" LIMIT ").push_bind(i64::from(f.limit));
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(execution_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        self.load(&ids, rows).await
     }
-    async fn statement(&self, _id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        unimplemented!()
+
+    async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT statement FROM executions WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
-    async fn envelope(&self, _id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        unimplemented!()
+
+    async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT envelope FROM executions WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
+
     async fn executions_by_digest(
         &self,
-        _digest: &Digest,
-        _account: Option<&AccountId>,
+        digest: &Digest,
+        account: Option<&AccountId>,
     ) -> Result<Vec<DigestMatch>, StoreError> {
-        unimplemented!()
+        let hits: Vec<(Uuid, i32)> = sqlx::query_as(
+            "SELECT a.execution_id, a.position FROM artifacts a JOIN executions e ON e.id = a.execution_id \
+             WHERE a.digest = $1 AND ($2::text IS NULL OR e.account_id = $2) ORDER BY a.execution_id DESC, a.position",
+        )
+        .bind(digest.as_str())
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ANY($1)"
+        )))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(execution_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let executions = self.load(&ids, rows).await?;
+        Ok(super::match_digest_hits(hits, executions))
     }
-    async fn claim_job(&self, _owner: &str, _lease: Duration) -> Result<Option<Job>, StoreError> {
-        unimplemented!()
+
+    async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
+             lease_token = $2, lease_expires_at = $3, updated_at = $4 \
+             WHERE id = ( \
+                SELECT id FROM jobs \
+                WHERE (state = 'queued' AND run_after <= $4) OR (state = 'running' AND lease_expires_at <= $4) \
+                ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
+        )
+        .bind(owner)
+        .bind(Uuid::new_v4())
+        .bind(now + lease)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let kind: String = row.try_get("kind")?;
+        Ok(Some(Job {
+            id: row.try_get("id")?,
+            kind: JobKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
+            execution_id: ExecutionId(row.try_get("execution_id")?),
+            artifact_position: row.try_get("artifact_position")?,
+            attempts: row.try_get("attempts")?,
+            lease_token: row.try_get("lease_token")?,
+        }))
     }
+
     async fn complete_sign(
         &self,
-        _job: &Job,
-        _envelope: &[u8],
-        _key_id: &str,
+        job: &Job,
+        envelope: &[u8],
+        key_id: &str,
     ) -> Result<Vec<u8>, StoreError> {
-        unimplemented!()
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await?;
+        Self::finish_job(&mut tx, job, now).await?;
+        let stored: Vec<u8> = sqlx::query_scalar(
+            "UPDATE executions SET envelope = COALESCE(envelope, $2), \
+             key_id = CASE WHEN envelope IS NULL THEN $3 ELSE key_id END, \
+             signed_at = COALESCE(signed_at, $4), last_error = NULL \
+             WHERE id = $1 RETURNING envelope",
+        )
+        .bind(job.execution_id.0)
+        .bind(envelope)
+        .bind(key_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(super::QUEUE_PUSH_JOBS)
+            .bind(job.execution_id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(job.execution_id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
     }
-    async fn complete_push(&self, _job: &Job, _record: &PushRecord) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await?;
+        Self::finish_job(&mut tx, job, now).await?;
+        sqlx::query(
+            "UPDATE artifacts SET push_state = 'pushed', push_attempts = $3, next_attempt_at = NULL, \
+             last_error = NULL, pushed_reference = $4, manifest_digest = $5, pushed_at = $6 \
+             WHERE execution_id = $1 AND position = $2",
+        )
+        .bind(job.execution_id.0)
+        .bind(job.artifact_position)
+        .bind(job.attempts)
+        .bind(&record.reference)
+        .bind(&record.manifest_digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(job.execution_id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE executions SET attested_at = $2, last_error = NULL \
+             WHERE id = $1 AND attestation_state = 'attested' AND attested_at IS NULL",
+        )
+        .bind(job.execution_id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
+
     async fn fail_job(
         &self,
-        _job: &Job,
-        _error: &str,
-        _retry_at: Option<OffsetDateTime>,
+        job: &Job,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'queued' END, \
+             run_after = COALESCE($3, run_after), last_error = $4, lease_owner = NULL, \
+             lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(retry_at)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(job.id));
+        }
+        if job.kind == JobKind::Push {
+            sqlx::query(
+                "UPDATE artifacts SET push_state = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'retrying' END, \
+                 push_attempts = $4, next_attempt_at = $3, last_error = $5 \
+                 WHERE execution_id = $1 AND position = $2",
+            )
+            .bind(job.execution_id.0)
+            .bind(job.artifact_position)
+            .bind(retry_at)
+            .bind(job.attempts)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE executions SET last_error = $2 WHERE id = $1")
+            .bind(job.execution_id.0)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(job.execution_id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
-    async fn release_job(&self, _job: &Job) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn release_job(&self, job: &Job) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, \
+             lease_token = NULL, lease_expires_at = NULL, updated_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(OffsetDateTime::now_utc())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
-    async fn retry_execution(&self, _id: ExecutionId) -> Result<u64, StoreError> {
-        unimplemented!()
+
+    async fn retry_execution(&self, id: ExecutionId) -> Result<u64, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await?;
+        let requeued = sqlx::query(super::REQUEUE_JOBS)
+            .bind(id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(super::RESET_ARTIFACTS)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE executions SET last_error = NULL WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(requeued)
     }
+
     async fn unfinished_jobs(&self) -> Result<u64, StoreError> {
-        unimplemented!()
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n as u64)
     }
-    async fn try_lock(
-        &self,
-        _name: &str,
-        _owner: &str,
-        _ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let got = sqlx::query(super::TRY_LOCK)
+            .bind(name)
+            .bind(owner)
+            .bind(now + ttl)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(got.is_some())
     }
-    async fn unlock(&self, _name: &str, _owner: &str) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM locks WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

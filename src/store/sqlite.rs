@@ -1,87 +1,617 @@
-//! (in progress)
+//! SQLite store: the embedded zero-setup backend. One writer connection serializes writes
+//! (SQLite allows one writer at a time anyway, and this avoids busy errors); reads use a
+//! separate pool and see committed data through WAL. Timestamps are epoch milliseconds.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::rows::{self, ARTIFACT_COLUMNS, ArtifactRow, EXECUTION_COLUMNS, ExecutionRow};
 use super::*;
-pub struct SqliteStore;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> Result<OffsetDateTime, sqlx::Error> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn opt_ms(r: &SqliteRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    r.try_get::<Option<i64>, _>(col)?.map(from_ms).transpose()
+}
+
+fn now_ms() -> i64 {
+    ms(OffsetDateTime::now_utc())
+}
+
 impl SqliteStore {
-    pub async fn connect(_url: &str, _max: u32) -> Result<Self, StoreError> {
-        unimplemented!()
+    /// Open (creating if missing) the database at a `sqlite:` URL.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn load(
+        &self,
+        pool: &SqlitePool,
+        rows: Vec<ExecutionRow>,
+    ) -> Result<Vec<Execution>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE execution_id IN ("
+        ));
+        let mut ids = q.separated(", ");
+        for r in &rows {
+            ids.push_bind(r.id);
+        }
+        q.push(")");
+        let artifacts = q
+            .build()
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(artifact_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows::assemble(rows, artifacts)
+    }
+
+    async fn execution_on(
+        &self,
+        pool: &SqlitePool,
+        id: ExecutionId,
+    ) -> Result<Option<Execution>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(self.load(pool, vec![execution_row(&row)?]).await?.pop())
+    }
+
+    async fn finish_job(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        job: &Job,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, last_error = NULL, updated_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(job.id));
+        }
+        Ok(())
     }
 }
+
+fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
+    let builder_version: String = r.try_get("builder_version")?;
+    let builder_version: BTreeMap<String, String> =
+        serde_json::from_str(&builder_version).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(ExecutionRow {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        pipeline_execution_id: r.try_get("pipeline_execution_id")?,
+        pipeline_identifier: r.try_get("pipeline_identifier")?,
+        repository_url: r.try_get("repository_url")?,
+        branch: r.try_get("branch")?,
+        commit_sha: r.try_get("commit_sha")?,
+        trigger_type: r.try_get("trigger_type")?,
+        triggered_by: r.try_get("triggered_by")?,
+        builder_id: r.try_get("builder_id")?,
+        builder_version,
+        started_on: from_ms(r.try_get("started_on")?)?,
+        finished_on: from_ms(r.try_get("finished_on")?)?,
+        status: r.try_get("status")?,
+        received_at: from_ms(r.try_get("received_at")?)?,
+        attestation_state: r.try_get("attestation_state")?,
+        key_id: r.try_get("key_id")?,
+        signed_at: opt_ms(r, "signed_at")?,
+        attested_at: opt_ms(r, "attested_at")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+fn artifact_row(r: &SqliteRow) -> Result<ArtifactRow, sqlx::Error> {
+    Ok(ArtifactRow {
+        execution_id: r.try_get("execution_id")?,
+        position: r.try_get("position")?,
+        registry: r.try_get("registry")?,
+        repository: r.try_get("repository")?,
+        tag: r.try_get("tag")?,
+        digest: r.try_get("digest")?,
+        push_state: r.try_get("push_state")?,
+        push_attempts: r.try_get("push_attempts")?,
+        next_attempt_at: opt_ms(r, "next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        pushed_reference: r.try_get("pushed_reference")?,
+        manifest_digest: r.try_get("manifest_digest")?,
+        pushed_at: opt_ms(r, "pushed_at")?,
+    })
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
+
     async fn migrate(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        sqlx::migrate!("migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
     }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
     }
-    async fn record_build(&self, _new: NewExecution) -> Result<Recorded, StoreError> {
-        unimplemented!()
+
+    async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
+        let b = &new.build;
+        let succeeded = b.status == BuildStatus::Succeeded;
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, request_sha256 FROM executions WHERE account_id = $1 AND pipeline_execution_id = $2",
+        )
+        .bind(b.account.as_str())
+        .bind(&b.pipeline_execution_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, hash)) = existing {
+            tx.rollback().await?;
+            if hash != new.request_sha256 {
+                return Err(StoreError::Conflict(format!(
+                    "pipeline execution {} of account {} was already recorded with different content",
+                    b.pipeline_execution_id, b.account
+                )));
+            }
+            let execution = self
+                .execution_on(&self.writer, ExecutionId(id))
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            return Ok(Recorded::Existing(execution));
+        }
+        let builder_version = serde_json::to_string(&b.builder_version)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
+             repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
+             builder_version, started_on, finished_on, status, request_sha256, received_at, \
+             statement, attestation_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(new.id.0)
+        .bind(b.account.as_str())
+        .bind(&b.pipeline_execution_id)
+        .bind(&b.pipeline_identifier)
+        .bind(&b.repository_url)
+        .bind(&b.branch)
+        .bind(&b.commit_sha)
+        .bind(&b.trigger_type)
+        .bind(&b.triggered_by)
+        .bind(&b.builder_id)
+        .bind(builder_version)
+        .bind(ms(b.started_on))
+        .bind(ms(b.finished_on))
+        .bind(b.status.as_str())
+        .bind(&new.request_sha256)
+        .bind(ms(new.received_at))
+        .bind(new.statement.as_deref())
+        .bind(if succeeded { "pending" } else { "skipped" })
+        .execute(&mut *tx)
+        .await?;
+
+        let push_state = if succeeded { "pending" } else { "skipped" };
+        let mut artifacts = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
+        );
+        artifacts.push_values(b.artifacts.iter().enumerate(), |mut row, (i, a)| {
+            row.push_bind(new.id.0)
+                .push_bind(i as i32)
+                .push_bind(a.image.registry.clone())
+                .push_bind(a.image.repository.clone())
+                .push_bind(a.image.tag.clone())
+                .push_bind(a.digest.to_string())
+                .push_bind(push_state);
+        });
+        artifacts.build().execute(&mut *tx).await?;
+        if succeeded {
+            sqlx::query(
+                "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+                 VALUES ('sign', $1, 'queued', $2, $2, $2)",
+            )
+            .bind(new.id.0)
+            .bind(ms(new.received_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let execution = self
+            .execution_on(&self.writer, new.id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Recorded::Created(execution))
     }
-    async fn execution(&self, _id: ExecutionId) -> Result<Option<Execution>, StoreError> {
-        unimplemented!()
+
+    async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
+        self.execution_on(&self.reader, id).await
     }
-    async fn list_executions(
-        &self,
-        _filter: &ExecutionFilter,
-    ) -> Result<Vec<Execution>, StoreError> {
-        unimplemented!()
+
+    async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE 1 = 1"
+        ));
+        if let Some(v) = &f.account {
+            q.push(" AND account_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = &f.pipeline {
+            q.push(" AND pipeline_identifier = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.repository {
+            q.push(" AND repository_url = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.branch {
+            q.push(" AND branch = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.commit {
+            q.push(" AND commit_sha = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.status {
+            q.push(" AND status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.attestation {
+            q.push(" AND attestation_state = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.started_after {
+            q.push(" AND started_on >= ").push_bind(ms(v));
+        }
+        if let Some(v) = f.started_before {
+            q.push(" AND started_on < ").push_bind(ms(v));
+        }
+        if let Some(v) = f.finished_after {
+            q.push(" AND finished_on >= ").push_bind(ms(v));
+        }
+        if let Some(v) = f.finished_before {
+            q.push(" AND finished_on < ").push_bind(ms(v));
+        }
+        if let Some(after) = f.after {
+            q.push(if f.ascending {
+                " AND id > "
+            } else {
+                " AND id < "
+            })
+            .push_bind(after.0);
+        }
+        q.push(if f.ascending {
+            " ORDER BY id ASC"
+        } else {
+            " ORDER BY id DESC"
+        });
+        q.push(" LIMIT ").push_bind(i64::from(f.limit));
+        let rows = q
+            .build()
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(execution_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.load(&self.reader, rows).await
     }
-    async fn statement(&self, _id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        unimplemented!()
+
+    async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT statement FROM executions WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.reader)
+                .await?
+                .flatten(),
+        )
     }
-    async fn envelope(&self, _id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        unimplemented!()
+
+    async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT envelope FROM executions WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.reader)
+                .await?
+                .flatten(),
+        )
     }
+
     async fn executions_by_digest(
         &self,
-        _digest: &Digest,
-        _account: Option<&AccountId>,
+        digest: &Digest,
+        account: Option<&AccountId>,
     ) -> Result<Vec<DigestMatch>, StoreError> {
-        unimplemented!()
+        let hits: Vec<(Uuid, i32)> = sqlx::query_as(
+            "SELECT a.execution_id, a.position FROM artifacts a JOIN executions e ON e.id = a.execution_id \
+             WHERE a.digest = $1 AND ($2 IS NULL OR e.account_id = $2) ORDER BY a.execution_id DESC, a.position",
+        )
+        .bind(digest.as_str())
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id IN ("
+        ));
+        let mut ids = q.separated(", ");
+        for (id, _) in &hits {
+            ids.push_bind(*id);
+        }
+        q.push(")");
+        let rows = q
+            .build()
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(execution_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let executions = self.load(&self.reader, rows).await?;
+        Ok(super::match_digest_hits(hits, executions))
     }
-    async fn claim_job(&self, _owner: &str, _lease: Duration) -> Result<Option<Job>, StoreError> {
-        unimplemented!()
+
+    async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
+        // A single UPDATE on the single writer connection is atomic: no two claims interleave.
+        let now = OffsetDateTime::now_utc();
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
+             lease_token = $2, lease_expires_at = $3, updated_at = $4 \
+             WHERE id = ( \
+                SELECT id FROM jobs \
+                WHERE (state = 'queued' AND run_after <= $4) OR (state = 'running' AND lease_expires_at <= $4) \
+                ORDER BY run_after, id LIMIT 1) \
+             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
+        )
+        .bind(owner)
+        .bind(Uuid::new_v4())
+        .bind(ms(now + lease))
+        .bind(ms(now))
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let kind: String = row.try_get("kind")?;
+        Ok(Some(Job {
+            id: row.try_get("id")?,
+            kind: JobKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
+            execution_id: ExecutionId(row.try_get("execution_id")?),
+            artifact_position: row.try_get("artifact_position")?,
+            attempts: row.try_get("attempts")?,
+            lease_token: row.try_get("lease_token")?,
+        }))
     }
+
     async fn complete_sign(
         &self,
-        _job: &Job,
-        _envelope: &[u8],
-        _key_id: &str,
+        job: &Job,
+        envelope: &[u8],
+        key_id: &str,
     ) -> Result<Vec<u8>, StoreError> {
-        unimplemented!()
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        Self::finish_job(&mut tx, job, now).await?;
+        let stored: Vec<u8> = sqlx::query_scalar(
+            "UPDATE executions SET envelope = COALESCE(envelope, $2), \
+             key_id = CASE WHEN envelope IS NULL THEN $3 ELSE key_id END, \
+             signed_at = COALESCE(signed_at, $4), last_error = NULL \
+             WHERE id = $1 RETURNING envelope",
+        )
+        .bind(job.execution_id.0)
+        .bind(envelope)
+        .bind(key_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(super::QUEUE_PUSH_JOBS)
+            .bind(job.execution_id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(job.execution_id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
     }
-    async fn complete_push(&self, _job: &Job, _record: &PushRecord) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        Self::finish_job(&mut tx, job, now).await?;
+        sqlx::query(
+            "UPDATE artifacts SET push_state = 'pushed', push_attempts = $3, next_attempt_at = NULL, \
+             last_error = NULL, pushed_reference = $4, manifest_digest = $5, pushed_at = $6 \
+             WHERE execution_id = $1 AND position = $2",
+        )
+        .bind(job.execution_id.0)
+        .bind(job.artifact_position)
+        .bind(job.attempts)
+        .bind(&record.reference)
+        .bind(&record.manifest_digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(job.execution_id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE executions SET attested_at = $2, last_error = NULL \
+             WHERE id = $1 AND attestation_state = 'attested' AND attested_at IS NULL",
+        )
+        .bind(job.execution_id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
+
     async fn fail_job(
         &self,
-        _job: &Job,
-        _error: &str,
-        _retry_at: Option<OffsetDateTime>,
+        job: &Job,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let now = now_ms();
+        let retry_at = retry_at.map(ms);
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = CASE WHEN $3 IS NULL THEN 'dead' ELSE 'queued' END, \
+             run_after = COALESCE($3, run_after), last_error = $4, lease_owner = NULL, \
+             lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(retry_at)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(job.id));
+        }
+        if job.kind == JobKind::Push {
+            sqlx::query(
+                "UPDATE artifacts SET push_state = CASE WHEN $3 IS NULL THEN 'dead' ELSE 'retrying' END, \
+                 push_attempts = $4, next_attempt_at = $3, last_error = $5 \
+                 WHERE execution_id = $1 AND position = $2",
+            )
+            .bind(job.execution_id.0)
+            .bind(job.artifact_position)
+            .bind(retry_at)
+            .bind(job.attempts)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE executions SET last_error = $2 WHERE id = $1")
+            .bind(job.execution_id.0)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(job.execution_id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
-    async fn release_job(&self, _job: &Job) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn release_job(&self, job: &Job) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, \
+             lease_token = NULL, lease_expires_at = NULL, updated_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
-    async fn retry_execution(&self, _id: ExecutionId) -> Result<u64, StoreError> {
-        unimplemented!()
+
+    async fn retry_execution(&self, id: ExecutionId) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let requeued = sqlx::query(super::REQUEUE_JOBS)
+            .bind(id.0)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(super::RESET_ARTIFACTS)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE executions SET last_error = NULL WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(rows::REFRESH_STATE)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(requeued)
     }
+
     async fn unfinished_jobs(&self) -> Result<u64, StoreError> {
-        unimplemented!()
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
+                .fetch_one(&self.writer)
+                .await?;
+        Ok(n as u64)
     }
-    async fn try_lock(
-        &self,
-        _name: &str,
-        _owner: &str,
-        _ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let got = sqlx::query(super::TRY_LOCK)
+            .bind(name)
+            .bind(owner)
+            .bind(ms(now + ttl))
+            .bind(ms(now))
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(got.is_some())
     }
-    async fn unlock(&self, _name: &str, _owner: &str) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM locks WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 }

@@ -1,0 +1,496 @@
+//! The generic build webhook, schema version 1: a CI system reports a finished build and the
+//! images it pushed. Field names follow the SLSA/Harness provenance vocabulary (camelCase).
+//!
+//! ```json
+//! {
+//!   "schemaVersion": 1,
+//!   "accountId": "acme",
+//!   "pipelineIdentifier": "build_and_push",
+//!   "pipelineExecutionId": "7f9c2ba4-run-1182",
+//!   "repositoryURL": "https://github.com/acme/app",
+//!   "branch": "main",
+//!   "commitSha": "4f1e0c7b9d3a2e6f8b0c1d2e3f4a5b6c7d8e9f01",
+//!   "triggerType": "WEBHOOK",
+//!   "triggeredBy": "alice@example.com",
+//!   "builderId": "https://ci.example.com/runners/linux-amd64",
+//!   "builderVersion": {"ci": "2.4.1", "buildkit": "0.17.0"},
+//!   "startedOn": "2026-11-25T10:00:00Z",
+//!   "finishedOn": "2026-11-25T10:04:31Z",
+//!   "status": "succeeded",
+//!   "artifacts": [{"image": "registry.example.com/acme/app:1.4.0", "digest": "sha256:<64 hex>"}]
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::{AccountId, Artifact, BuildCompleted, BuildStatus, Digest, ImageRef};
+
+/// The only schema version this build understands.
+pub const SCHEMA_VERSION: u64 = 1;
+const MAX_TEXT: usize = 1024;
+const MAX_URL: usize = 2048;
+const MAX_ARTIFACTS: usize = 256;
+const MAX_BUILDER_VERSIONS: usize = 64;
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "schemaVersion",
+    "accountId",
+    "pipelineIdentifier",
+    "pipelineExecutionId",
+    "repositoryURL",
+    "branch",
+    "commitSha",
+    "triggerType",
+    "triggeredBy",
+    "builderId",
+    "builderVersion",
+    "startedOn",
+    "finishedOn",
+    "status",
+    "artifacts",
+];
+
+/// One validation failure, pointing at the offending field (`artifacts[1].digest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a webhook body was refused.
+#[derive(Debug)]
+pub enum WebhookError {
+    /// Not JSON, or not a JSON object.
+    Malformed(String),
+    /// `schemaVersion` names a version this build does not support.
+    UnsupportedVersion(String),
+    /// Well-formed JSON whose fields are missing or invalid.
+    Invalid(Vec<FieldError>),
+}
+
+/// A parsed webhook: the build and a fingerprint of its content for idempotency checks.
+#[derive(Debug)]
+pub struct ParsedWebhook {
+    pub build: BuildCompleted,
+    /// SHA-256 (hex) of the normalized content; equal for redeliveries of the same build.
+    pub fingerprint: String,
+}
+
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> Fields<'a> {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn text(&mut self, name: &str, max: usize) -> Option<String> {
+        match self.obj.get(name) {
+            None | Some(Value::Null) => {
+                self.error(name, "is required");
+                None
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.error(name, "must not be empty");
+                None
+            }
+            Some(Value::String(s)) if s.len() > max => {
+                self.error(name, format!("must be at most {max} bytes"));
+                None
+            }
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                self.error(name, "must not contain control characters");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.error(name, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn parsed<T, E: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        let raw = self.text(name, MAX_TEXT)?;
+        match parse(&raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(name, e.to_string());
+                None
+            }
+        }
+    }
+}
+
+fn timestamp(s: &str) -> Result<OffsetDateTime, String> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-11-25T10:00:00Z".to_owned())?;
+    Ok(t.to_offset(time::UtcOffset::UTC))
+}
+
+fn commit_sha(s: &str) -> Result<String, &'static str> {
+    let ok = (s.len() == 40 || s.len() == 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a full git commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex characters")
+    }
+}
+
+fn no_whitespace(s: &str) -> Result<String, &'static str> {
+    if s.chars().any(char::is_whitespace) {
+        Err("must not contain whitespace")
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// Parse and validate a webhook body. All field problems are reported together.
+pub fn parse_build_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| WebhookError::Malformed(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = &value else {
+        return Err(WebhookError::Malformed("body must be a JSON object".into()));
+    };
+    match obj.get("schemaVersion") {
+        Some(Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION) => {}
+        Some(other) => {
+            return Err(WebhookError::UnsupportedVersion(format!(
+                "schemaVersion {other} is not supported; this server accepts {SCHEMA_VERSION}"
+            )));
+        }
+        None => {
+            return Err(WebhookError::Invalid(vec![FieldError {
+                field: "schemaVersion".into(),
+                message: format!("is required (use {SCHEMA_VERSION})"),
+            }]));
+        }
+    }
+
+    let mut f = Fields {
+        obj,
+        errors: Vec::new(),
+    };
+    for key in obj.keys() {
+        if !TOP_LEVEL_FIELDS.contains(&key.as_str()) {
+            f.error(key.clone(), "is not a field of schema version 1");
+        }
+    }
+    let account = f.parsed("accountId", str::parse::<AccountId>);
+    let pipeline_identifier = f.text("pipelineIdentifier", MAX_TEXT);
+    let pipeline_execution_id = f.text("pipelineExecutionId", MAX_TEXT);
+    let repository_url = f
+        .text("repositoryURL", MAX_URL)
+        .and_then(|s| match no_whitespace(&s) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                f.error("repositoryURL", e);
+                None
+            }
+        });
+    let branch = f.parsed("branch", no_whitespace).map(|b| {
+        b.strip_prefix("refs/heads/")
+            .map(str::to_owned)
+            .unwrap_or(b)
+    });
+    let commit_sha = f.parsed("commitSha", commit_sha);
+    let trigger_type = f.text("triggerType", MAX_TEXT);
+    let triggered_by = f.text("triggeredBy", MAX_TEXT);
+    let builder_id = f.text("builderId", MAX_URL);
+    let started_on = f.parsed("startedOn", timestamp);
+    let finished_on = f.parsed("finishedOn", timestamp);
+    let status = f.parsed("status", str::parse::<BuildStatus>);
+
+    let builder_version = match obj.get("builderVersion") {
+        None | Some(Value::Null) => Some(BTreeMap::new()),
+        Some(Value::Object(m)) if m.len() > MAX_BUILDER_VERSIONS => {
+            f.error(
+                "builderVersion",
+                format!("must have at most {MAX_BUILDER_VERSIONS} entries"),
+            );
+            None
+        }
+        Some(Value::Object(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s)
+                        if !k.is_empty() && k.len() <= MAX_TEXT && s.len() <= MAX_TEXT =>
+                    {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    _ => f.error(
+                        format!("builderVersion.{k}"),
+                        "must be a string of at most 1024 bytes",
+                    ),
+                }
+            }
+            Some(out)
+        }
+        Some(_) => {
+            f.error(
+                "builderVersion",
+                "must be an object mapping component to version",
+            );
+            None
+        }
+    };
+
+    let artifacts = match obj.get("artifacts") {
+        None | Some(Value::Null) => {
+            f.error("artifacts", "is required");
+            None
+        }
+        Some(Value::Array(a)) if a.is_empty() => {
+            f.error("artifacts", "must list at least one image");
+            None
+        }
+        Some(Value::Array(a)) if a.len() > MAX_ARTIFACTS => {
+            f.error(
+                "artifacts",
+                format!("must list at most {MAX_ARTIFACTS} images"),
+            );
+            None
+        }
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let Value::Object(a) = item else {
+                    f.error(
+                        format!("artifacts[{i}]"),
+                        "must be an object with image and digest",
+                    );
+                    continue;
+                };
+                let mut af = Fields {
+                    obj: a,
+                    errors: Vec::new(),
+                };
+                for key in a.keys() {
+                    if key != "image" && key != "digest" {
+                        af.error(key.clone(), "is not a field of an artifact");
+                    }
+                }
+                let image = af.parsed("image", str::parse::<ImageRef>);
+                let digest = af.parsed("digest", str::parse::<Digest>);
+                for e in af.errors {
+                    f.error(format!("artifacts[{i}].{}", e.field), e.message);
+                }
+                if let (Some(image), Some(digest)) = (image, digest) {
+                    out.push(Artifact { image, digest });
+                }
+            }
+            Some(out)
+        }
+        Some(_) => {
+            f.error("artifacts", "must be an array");
+            None
+        }
+    };
+
+    if let (Some(s), Some(e)) = (started_on, finished_on)
+        && e < s
+    {
+        f.error("finishedOn", "must not be before startedOn");
+    }
+
+    let errors = std::mem::take(&mut f.errors);
+    let (
+        Some(account),
+        Some(pipeline_identifier),
+        Some(pipeline_execution_id),
+        Some(repository_url),
+        Some(branch),
+        Some(commit_sha),
+        Some(trigger_type),
+        Some(triggered_by),
+        Some(builder_id),
+        Some(builder_version),
+        Some(started_on),
+        Some(finished_on),
+        Some(status),
+        Some(artifacts),
+    ) = (
+        account,
+        pipeline_identifier,
+        pipeline_execution_id,
+        repository_url,
+        branch,
+        commit_sha,
+        trigger_type,
+        triggered_by,
+        builder_id,
+        builder_version,
+        started_on,
+        finished_on,
+        status,
+        artifacts,
+    )
+    else {
+        return Err(WebhookError::Invalid(errors));
+    };
+    if !errors.is_empty() {
+        return Err(WebhookError::Invalid(errors));
+    }
+    let build = BuildCompleted {
+        account,
+        pipeline_identifier,
+        pipeline_execution_id,
+        repository_url,
+        branch,
+        commit_sha,
+        trigger_type,
+        triggered_by,
+        builder_id,
+        builder_version,
+        started_on,
+        finished_on,
+        status,
+        artifacts,
+    };
+    let fingerprint = fingerprint(&build);
+    Ok(ParsedWebhook { build, fingerprint })
+}
+
+/// SHA-256 over a fixed-order serialization of every field of `build`.
+fn fingerprint(b: &BuildCompleted) -> String {
+    let canonical = serde_json::json!([
+        b.account.as_str(),
+        b.pipeline_identifier,
+        b.pipeline_execution_id,
+        b.repository_url,
+        b.branch,
+        b.commit_sha,
+        b.trigger_type,
+        b.triggered_by,
+        b.builder_id,
+        b.builder_version.iter().collect::<Vec<_>>(),
+        b.started_on.unix_timestamp_nanos().to_string(),
+        b.finished_on.unix_timestamp_nanos().to_string(),
+        b.status.as_str(),
+        b.artifacts
+            .iter()
+            .map(|a| [a.image.to_string(), a.digest.to_string()])
+            .collect::<Vec<_>>(),
+    ]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Value {
+        serde_json::json!({
+            "schemaVersion": 1,
+            "accountId": "acme",
+            "pipelineIdentifier": "build_and_push",
+            "pipelineExecutionId": "run-1",
+            "repositoryURL": "https://github.com/acme/app",
+            "branch": "refs/heads/main",
+            "commitSha": "4f1e0c7b9d3a2e6f8b0c1d2e3f4a5b6c7d8e9f01",
+            "triggerType": "WEBHOOK",
+            "triggeredBy": "alice@example.com",
+            "builderId": "https://ci.example.com/runners/linux",
+            "builderVersion": {"ci": "2.4.1"},
+            "startedOn": "2026-11-25T10:00:00Z",
+            "finishedOn": "2026-11-25T11:04:31+01:00",
+            "status": "succeeded",
+            "artifacts": [{"image": "registry.example.com/acme/app:1.4.0", "digest": format!("sha256:{}", "e".repeat(64))}]
+        })
+    }
+
+    fn errors_of(v: &Value) -> Vec<FieldError> {
+        match parse_build_webhook(v.to_string().as_bytes()) {
+            Err(WebhookError::Invalid(e)) => e,
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_webhook_normalizes_branch_and_timestamps() {
+        let p = parse_build_webhook(sample().to_string().as_bytes()).unwrap();
+        assert_eq!(p.build.branch, "main");
+        assert_eq!(p.build.finished_on.offset(), time::UtcOffset::UTC);
+        assert_eq!(p.build.artifacts[0].image.tag.as_deref(), Some("1.4.0"));
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_whitespace_but_not_content() {
+        let a = parse_build_webhook(sample().to_string().as_bytes()).unwrap();
+        let pretty = serde_json::to_string_pretty(&sample()).unwrap();
+        let b = parse_build_webhook(pretty.as_bytes()).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        let mut changed = sample();
+        changed["triggeredBy"] = "mallory".into();
+        let c = parse_build_webhook(changed.to_string().as_bytes()).unwrap();
+        assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("pipelineExecutionId");
+        v["artifacts"][0]["digest"] = "sha256:ABC".into();
+        v["artifacts"][0]["size"] = 3.into();
+        v["startedOn"] = "yesterday".into();
+        v["extra"] = true.into();
+        let fields: Vec<String> = errors_of(&v).into_iter().map(|e| e.field).collect();
+        for f in [
+            "pipelineExecutionId",
+            "artifacts[0].digest",
+            "artifacts[0].size",
+            "startedOn",
+            "extra",
+        ] {
+            assert!(
+                fields.contains(&f.to_owned()),
+                "{f} missing from {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn finished_before_started_and_empty_artifacts_are_refused() {
+        let mut v = sample();
+        v["finishedOn"] = "2026-11-25T09:00:00Z".into();
+        v["artifacts"] = serde_json::json!([]);
+        let fields: Vec<String> = errors_of(&v).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, vec!["artifacts", "finishedOn"]);
+    }
+
+    #[test]
+    fn unknown_schema_version_and_non_json_are_distinguished() {
+        let mut v = sample();
+        v["schemaVersion"] = 2.into();
+        assert!(matches!(
+            parse_build_webhook(v.to_string().as_bytes()),
+            Err(WebhookError::UnsupportedVersion(_))
+        ));
+        assert!(matches!(
+            parse_build_webhook(b"{nope"),
+            Err(WebhookError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_build_webhook(b"[1]"),
+            Err(WebhookError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,142 @@
+//! Row shapes shared by both dialects and their conversion into domain records. SQLite rows
+//! are converted into these first (its timestamps are epoch milliseconds).
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ArtifactRecord, AttestationState, Execution, PushState, StoreError};
+use crate::domain::ExecutionId;
+
+/// Columns selected for an execution, in this order, by both dialects.
+pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipeline_identifier, \
+    repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, builder_version, \
+    started_on, finished_on, status, received_at, attestation_state, key_id, signed_at, \
+    attested_at, last_error";
+
+pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository, tag, digest, \
+    push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at";
+
+/// Recompute an execution's attestation state from its jobs and artifacts. Shared by both
+/// dialects; `$1` is the execution id.
+pub const REFRESH_STATE: &str = "UPDATE executions SET attestation_state = CASE \
+        WHEN attestation_state = 'skipped' THEN 'skipped' \
+        WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.execution_id = executions.id AND j.state = 'dead') THEN 'failed' \
+        WHEN envelope IS NULL THEN 'pending' \
+        WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = executions.id AND a.push_state <> 'pushed') THEN 'attested' \
+        ELSE 'pushing' END \
+    WHERE id = $1";
+
+pub struct ExecutionRow {
+    pub id: Uuid,
+    pub account_id: String,
+    pub pipeline_execution_id: String,
+    pub pipeline_identifier: String,
+    pub repository_url: String,
+    pub branch: String,
+    pub commit_sha: String,
+    pub trigger_type: String,
+    pub triggered_by: String,
+    pub builder_id: String,
+    pub builder_version: BTreeMap<String, String>,
+    pub started_on: OffsetDateTime,
+    pub finished_on: OffsetDateTime,
+    pub status: String,
+    pub received_at: OffsetDateTime,
+    pub attestation_state: String,
+    pub key_id: Option<String>,
+    pub signed_at: Option<OffsetDateTime>,
+    pub attested_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+}
+
+pub struct ArtifactRow {
+    pub execution_id: Uuid,
+    pub position: i32,
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: String,
+    pub push_state: String,
+    pub push_attempts: i32,
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub pushed_reference: Option<String>,
+    pub manifest_digest: Option<String>,
+    pub pushed_at: Option<OffsetDateTime>,
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+impl ArtifactRow {
+    fn into_record(self) -> Result<ArtifactRecord, StoreError> {
+        Ok(ArtifactRecord {
+            position: self.position,
+            digest: self
+                .digest
+                .parse()
+                .map_err(|_| corrupt("digest", &self.digest))?,
+            push_state: PushState::parse(&self.push_state)
+                .ok_or_else(|| corrupt("push_state", &self.push_state))?,
+            registry: self.registry,
+            repository: self.repository,
+            tag: self.tag,
+            push_attempts: self.push_attempts,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error,
+            pushed_reference: self.pushed_reference,
+            manifest_digest: self.manifest_digest,
+            pushed_at: self.pushed_at,
+        })
+    }
+}
+
+/// Join executions with their artifacts (fetched in one query), keeping the executions' order.
+pub fn assemble(
+    rows: Vec<ExecutionRow>,
+    artifacts: Vec<ArtifactRow>,
+) -> Result<Vec<Execution>, StoreError> {
+    let mut by_execution: BTreeMap<Uuid, Vec<ArtifactRecord>> = BTreeMap::new();
+    for a in artifacts {
+        by_execution
+            .entry(a.execution_id)
+            .or_default()
+            .push(a.into_record()?);
+    }
+    rows.into_iter()
+        .map(|r| {
+            let mut artifacts = by_execution.remove(&r.id).unwrap_or_default();
+            artifacts.sort_by_key(|a| a.position);
+            Ok(Execution {
+                id: ExecutionId(r.id),
+                account: r
+                    .account_id
+                    .parse()
+                    .map_err(|_| corrupt("account_id", &r.account_id))?,
+                status: r.status.parse().map_err(|_| corrupt("status", &r.status))?,
+                attestation: AttestationState::parse(&r.attestation_state)
+                    .ok_or_else(|| corrupt("attestation_state", &r.attestation_state))?,
+                pipeline_identifier: r.pipeline_identifier,
+                pipeline_execution_id: r.pipeline_execution_id,
+                repository_url: r.repository_url,
+                branch: r.branch,
+                commit_sha: r.commit_sha,
+                trigger_type: r.trigger_type,
+                triggered_by: r.triggered_by,
+                builder_id: r.builder_id,
+                builder_version: r.builder_version,
+                started_on: r.started_on,
+                finished_on: r.finished_on,
+                received_at: r.received_at,
+                key_id: r.key_id,
+                signed_at: r.signed_at,
+                attested_at: r.attested_at,
+                last_error: r.last_error,
+                artifacts,
+            })
+        })
+        .collect()
+}
