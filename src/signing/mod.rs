@@ -1,6 +1,8 @@
 //! Signers (a decrypted cosign key held in memory, or a Vault/OpenBao Transit key) and DSSE
 //! envelope assembly. The signature always covers the DSSE pre-authentication encoding.
 
+pub mod cosign;
+
 use std::sync::Arc;
 
 use crate::domain::KeyId;
