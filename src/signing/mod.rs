@@ -2,6 +2,14 @@
 //! envelope assembly. The signature always covers the DSSE pre-authentication encoding.
 
 pub mod cosign;
+pub mod keygen;
+pub mod keyring;
+pub mod transit;
+
+pub use cosign::{CosignSigner, KeyError};
+pub use keygen::{GeneratedKey, KeygenError, generate_key_pair};
+pub use keyring::{KeyKind, Keyring, KeyringError, PublicKeyInfo};
+pub use transit::TransitSigner;
 
 use std::sync::Arc;
 
