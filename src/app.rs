@@ -1,2 +1,203 @@
-//! (in progress)
-pub struct App;
+//! Application assembly: settings → store, webhook sources, tokens (and the worker); binding
+//! the listener; graceful shutdown on one cancellation token.
+
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::http::auth::Tokens;
+use crate::ingest::{WebhookSource, WebhookSources};
+use crate::store::{self, DynStore};
+
+/// Everything a request handler or the worker needs; shared behind [`AppState`].
+pub struct App {
+    pub settings: Settings,
+    pub store: DynStore,
+    pub sources: WebhookSources,
+    pub tokens: Tokens,
+    /// Base URL for links, without a trailing slash.
+    pub public_url: String,
+    /// Wakes the worker when new jobs were queued.
+    pub jobs_queued: Notify,
+    pub shutdown: CancellationToken,
+}
+
+/// Cheap-to-clone handle given to handlers.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl App {
+    /// Connect the store (migrating if configured) and resolve every configured secret.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        use secrecy::ExposeSecret;
+        let store = store::connect(
+            settings.database.url.expose_secret(),
+            settings.database.max_connections,
+        )
+        .await
+        .context("connect to the database (database.url)")?;
+        if settings.database.migrate_on_start {
+            store.migrate().await.context("apply database migrations")?;
+        }
+        let sources = webhook_sources(&settings)?;
+        let loopback = settings.server.listen.ip().is_loopback();
+        let anonymous = settings.auth.anonymous_reads_on_loopback && loopback;
+        if anonymous {
+            tracing::warn!(
+                listen = %settings.server.listen,
+                "reads without a token are allowed because the server listens on loopback only \
+                 (auth.anonymous_reads_on_loopback); configure auth.tokens before exposing it"
+            );
+        } else if settings.auth.anonymous_reads_on_loopback {
+            tracing::warn!(
+                "auth.anonymous_reads_on_loopback is ignored: server.listen is not a loopback address"
+            );
+        }
+        let tokens = Tokens::new(&settings.auth.tokens, anonymous);
+        let public_url = if settings.server.public_url.is_empty() {
+            format!("http://{}", settings.server.listen)
+        } else {
+            settings.server.public_url.trim_end_matches('/').to_owned()
+        };
+        Ok(Self {
+            settings,
+            store,
+            sources,
+            tokens,
+            public_url,
+            jobs_queued: Notify::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Whether attestations may be pushed to `host` (only configured registries).
+    pub fn registry_allowed(&self, host: &str) -> bool {
+        self.settings.registries.iter().any(|r| r.host == host)
+    }
+
+    /// Wake the worker: new jobs are waiting.
+    pub fn notify_worker(&self) {
+        self.jobs_queued.notify_waiters();
+    }
+
+    /// Serve HTTP on `listener` (and run the worker, if enabled) until `shutdown` is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+        let state = AppState(self.clone());
+        let router = crate::http::router(state);
+        let shutdown = self.shutdown.clone();
+        tracing::info!(listen = %listener.local_addr()?, store = self.store.backend(), "attestd listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        Ok(())
+    }
+}
+
+/// Configured webhook sources, or a development source with a generated secret.
+fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
+    if settings.webhook.sources.is_empty() {
+        let secret = dev_webhook_secret(&settings.webhook.dev_secret_file)?;
+        tracing::warn!(
+            file = %settings.webhook.dev_secret_file.display(),
+            account = %settings.webhook.dev_account,
+            "no webhook sources configured: accepting webhooks signed with the development secret"
+        );
+        return Ok(WebhookSources::new(vec![WebhookSource {
+            name: "development".into(),
+            account: settings.webhook.dev_account.clone(),
+            secrets: vec![secret],
+        }]));
+    }
+    let mut sources = Vec::new();
+    for (i, s) in settings.webhook.sources.iter().enumerate() {
+        let secrets = s
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(j, r)| r.resolve(&format!("webhook.sources[{i}].secrets[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        sources.push(WebhookSource {
+            name: s.name.clone(),
+            account: s.account.clone(),
+            secrets,
+        });
+    }
+    Ok(WebhookSources::new(sources))
+}
+
+/// Read the development webhook secret, creating it (random, mode 0600) on first start.
+fn dev_webhook_secret(path: &Path) -> anyhow::Result<SecretString> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok(SecretString::from(existing.to_owned()));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("system random generator failed"))?;
+    let secret = hex::encode(bytes);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    write_private(path, secret.as_bytes()).with_context(|| format!("write {}", path.display()))?;
+    tracing::warn!(file = %path.display(), "generated a development webhook secret");
+    Ok(SecretString::from(secret))
+}
+
+/// Write a file readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Grace period for in-flight work after a shutdown signal.
+pub fn grace(settings: &Settings) -> Duration {
+    Duration::from_secs(settings.server.shutdown_grace_secs)
+}

@@ -262,7 +262,13 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("ATTESTD_").split("__"));
+        // Only ATTESTD_<SECTION>__<KEY> configures; ATTESTD_LOG, ATTESTD_CONFIG and test
+        // variables share the prefix but are not settings.
+        figment = figment.merge(
+            Env::prefixed("ATTESTD_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)

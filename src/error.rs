@@ -1,1 +1,125 @@
-//! (in progress)
+//! The one error type at the HTTP edge. Each variant maps to one status and a stable machine
+//! code; internal causes are logged once with their chain and never sent to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::ingest::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid webhook signature")]
+    InvalidSignature,
+    #[error("a bearer token is required")]
+    Unauthenticated,
+    #[error("{0}")]
+    AccountMismatch(String),
+    #[error("{0}")]
+    NotFound(&'static str, String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the webhook failed validation")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    UnsupportedSchema(String),
+    #[error("{0}")]
+    BadRequest(&'static str, String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidSignature | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::AccountMismatch(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(..) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Malformed(_) | Self::BadRequest(..) => StatusCode::BAD_REQUEST,
+            Self::Validation(_) | Self::UnsupportedSchema(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code clients switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidSignature => "invalid_signature",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AccountMismatch(_) => "account_mismatch",
+            Self::NotFound(code, _) => code,
+            Self::Conflict(_) => "execution_conflict",
+            Self::Malformed(_) => "malformed_json",
+            Self::Validation(_) => "validation_failed",
+            Self::UnsupportedSchema(_) => "unsupported_schema_version",
+            Self::BadRequest(code, _) => code,
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn execution_not_found() -> Self {
+        Self::NotFound("execution_not_found", "no such execution".into())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Conflict(m) => Self::Conflict(m),
+            crate::store::StoreError::NotFound => Self::execution_not_found(),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+        let status = self.status();
+        let details = match &self {
+            Self::Validation(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+                details,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::Unauthenticated) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -174,6 +174,7 @@ _svc_as_postgres() {
 }
 
 # start_postgres: throwaway cluster, trust auth, fsync off, max_connections 300.
+# ATTESTD_PG_DURABLE=1 keeps PostgreSQL's durable defaults (fsync, synchronous_commit) for benchmarks.
 # Exports TEST_DATABASE_URL=postgres://postgres@127.0.0.1:<port>/postgres (admin db: tests CREATE DATABASE).
 start_postgres() {
     local state pg_bin dir port attempt started=0
@@ -189,10 +190,12 @@ start_postgres() {
         _svc_fail "initdb failed" "$dir/initdb.log"
         return 1
     fi
+    local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if [ "${ATTESTD_PG_DURABLE:-0}" = 1 ]; then durability=""; fi
     for attempt in 1 2 3; do
         port="$(free_ports 1)" || return 1
         if _svc_as_postgres "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability -c max_connections=300" \
             start >"$dir/pg_ctl.log" 2>&1; then
             started=1
             break

@@ -1,0 +1,270 @@
+//! Execution reads: one record, its provenance statement and DSSE envelope (exact stored bytes),
+//! filtered lists with cursor pagination, and re-driving failed deliveries.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::auth::Reader;
+use super::views::ExecutionView;
+use crate::app::AppState;
+use crate::domain::{AccountId, BuildStatus, ExecutionId};
+use crate::error::ApiError;
+use crate::store::{AttestationState, Execution, ExecutionFilter};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+
+/// Query parameters of `GET /v1/executions`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct ListParams {
+    /// Admin tokens only; other tokens always see their own account.
+    pub account: Option<String>,
+    pub pipeline: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    /// succeeded | failed | aborted
+    pub status: Option<String>,
+    /// skipped | pending | pushing | attested | failed
+    pub attestation: Option<String>,
+    pub started_after: Option<String>,
+    pub started_before: Option<String>,
+    pub finished_after: Option<String>,
+    pub finished_before: Option<String>,
+    /// `desc` (newest first, default) or `asc`.
+    pub order: Option<String>,
+    /// 1..=200, default 50.
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionPage {
+    pub items: Vec<ExecutionView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn bad(param: &str, message: &str) -> ApiError {
+    ApiError::BadRequest(
+        "invalid_query",
+        format!("query parameter `{param}` {message}"),
+    )
+}
+
+fn time_param(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .map_err(|_| bad(name, "must be an RFC 3339 timestamp"))
+        })
+        .transpose()
+}
+
+impl ListParams {
+    /// The store filter for `reader`, or a 400 naming the bad parameter.
+    pub fn to_filter(&self, reader: &Reader) -> Result<ExecutionFilter, ApiError> {
+        let requested = self
+            .account
+            .as_deref()
+            .map(|a| {
+                a.parse::<AccountId>()
+                    .map_err(|_| bad("account", "is not a valid account id"))
+            })
+            .transpose()?;
+        let account = match (reader.scope(), requested) {
+            (Some(own), _) => Some(own.clone()),
+            (None, requested) => requested,
+        };
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(bad("limit", "must be between 1 and 200"));
+        }
+        Ok(ExecutionFilter {
+            account,
+            pipeline: self.pipeline.clone(),
+            repository: self.repository.clone(),
+            branch: self.branch.clone(),
+            commit: self.commit.clone(),
+            status: self
+                .status
+                .as_deref()
+                .map(|s| {
+                    s.parse::<BuildStatus>()
+                        .map_err(|_| bad("status", "must be succeeded, failed or aborted"))
+                })
+                .transpose()?,
+            attestation: self
+                .attestation
+                .as_deref()
+                .map(|s| {
+                    AttestationState::parse(s).ok_or_else(|| {
+                        bad(
+                            "attestation",
+                            "must be skipped, pending, pushing, attested or failed",
+                        )
+                    })
+                })
+                .transpose()?,
+            started_after: time_param("startedAfter", &self.started_after)?,
+            started_before: time_param("startedBefore", &self.started_before)?,
+            finished_after: time_param("finishedAfter", &self.finished_after)?,
+            finished_before: time_param("finishedBefore", &self.finished_before)?,
+            ascending: match self.order.as_deref() {
+                None | Some("desc") => false,
+                Some("asc") => true,
+                Some(_) => return Err(bad("order", "must be asc or desc")),
+            },
+            after: self
+                .cursor
+                .as_deref()
+                .map(|c| {
+                    c.parse::<ExecutionId>()
+                        .map_err(|_| bad("cursor", "is not a cursor this API returned"))
+                })
+                .transpose()?,
+            limit,
+        })
+    }
+}
+
+pub async fn list_executions(
+    State(state): State<AppState>,
+    reader: Reader,
+    Query(params): Query<ListParams>,
+) -> Result<Json<ExecutionPage>, ApiError> {
+    let filter = params.to_filter(&reader)?;
+    let executions = state.store.list_executions(&filter).await?;
+    let next_cursor = (executions.len() == filter.limit as usize)
+        .then(|| executions.last().map(|e| e.id.to_string()))
+        .flatten();
+    Ok(Json(ExecutionPage {
+        items: executions
+            .iter()
+            .map(|e| ExecutionView::new(e, &state.public_url))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// The execution, if it exists and `reader` may see it; otherwise the same 404 either way.
+pub async fn readable_execution(
+    state: &AppState,
+    reader: &Reader,
+    id: &str,
+) -> Result<Execution, ApiError> {
+    let id: ExecutionId = id.parse().map_err(|_| ApiError::execution_not_found())?;
+    match state.store.execution(id).await? {
+        Some(e) if reader.can_read(&e.account) => Ok(e),
+        _ => Err(ApiError::execution_not_found()),
+    }
+}
+
+pub async fn get_execution(
+    State(state): State<AppState>,
+    reader: Reader,
+    Path(execution_id): Path<String>,
+) -> Result<Json<ExecutionView>, ApiError> {
+    let e = readable_execution(&state, &reader, &execution_id).await?;
+    Ok(Json(ExecutionView::new(&e, &state.public_url)))
+}
+
+fn raw_json(bytes: Vec<u8>, content_type: &'static str, filename: String) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{filename}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+pub async fn get_provenance(
+    State(state): State<AppState>,
+    reader: Reader,
+    Path(execution_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = readable_execution(&state, &reader, &execution_id).await?;
+    let bytes = state.store.statement(e.id).await?.ok_or_else(|| {
+        ApiError::NotFound(
+            "provenance_not_found",
+            format!(
+                "execution {} has no provenance: the build {}",
+                e.id,
+                e.status.as_str()
+            ),
+        )
+    })?;
+    Ok(raw_json(
+        bytes,
+        "application/vnd.in-toto+json",
+        format!("{}.intoto.json", e.id),
+    ))
+}
+
+pub async fn get_attestation(
+    State(state): State<AppState>,
+    reader: Reader,
+    Path(execution_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = readable_execution(&state, &reader, &execution_id).await?;
+    let bytes = state.store.envelope(e.id).await?.ok_or_else(|| {
+        ApiError::NotFound(
+            "attestation_not_found",
+            format!(
+                "execution {} has no signed attestation yet (state: {})",
+                e.id,
+                e.attestation.as_str()
+            ),
+        )
+    })?;
+    Ok(raw_json(
+        bytes,
+        "application/vnd.dsse.envelope.v1+json",
+        format!("{}.dsse.json", e.id),
+    ))
+}
+
+/// Re-drive dead or backing-off jobs of an execution with the same stored envelope.
+pub async fn retry_execution(
+    State(state): State<AppState>,
+    reader: Reader,
+    Path(execution_id): Path<String>,
+) -> Result<(StatusCode, Json<ExecutionView>), ApiError> {
+    let e = readable_execution(&state, &reader, &execution_id).await?;
+    let requeued = state.store.retry_execution(e.id).await?;
+    if requeued == 0 {
+        return Err(ApiError::BadRequest(
+            "nothing_to_retry",
+            format!(
+                "execution {} has no failed or waiting deliveries (state: {})",
+                e.id,
+                e.attestation.as_str()
+            ),
+        ));
+    }
+    tracing::info!(execution.id = %e.id, jobs = requeued, "deliveries re-driven");
+    state.notify_worker();
+    let e = state
+        .store
+        .execution(e.id)
+        .await?
+        .ok_or_else(ApiError::execution_not_found)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ExecutionView::new(&e, &state.public_url)),
+    ))
+}

@@ -1,0 +1,139 @@
+//! JSON shapes the API returns, in the provenance vocabulary (camelCase).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::domain::BuildStatus;
+use crate::store::{ArtifactRecord, AttestationState, Execution, PushState};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionView {
+    pub id: String,
+    pub url: String,
+    pub account_id: String,
+    pub pipeline_identifier: String,
+    pub pipeline_execution_id: String,
+    #[serde(rename = "repositoryURL")]
+    pub repository_url: String,
+    pub branch: String,
+    pub commit_sha: String,
+    pub trigger_type: String,
+    pub triggered_by: String,
+    pub builder_id: String,
+    pub builder_version: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_on: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_on: OffsetDateTime,
+    pub status: BuildStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub attestation: AttestationView,
+    pub artifacts: Vec<ArtifactView>,
+    pub links: Links,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestationView {
+    pub state: AttestationState,
+    pub key_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub signed_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub attested_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactView {
+    pub image: String,
+    pub digest: String,
+    pub push: PushView,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushView {
+    pub state: PushState,
+    pub attempts: i32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub reference: Option<String>,
+    pub manifest_digest: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub pushed_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Links {
+    pub provenance: String,
+    pub attestation: String,
+    pub ui: String,
+}
+
+impl ArtifactView {
+    fn from_record(a: &ArtifactRecord) -> Self {
+        let mut image = format!("{}/{}", a.registry, a.repository);
+        if let Some(tag) = &a.tag {
+            image.push(':');
+            image.push_str(tag);
+        }
+        Self {
+            image,
+            digest: a.digest.to_string(),
+            push: PushView {
+                state: a.push_state,
+                attempts: a.push_attempts,
+                next_attempt_at: a.next_attempt_at,
+                last_error: a.last_error.clone(),
+                reference: a.pushed_reference.clone(),
+                manifest_digest: a.manifest_digest.clone(),
+                pushed_at: a.pushed_at,
+            },
+        }
+    }
+}
+
+impl ExecutionView {
+    /// `base` is the public URL without a trailing slash.
+    pub fn new(e: &Execution, base: &str) -> Self {
+        let url = format!("{base}/v1/executions/{}", e.id);
+        Self {
+            id: e.id.to_string(),
+            links: Links {
+                provenance: format!("{url}/provenance"),
+                attestation: format!("{url}/attestation"),
+                ui: format!("{base}/ui/executions/{}", e.id),
+            },
+            url,
+            account_id: e.account.to_string(),
+            pipeline_identifier: e.pipeline_identifier.clone(),
+            pipeline_execution_id: e.pipeline_execution_id.clone(),
+            repository_url: e.repository_url.clone(),
+            branch: e.branch.clone(),
+            commit_sha: e.commit_sha.clone(),
+            trigger_type: e.trigger_type.clone(),
+            triggered_by: e.triggered_by.clone(),
+            builder_id: e.builder_id.clone(),
+            builder_version: e.builder_version.clone(),
+            started_on: e.started_on,
+            finished_on: e.finished_on,
+            status: e.status,
+            received_at: e.received_at,
+            attestation: AttestationView {
+                state: e.attestation,
+                key_id: e.key_id.clone(),
+                signed_at: e.signed_at,
+                attested_at: e.attested_at,
+                last_error: e.last_error.clone(),
+            },
+            artifacts: e.artifacts.iter().map(ArtifactView::from_record).collect(),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `POST /v1/webhooks/build`: authenticate the raw body, then parse, then record — in that
+//! order, so an unauthenticated body is never parsed and a rejected one never written.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use time::OffsetDateTime;
+
+use super::views::ExecutionView;
+use crate::app::AppState;
+use crate::domain::{ExecutionId, provenance};
+use crate::error::ApiError;
+use crate::ingest::build_webhook::WebhookError;
+use crate::ingest::{FieldError, SIGNATURE_HEADER, parse_build_webhook};
+use crate::store::{NewExecution, Recorded};
+
+pub async fn receive_build_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.settings.server.body_limit_bytes)
+        } else {
+            ApiError::Malformed(e.body_text())
+        }
+    })?;
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let source = state
+        .sources
+        .authenticate(signature, &body)
+        .ok_or(ApiError::InvalidSignature)?;
+
+    let parsed = parse_build_webhook(&body).map_err(|e| match e {
+        WebhookError::Malformed(m) => ApiError::Malformed(m),
+        WebhookError::UnsupportedVersion(m) => ApiError::UnsupportedSchema(m),
+        WebhookError::Invalid(fields) => ApiError::Validation(fields),
+    })?;
+    let build = parsed.build;
+    if build.account != source.account {
+        tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, "webhook names another account");
+        return Err(ApiError::AccountMismatch(format!(
+            "this webhook source may only report builds of account '{}'",
+            source.account
+        )));
+    }
+    let refused: Vec<FieldError> = build
+        .artifacts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !state.registry_allowed(&a.image.registry))
+        .map(|(i, a)| FieldError {
+            field: format!("artifacts[{i}].image"),
+            message: format!(
+                "registry '{}' is not configured for this server",
+                a.image.registry
+            ),
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(ApiError::Validation(refused));
+    }
+
+    let statement = (build.status == crate::domain::BuildStatus::Succeeded)
+        .then(|| provenance::statement_bytes(&build));
+    let recorded = state
+        .store
+        .record_build(NewExecution {
+            id: ExecutionId::new(),
+            build,
+            request_sha256: parsed.fingerprint,
+            statement,
+            received_at: OffsetDateTime::now_utc(),
+        })
+        .await?;
+    let (status, execution) = match recorded {
+        Recorded::Created(e) => {
+            tracing::info!(execution.id = %e.id, account.id = %e.account, pipeline.execution_id = %e.pipeline_execution_id, "build recorded");
+            state.notify_worker();
+            (StatusCode::ACCEPTED, e)
+        }
+        Recorded::Existing(e) => {
+            tracing::info!(execution.id = %e.id, "redelivered webhook matched an existing execution");
+            (StatusCode::OK, e)
+        }
+    };
+    let view = ExecutionView::new(&execution, &state.public_url);
+    let location = view.url.clone();
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}

@@ -1,0 +1,563 @@
+//! The webhook and read API, end to end over HTTP, on both stores.
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::support::Backend;
+use crate::support::app::*;
+
+backend_tests!(
+    accepted_webhook_records_execution_and_provenance_matches_it_field_by_field,
+    redelivered_webhook_with_same_body_returns_existing_execution,
+    redelivery_with_different_body_conflicts_and_keeps_the_original,
+    unsigned_or_wrongly_signed_webhooks_are_rejected_before_parsing,
+    webhook_naming_another_account_is_forbidden_and_not_stored,
+    invalid_webhooks_get_field_level_errors_and_store_nothing,
+    malformed_json_and_unknown_schema_versions_are_refused,
+    oversized_body_is_refused_with_413,
+    unlisted_registry_host_is_refused_at_ingest,
+    failed_build_is_recorded_without_attestation_work,
+    other_accounts_executions_look_missing_on_every_read_route,
+    reads_need_a_token,
+    lists_filter_and_page_with_a_cursor,
+    concurrent_identical_deliveries_create_exactly_one_execution,
+    health_and_readiness_answer,
+);
+
+async fn accepted_webhook_records_execution_and_provenance_matches_it_field_by_field(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let hook = webhook("run-1");
+    let resp = app.post_webhook(&hook).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = resp.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(location, app.url(&format!("/v1/executions/{id}")));
+    assert_eq!(
+        created["attestation"]["state"], "pending",
+        "nothing is signed inside the request"
+    );
+    assert_eq!(created["artifacts"][0]["push"]["state"], "pending");
+
+    let got: Value = app
+        .get(&format!("/v1/executions/{id}"), TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for field in [
+        "accountId",
+        "pipelineIdentifier",
+        "pipelineExecutionId",
+        "repositoryURL",
+        "branch",
+        "commitSha",
+        "triggerType",
+        "triggeredBy",
+        "builderId",
+        "builderVersion",
+        "status",
+    ] {
+        assert_eq!(got[field], hook[field], "{field}");
+    }
+    assert_eq!(got["artifacts"][0]["image"], hook["artifacts"][0]["image"]);
+    assert_eq!(
+        got["artifacts"][0]["digest"],
+        hook["artifacts"][0]["digest"]
+    );
+
+    let resp = app
+        .get(&format!("/v1/executions/{id}/provenance"), TOKEN)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.in-toto+json"
+    );
+    let bytes = resp.bytes().await.unwrap();
+    let s: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(s["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(s["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(
+        s["subject"],
+        json!([{"name": format!("{REGISTRY}/acme/app"), "digest": {"sha256": "a1".repeat(32)}}])
+    );
+    let bd = &s["predicate"]["buildDefinition"];
+    assert_eq!(
+        bd["buildType"],
+        "https://attestd.dev/buildtypes/ci-webhook/v1"
+    );
+    assert_eq!(
+        bd["externalParameters"]["codeMetadata"],
+        json!({"repositoryURL": hook["repositoryURL"], "branch": "main", "commitSha": hook["commitSha"]})
+    );
+    assert_eq!(
+        bd["externalParameters"]["triggerMetadata"],
+        json!({"triggerType": "WEBHOOK", "triggeredBy": "alice@example.com"})
+    );
+    assert_eq!(
+        bd["externalParameters"]["buildMetadata"]["image"],
+        hook["artifacts"][0]["image"]
+    );
+    assert_eq!(
+        bd["internalParameters"],
+        json!({"pipelineExecutionId": "run-1", "accountId": ACCOUNT, "pipelineIdentifier": "build_and_push"})
+    );
+    assert_eq!(
+        bd["resolvedDependencies"],
+        json!([{"uri": "git+https://github.com/acme/app@refs/heads/main", "digest": {"gitCommit": hook["commitSha"]}}])
+    );
+    let rd = &s["predicate"]["runDetails"];
+    assert_eq!(
+        rd["builder"],
+        json!({"id": hook["builderId"], "version": hook["builderVersion"]})
+    );
+    assert_eq!(
+        rd["metadata"],
+        json!({"invocationId": "run-1", "startedOn": "2026-11-25T10:00:00Z", "finishedOn": "2026-11-25T10:04:31Z"})
+    );
+
+    // The bytes served are the bytes stored at ingest, unchanged.
+    let stored = app
+        .app
+        .store
+        .statement(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bytes.as_ref(), stored.as_slice());
+}
+
+async fn redelivered_webhook_with_same_body_returns_existing_execution(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let first: Value = app
+        .post_webhook(&webhook("run-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // A redelivery may re-serialize the same content differently.
+    let pretty = serde_json::to_vec_pretty(&webhook("run-1")).unwrap();
+    let resp = app.post_webhook_signed(&pretty, SECRET).await;
+    assert_eq!(resp.status(), 200);
+    let again: Value = resp.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.execution_count().await, 1);
+    assert_eq!(
+        app.app.store.unfinished_jobs().await.unwrap(),
+        1,
+        "one sign job, not two"
+    );
+}
+
+async fn redelivery_with_different_body_conflicts_and_keeps_the_original(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let first: Value = app
+        .post_webhook(&webhook("run-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut changed = webhook("run-1");
+    changed["commitSha"] = json!("0".repeat(40));
+    let resp = app.post_webhook(&changed).await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(error_code(resp).await, "execution_conflict");
+    let got: Value = app
+        .get(
+            &format!("/v1/executions/{}", first["id"].as_str().unwrap()),
+            TOKEN,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["commitSha"], webhook("run-1")["commitSha"]);
+    assert_eq!(app.execution_count().await, 1);
+}
+
+async fn unsigned_or_wrongly_signed_webhooks_are_rejected_before_parsing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = webhook("run-1").to_string();
+    let unsigned = app
+        .http
+        .post(app.url("/v1/webhooks/build"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(error_code(unsigned).await, "invalid_signature");
+    let wrong = app
+        .post_webhook_signed(body.as_bytes(), "not-the-secret")
+        .await;
+    assert_eq!(wrong.status(), 401);
+    // Garbage with a bad signature is refused as unauthenticated, not as malformed: it is not parsed.
+    let garbage = app
+        .post_webhook_signed(b"{not json", "not-the-secret")
+        .await;
+    assert_eq!(garbage.status(), 401);
+    assert_eq!(error_code(garbage).await, "invalid_signature");
+    // A signature over a different body does not carry over.
+    let sig = attestd::ingest::signature::sign(SECRET.as_bytes(), b"{}");
+    let replayed = app
+        .http
+        .post(app.url("/v1/webhooks/build"))
+        .header("x-attestd-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 401);
+    assert_eq!(app.execution_count().await, 0);
+}
+
+async fn webhook_naming_another_account_is_forbidden_and_not_stored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut hook = webhook("run-1");
+    hook["accountId"] = json!(OTHER_ACCOUNT);
+    // Signed by acme's source, claiming globex.
+    let resp = app.post_webhook(&hook).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(error_code(resp).await, "account_mismatch");
+    assert_eq!(app.execution_count().await, 0);
+    assert_eq!(app.app.store.unfinished_jobs().await.unwrap(), 0);
+    // globex's own source may report it.
+    let ok = app
+        .post_webhook_signed(hook.to_string().as_bytes(), OTHER_SECRET)
+        .await;
+    assert_eq!(ok.status(), 202);
+}
+
+type Mutation = Box<dyn Fn(&mut Value)>;
+
+async fn invalid_webhooks_get_field_level_errors_and_store_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "artifacts[0].digest",
+            Box::new(|v| v["artifacts"][0]["digest"] = json!(format!("sha256:{}", "A".repeat(64)))),
+        ),
+        (
+            "artifacts[0].digest",
+            Box::new(|v| v["artifacts"][0]["digest"] = json!("sha256:abc")),
+        ),
+        (
+            "commitSha",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("commitSha");
+            }),
+        ),
+        (
+            "startedOn",
+            Box::new(|v| v["startedOn"] = json!("25/11/2026 10:00")),
+        ),
+        (
+            "finishedOn",
+            Box::new(|v| v["finishedOn"] = json!("2026-11-25T09:59:59Z")),
+        ),
+        ("artifacts", Box::new(|v| v["artifacts"] = json!([]))),
+        ("color", Box::new(|v| v["color"] = json!("blue"))),
+        (
+            "artifacts[0].size",
+            Box::new(|v| v["artifacts"][0]["size"] = json!(12)),
+        ),
+        ("status", Box::new(|v| v["status"] = json!("green"))),
+        (
+            "artifacts[0].image",
+            Box::new(|v| v["artifacts"][0]["image"] = json!("nginx")),
+        ),
+    ];
+    for (field, mutate) in cases {
+        let mut hook = webhook("run-1");
+        mutate(&mut hook);
+        let resp = app.post_webhook(&hook).await;
+        assert_eq!(resp.status(), 422, "{field}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "validation_failed", "{field}");
+        let fields: Vec<&str> = body["error"]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
+    assert_eq!(app.execution_count().await, 0);
+    assert_eq!(app.app.store.unfinished_jobs().await.unwrap(), 0);
+}
+
+async fn malformed_json_and_unknown_schema_versions_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let resp = app
+        .post_webhook_signed(b"{\"schemaVersion\": 1,", SECRET)
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(error_code(resp).await, "malformed_json");
+    let mut hook = webhook("run-1");
+    hook["schemaVersion"] = json!(2);
+    let resp = app.post_webhook(&hook).await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(error_code(resp).await, "unsupported_schema_version");
+    assert_eq!(app.execution_count().await, 0);
+}
+
+async fn oversized_body_is_refused_with_413(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.server.body_limit_bytes = 4096).await;
+    let mut hook = webhook("run-1");
+    hook["triggeredBy"] = json!("x".repeat(5000));
+    let resp = app.post_webhook(&hook).await;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(error_code(resp).await, "payload_too_large");
+    assert_eq!(app.execution_count().await, 0);
+}
+
+async fn unlisted_registry_host_is_refused_at_ingest(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut hook = webhook("run-1");
+    hook["artifacts"] = json!([
+        {"image": format!("{REGISTRY}/acme/app"), "digest": format!("sha256:{}", "b".repeat(64))},
+        {"image": "evil.example.com/acme/app", "digest": format!("sha256:{}", "c".repeat(64))},
+    ]);
+    let resp = app.post_webhook(&hook).await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["details"][0]["field"], "artifacts[1].image");
+    assert_eq!(app.execution_count().await, 0);
+}
+
+async fn failed_build_is_recorded_without_attestation_work(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut hook = webhook("run-failed");
+    hook["status"] = json!("failed");
+    let created: Value = app.post_webhook(&hook).await.json().await.unwrap();
+    assert_eq!(created["status"], "failed");
+    assert_eq!(created["attestation"]["state"], "skipped");
+    assert_eq!(created["artifacts"][0]["push"]["state"], "skipped");
+    assert_eq!(
+        app.app.store.unfinished_jobs().await.unwrap(),
+        0,
+        "no attestation job for a failed build"
+    );
+    let resp = app
+        .get(
+            &format!(
+                "/v1/executions/{}/provenance",
+                created["id"].as_str().unwrap()
+            ),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(error_code(resp).await, "provenance_not_found");
+}
+
+async fn other_accounts_executions_look_missing_on_every_read_route(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let created: Value = app
+        .post_webhook(&webhook("run-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let missing = uuid::Uuid::now_v7();
+    for path in ["", "/provenance", "/attestation"] {
+        let theirs = app
+            .get(&format!("/v1/executions/{id}{path}"), OTHER_TOKEN)
+            .await;
+        assert_eq!(theirs.status(), 404, "{path}");
+        let theirs: Value = theirs.json().await.unwrap();
+        let absent: Value = app
+            .get(&format!("/v1/executions/{missing}{path}"), OTHER_TOKEN)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            theirs, absent,
+            "another account's execution must look exactly like a missing one ({path})"
+        );
+    }
+    let retry = app
+        .http
+        .post(app.url(&format!("/v1/executions/{id}/retry")))
+        .bearer_auth(OTHER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 404);
+    let list: Value = app
+        .get("/v1/executions?account=acme", OTHER_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["items"],
+        json!([]),
+        "lists are scoped to the token's account whatever is asked"
+    );
+    let own: Value = app.get("/v1/executions", TOKEN).await.json().await.unwrap();
+    assert_eq!(own["items"].as_array().unwrap().len(), 1);
+    let admin: Value = app
+        .get(&format!("/v1/executions/{id}"), ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin["id"], id);
+}
+
+async fn reads_need_a_token(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let resp = app
+        .http
+        .get(app.url("/v1/executions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert_eq!(error_code(resp).await, "unauthenticated");
+    let resp = app.get("/v1/executions", "wrong-token").await;
+    assert_eq!(resp.status(), 401);
+}
+
+async fn lists_filter_and_page_with_a_cursor(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for i in 0..5 {
+        let mut hook = webhook(&format!("run-{i}"));
+        hook["branch"] = json!(if i % 2 == 0 { "main" } else { "feature/x" });
+        if i == 4 {
+            hook["status"] = json!("failed");
+        }
+        assert_eq!(app.post_webhook(&hook).await.status(), 202);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/executions?limit=2&cursor={c}"),
+            None => "/v1/executions?limit=2".to_owned(),
+        };
+        let page: Value = app.get(&path, TOKEN).await.json().await.unwrap();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["pipelineExecutionId"].as_str().unwrap().to_owned());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["run-4", "run-3", "run-2", "run-1", "run-0"],
+        "newest first, each once"
+    );
+
+    let main: Value = app
+        .get("/v1/executions?branch=main&status=succeeded", TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = main["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pipelineExecutionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["run-2", "run-0"]);
+    let asc: Value = app
+        .get("/v1/executions?order=asc&limit=1", TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asc["items"][0]["pipelineExecutionId"], "run-0");
+    let none: Value = app
+        .get("/v1/executions?startedAfter=2027-01-01T00:00:00Z", TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["items"], json!([]));
+    let bad = app.get("/v1/executions?status=green", TOKEN).await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(error_code(bad).await, "invalid_query");
+}
+
+async fn concurrent_identical_deliveries_create_exactly_one_execution(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = webhook("run-concurrent").to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let http = app.http.clone();
+        let url = app.url("/v1/webhooks/build");
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .header(
+                    "x-attestd-signature-256",
+                    attestd::ingest::signature::sign(SECRET.as_bytes(), body.as_bytes()),
+                )
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            (status, v["id"].as_str().unwrap().to_owned())
+        }));
+    }
+    let mut created = 0;
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (status, id) = t.await.unwrap();
+        assert!(status == 202 || status == 200, "unexpected status {status}");
+        created += usize::from(status == 202);
+        ids.insert(id);
+    }
+    assert_eq!(created, 1, "exactly one delivery creates the execution");
+    assert_eq!(
+        ids.len(),
+        1,
+        "every delivery answers with the same execution"
+    );
+    assert_eq!(app.execution_count().await, 1);
+    assert_eq!(app.app.store.unfinished_jobs().await.unwrap(), 1);
+}
+
+async fn health_and_readiness_answer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["store"],
+        if backend == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
+}

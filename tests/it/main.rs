@@ -1,0 +1,5 @@
+//! Integration tests: the real app against real PostgreSQL, SQLite, registries and OpenBao.
+
+mod api;
+mod store;
+mod support;

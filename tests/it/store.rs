@@ -1,0 +1,355 @@
+//! Store conformance: every behaviour the worker and API rely on, on both SQLite and Postgres.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attestd::domain::{ExecutionId, provenance};
+use attestd::ingest::parse_build_webhook;
+use attestd::store::{
+    self, AttestationState, DynStore, JobKind, NewExecution, PushRecord, PushState, Recorded,
+    StoreError,
+};
+use time::OffsetDateTime;
+
+use crate::backend_tests;
+use crate::support::app::webhook;
+use crate::support::{Backend, TestDatabase};
+
+backend_tests!(
+    recording_is_idempotent_by_account_and_pipeline_execution,
+    claims_never_hand_the_same_job_to_two_claimers,
+    an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish,
+    signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact,
+    failures_back_off_then_die_and_retry_redrives_them,
+    released_jobs_do_not_count_an_attempt,
+    locks_are_exclusive_until_released_or_expired,
+    lookup_by_digest_finds_every_execution_of_an_image,
+);
+
+struct Fixture {
+    store: DynStore,
+    _db: TestDatabase,
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let db = TestDatabase::new(backend).await;
+    let store = store::connect(&db.url, 8).await.unwrap();
+    store.migrate().await.unwrap();
+    Fixture { store, _db: db }
+}
+
+fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution {
+    let mut hook = webhook(pipeline_execution_id);
+    hook["artifacts"] = (0..artifacts)
+        .map(|i| serde_json::json!({"image": format!("127.0.0.1:5999/acme/app{i}"), "digest": format!("sha256:{:064x}", i + 1)}))
+        .collect();
+    let parsed = parse_build_webhook(hook.to_string().as_bytes()).unwrap();
+    NewExecution {
+        id: ExecutionId::new(),
+        statement: Some(provenance::statement_bytes(&parsed.build)),
+        build: parsed.build,
+        request_sha256: parsed.fingerprint,
+        received_at: OffsetDateTime::now_utc(),
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn recording_is_idempotent_by_account_and_pipeline_execution(backend: Backend) {
+    let f = fixture(backend).await;
+    let first = match f
+        .store
+        .record_build(new_execution("run-1", 2))
+        .await
+        .unwrap()
+    {
+        Recorded::Created(e) => e,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    assert_eq!(first.artifacts.len(), 2);
+    assert_eq!(first.attestation, AttestationState::Pending);
+    match f
+        .store
+        .record_build(new_execution("run-1", 2))
+        .await
+        .unwrap()
+    {
+        Recorded::Existing(e) => assert_eq!(e.id, first.id),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let mut different = new_execution("run-1", 2);
+    different.request_sha256 = "0".repeat(64);
+    assert!(matches!(
+        f.store.record_build(different).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(f.store.unfinished_jobs().await.unwrap(), 1);
+}
+
+async fn claims_never_hand_the_same_job_to_two_claimers(backend: Backend) {
+    let f = fixture(backend).await;
+    for i in 0..40 {
+        f.store
+            .record_build(new_execution(&format!("run-{i}"), 1))
+            .await
+            .unwrap();
+    }
+    let store = f.store.clone();
+    let mut claimers = Vec::new();
+    for w in 0..8 {
+        let store: Arc<_> = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(job) = store
+                .claim_job(&format!("worker-{w}"), LEASE)
+                .await
+                .unwrap()
+            {
+                mine.push(job.id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 40, "every job claimed");
+    assert_eq!(unique.len(), 40, "no job claimed twice");
+}
+
+async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(backend: Backend) {
+    let f = fixture(backend).await;
+    f.store
+        .record_build(new_execution("run-1", 1))
+        .await
+        .unwrap();
+    let stale = f
+        .store
+        .claim_job("a", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fresh = f
+        .store
+        .claim_job("b", LEASE)
+        .await
+        .unwrap()
+        .expect("expired lease is claimable");
+    assert_eq!(fresh.id, stale.id);
+    assert_eq!(fresh.attempts, 2, "the crashed attempt counts");
+    assert!(matches!(
+        f.store.complete_sign(&stale, b"{}", "k").await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(
+        f.store.claim_job("c", LEASE).await.unwrap().is_none(),
+        "held by b now"
+    );
+    f.store
+        .complete_sign(&fresh, b"envelope-b", "kb")
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.envelope(fresh.execution_id).await.unwrap().unwrap(),
+        b"envelope-b"
+    );
+}
+
+async fn signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact(backend: Backend) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 3))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let job = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(job.kind, JobKind::Sign);
+    let stored = f
+        .store
+        .complete_sign(&job, b"first", "key-1")
+        .await
+        .unwrap();
+    assert_eq!(stored, b"first");
+    let e = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(e.attestation, AttestationState::Pushing);
+    assert_eq!(e.key_id.as_deref(), Some("key-1"));
+    assert!(e.signed_at.is_some());
+
+    let mut pushes = Vec::new();
+    while let Some(j) = f.store.claim_job("a", LEASE).await.unwrap() {
+        assert_eq!(j.kind, JobKind::Push);
+        pushes.push(j);
+    }
+    let mut positions: Vec<_> = pushes
+        .iter()
+        .map(|j| j.artifact_position.unwrap())
+        .collect();
+    positions.sort();
+    assert_eq!(positions, vec![0, 1, 2]);
+    for (i, j) in pushes.iter().enumerate() {
+        let record = PushRecord {
+            reference: format!("ref-{i}"),
+            manifest_digest: format!("sha256:{:064x}", i),
+        };
+        f.store.complete_push(j, &record).await.unwrap();
+        let state = f.store.execution(e.id).await.unwrap().unwrap().attestation;
+        let expected = if i == 2 {
+            AttestationState::Attested
+        } else {
+            AttestationState::Pushing
+        };
+        assert_eq!(state, expected);
+    }
+    let e = f.store.execution(e.id).await.unwrap().unwrap();
+    assert!(e.attested_at.is_some());
+    assert!(
+        e.artifacts
+            .iter()
+            .all(|a| a.push_state == PushState::Pushed && a.pushed_reference.is_some())
+    );
+    assert_eq!(f.store.unfinished_jobs().await.unwrap(), 0);
+}
+
+async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 1))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let sign = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    let push = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    let later = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    f.store
+        .fail_job(&push, "registry unavailable", Some(later))
+        .await
+        .unwrap();
+    let e1 = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(e1.artifacts[0].push_state, PushState::Retrying);
+    assert_eq!(e1.artifacts[0].push_attempts, 1);
+    assert_eq!(
+        e1.artifacts[0].last_error.as_deref(),
+        Some("registry unavailable")
+    );
+    assert!(e1.artifacts[0].next_attempt_at.is_some());
+    assert!(
+        f.store.claim_job("a", LEASE).await.unwrap().is_none(),
+        "not due before its backoff"
+    );
+
+    // Retry re-drives the waiting job now.
+    assert_eq!(f.store.retry_execution(e.id).await.unwrap(), 1);
+    let push = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    f.store
+        .fail_job(&push, "image not found", None)
+        .await
+        .unwrap();
+    let dead = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(dead.artifacts[0].push_state, PushState::Dead);
+    assert_eq!(dead.attestation, AttestationState::Failed);
+    assert_eq!(dead.last_error.as_deref(), Some("image not found"));
+    assert_eq!(f.store.unfinished_jobs().await.unwrap(), 0);
+
+    assert_eq!(f.store.retry_execution(e.id).await.unwrap(), 1);
+    let again = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(again.attestation, AttestationState::Pushing);
+    assert_eq!(again.artifacts[0].push_state, PushState::Pending);
+    let push = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    f.store
+        .complete_push(
+            &push,
+            &PushRecord {
+                reference: "r".into(),
+                manifest_digest: "sha256:00".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.execution(e.id).await.unwrap().unwrap().attestation,
+        AttestationState::Attested
+    );
+    assert_eq!(
+        f.store.envelope(e.id).await.unwrap().unwrap(),
+        b"env",
+        "retry reuses the stored envelope"
+    );
+}
+
+async fn released_jobs_do_not_count_an_attempt(backend: Backend) {
+    let f = fixture(backend).await;
+    f.store
+        .record_build(new_execution("run-1", 1))
+        .await
+        .unwrap();
+    let job = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    f.store.release_job(&job).await.unwrap();
+    let again = f.store.claim_job("b", LEASE).await.unwrap().unwrap();
+    assert_eq!(again.id, job.id);
+    assert_eq!(again.attempts, 1);
+}
+
+async fn locks_are_exclusive_until_released_or_expired(backend: Backend) {
+    let f = fixture(backend).await;
+    assert!(f.store.try_lock("tag", "a", LEASE).await.unwrap());
+    assert!(!f.store.try_lock("tag", "b", LEASE).await.unwrap());
+    assert!(
+        f.store.try_lock("tag", "a", LEASE).await.unwrap(),
+        "the holder may renew"
+    );
+    f.store.unlock("tag", "b").await.unwrap();
+    assert!(
+        !f.store.try_lock("tag", "b", LEASE).await.unwrap(),
+        "only the holder unlocks"
+    );
+    f.store.unlock("tag", "a").await.unwrap();
+    assert!(
+        f.store
+            .try_lock("tag", "b", Duration::from_millis(1))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        f.store.try_lock("tag", "c", LEASE).await.unwrap(),
+        "an expired lock is free"
+    );
+}
+
+async fn lookup_by_digest_finds_every_execution_of_an_image(backend: Backend) {
+    let f = fixture(backend).await;
+    for i in 0..3 {
+        f.store
+            .record_build(new_execution(&format!("run-{i}"), 2))
+            .await
+            .unwrap();
+    }
+    let digest = format!("sha256:{:064x}", 2).parse().unwrap();
+    let hits = f.store.executions_by_digest(&digest, None).await.unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(hits.iter().all(|h| h.artifact_position == 1));
+    let ids: Vec<_> = hits
+        .iter()
+        .map(|h| h.execution.pipeline_execution_id.clone())
+        .collect();
+    assert_eq!(ids, vec!["run-2", "run-1", "run-0"], "newest first");
+    let other = "globex".parse().unwrap();
+    assert!(
+        f.store
+            .executions_by_digest(&digest, Some(&other))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
