@@ -1,5 +1,6 @@
 //! Integration tests: the real app against real PostgreSQL, SQLite, registries and OpenBao.
 
 mod api;
+mod signing;
 mod store;
 mod support;
