@@ -385,12 +385,16 @@ impl SecretSource for VaultKvSource {
         if path.is_empty() || field.is_empty() {
             return Err(invalid("must be `path#field`"));
         }
-        if path
+        let odd_segment = path
             .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        {
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+        let odd_byte = path
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'%' | b'\\'));
+        if odd_segment || odd_byte {
             return Err(invalid(
-                "the path must not contain empty, '.' or '..' segments",
+                "the path must be printable ASCII without '?', '%' or '\\', and have no empty, \
+                 '.' or '..' segments",
             ));
         }
         let fields = match self.cached(path) {
@@ -407,5 +411,54 @@ impl SecretSource for VaultKvSource {
         if let Ok(mut cache) = self.cache.lock() {
             cache.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretBackendKind;
+
+    fn settings(token: &str) -> SecretsSettings {
+        SecretsSettings {
+            backend: SecretBackendKind::Vault,
+            file_dir: "unused".into(),
+            // Never contacted: every reference below is refused before any request.
+            vault_addr: "http://127.0.0.1:9".into(),
+            vault_kv_mount: "secret".into(),
+            vault_token: token.to_owned().into(),
+            vault_approle_role_id: String::new().into(),
+            vault_approle_secret_id: String::new().into(),
+            vault_ca_file: String::new(),
+            refresh_secs: 300,
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_references_are_refused_before_any_request() {
+        let client = Arc::new(VaultClient::from_settings(&settings("t0ken-value")).unwrap());
+        let source = VaultKvSource::new(client, "secret", Duration::from_secs(300));
+        for bad in [
+            "no-field", "path#", "#field", "a/../b#f", "a//b#f", "a?x=1#f", "a b#f",
+        ] {
+            let err = source.get(bad).await.unwrap_err();
+            assert!(matches!(err, SecretError::Invalid { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let client = VaultClient::from_settings(&settings("t0ken-value")).unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("t0ken-value"), "{shown}");
+        assert!(shown.contains("token"), "{shown}");
+    }
+
+    #[test]
+    fn unresolvable_token_reference_fails_naming_the_key() {
+        let err = VaultClient::from_settings(&settings("env:ATTESTD_TEST_SURELY_UNSET_TOKEN"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secrets.vault_token"), "{err}");
     }
 }
