@@ -281,15 +281,6 @@ enum LoadError {
     Permanent(String),
 }
 
-impl LoadError {
-    fn into_sign_error(self) -> SignError {
-        match self {
-            Self::Transient(reason) => SignError::Unavailable(reason),
-            Self::Permanent(reason) => SignError::Failed(reason),
-        }
-    }
-}
-
 impl From<SecretError> for LoadError {
     fn from(e: SecretError) -> Self {
         if e.is_transient() {
@@ -415,7 +406,14 @@ impl Slot {
             Ok(signer) => Ok(signer),
             Err(e) => {
                 let Some(old) = self.current() else {
-                    return Err(e.into_sign_error());
+                    return Err(match e {
+                        LoadError::Transient(reason) => {
+                            SignError::Unavailable(format!("signing key `{}`: {reason}", self.name))
+                        }
+                        LoadError::Permanent(reason) => {
+                            SignError::Failed(format!("signing key `{}`: {reason}", self.name))
+                        }
+                    });
                 };
                 let (LoadError::Transient(reason) | LoadError::Permanent(reason)) = &e;
                 tracing::error!(

@@ -320,3 +320,56 @@ fn generated_key_pair_is_read_back_by_the_independent_python_checker() {
         ],
     );
 }
+
+#[tokio::test]
+async fn rotated_transit_key_is_picked_up_on_refresh_and_each_signature_matches_its_key_id() {
+    let bao = Bao::from_env();
+    let mount = bao.enable_transit().await;
+    bao.create_transit_key(&mount, "attestd", "ecdsa-p256")
+        .await;
+    let mut settings = bao.secrets_settings();
+    settings.refresh_secs = 0;
+    let keyring = Keyring::load(
+        &one_key(
+            "hsm",
+            KeySettings::Transit {
+                mount: mount.clone(),
+                key: "attestd".into(),
+            },
+        ),
+        &settings,
+        Arc::new(secrets::env::EnvSource),
+    )
+    .await
+    .unwrap();
+    let before = keyring.signer_for(&account()).await.unwrap();
+
+    bao.request(
+        reqwest::Method::POST,
+        &format!("{mount}/keys/attestd/rotate"),
+        None,
+    )
+    .await;
+
+    // A signer obtained before the rotation keeps signing with (and naming) version 1.
+    let bytes = signing::sign_envelope(before.as_ref(), IN_TOTO_PAYLOAD_TYPE, &statement())
+        .await
+        .unwrap();
+    let envelope: Envelope = serde_json::from_slice(&bytes).unwrap();
+    assert_envelope_verifies(
+        &envelope,
+        &bao.transit_public_key(&mount, "attestd", 1).await,
+    );
+
+    let after = keyring.signer_for(&account()).await.unwrap();
+    assert_ne!(after.key_id(), before.key_id());
+    let bytes = signing::sign_envelope(after.as_ref(), IN_TOTO_PAYLOAD_TYPE, &statement())
+        .await
+        .unwrap();
+    let envelope: Envelope = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(envelope.signatures[0].keyid, after.key_id().as_str());
+    assert_envelope_verifies(
+        &envelope,
+        &bao.transit_public_key(&mount, "attestd", 2).await,
+    );
+}
