@@ -10,7 +10,7 @@ use attestd::config::{KeySettings, SigningSettings};
 use attestd::domain::dsse::{Envelope, IN_TOTO_PAYLOAD_TYPE, pae};
 use attestd::domain::{AccountId, KeyId};
 use attestd::secrets::{self, SecretError};
-use attestd::signing::{self, Keyring, SignError, TransitSigner, generate_key_pair};
+use attestd::signing::{self, Keyring, KeyringError, SignError, TransitSigner, generate_key_pair};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Verifier as _;
@@ -35,6 +35,27 @@ fn one_key(name: &str, key: KeySettings) -> SigningSettings {
         accounts: BTreeMap::new(),
         keys: BTreeMap::from([(name.to_owned(), key)]),
     }
+}
+
+/// A keyring whose only key is Transit key `key` on `mount` of the test server.
+async fn transit_keyring(
+    bao: &Bao,
+    mount: &str,
+    key: &str,
+    refresh_secs: u64,
+) -> Result<Keyring, KeyringError> {
+    let mut settings = bao.secrets_settings();
+    settings.refresh_secs = refresh_secs;
+    let transit = KeySettings::Transit {
+        mount: mount.to_owned(),
+        key: key.to_owned(),
+    };
+    Keyring::load(
+        &one_key("hsm", transit),
+        &settings,
+        Arc::new(secrets::env::EnvSource),
+    )
+    .await
 }
 
 /// A ~3 KB in-toto statement-shaped payload.
@@ -128,20 +149,7 @@ async fn transit_key_signs_envelopes_that_verify_with_the_public_key_from_transi
     let mount = bao.enable_transit().await;
     bao.create_transit_key(&mount, "attestd", "ecdsa-p256")
         .await;
-    let settings = bao.secrets_settings();
-    let keyring = Keyring::load(
-        &one_key(
-            "hsm",
-            KeySettings::Transit {
-                mount: mount.clone(),
-                key: "attestd".into(),
-            },
-        ),
-        &settings,
-        Arc::new(secrets::env::EnvSource),
-    )
-    .await
-    .unwrap();
+    let keyring = transit_keyring(&bao, &mount, "attestd", 300).await.unwrap();
 
     let signer = keyring.signer_for(&account()).await.unwrap();
     let bytes = signing::sign_envelope(signer.as_ref(), IN_TOTO_PAYLOAD_TYPE, &statement())
@@ -164,21 +172,10 @@ async fn transit_key_of_another_type_is_refused_at_start_up() {
     let bao = Bao::from_env();
     let mount = bao.enable_transit().await;
     bao.create_transit_key(&mount, "ed", "ed25519").await;
-    let settings = bao.secrets_settings();
-    let err = Keyring::load(
-        &one_key(
-            "hsm",
-            KeySettings::Transit {
-                mount,
-                key: "ed".into(),
-            },
-        ),
-        &settings,
-        Arc::new(secrets::env::EnvSource),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = transit_keyring(&bao, &mount, "ed", 300)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`hsm`") && err.contains("ed25519"), "{err}");
 }
 
@@ -327,21 +324,7 @@ async fn rotated_transit_key_is_picked_up_on_refresh_and_each_signature_matches_
     let mount = bao.enable_transit().await;
     bao.create_transit_key(&mount, "attestd", "ecdsa-p256")
         .await;
-    let mut settings = bao.secrets_settings();
-    settings.refresh_secs = 0;
-    let keyring = Keyring::load(
-        &one_key(
-            "hsm",
-            KeySettings::Transit {
-                mount: mount.clone(),
-                key: "attestd".into(),
-            },
-        ),
-        &settings,
-        Arc::new(secrets::env::EnvSource),
-    )
-    .await
-    .unwrap();
+    let keyring = transit_keyring(&bao, &mount, "attestd", 0).await.unwrap();
     let before = keyring.signer_for(&account()).await.unwrap();
 
     bao.request(
