@@ -35,6 +35,22 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// The error body every API error has, for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorObject,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// Stable machine-readable code, e.g. `execution_not_found`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Field-level problems (validation errors only).
+    pub details: Option<Vec<FieldError>>,
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,

@@ -136,6 +136,18 @@ impl ListParams {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/executions",
+    tag = "executions",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of executions", body = ExecutionPage),
+        (status = 400, description = "Bad query parameter", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_executions(
     State(state): State<AppState>,
     reader: Reader,
@@ -168,6 +180,17 @@ pub async fn readable_execution(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{execution_id}",
+    tag = "executions",
+    params(("execution_id" = String, Path, description = "attestd execution id")),
+    responses(
+        (status = 200, description = "The execution with artifacts and delivery state", body = ExecutionView),
+        (status = 404, description = "No such execution (or another account's)", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_execution(
     State(state): State<AppState>,
     reader: Reader,
@@ -192,6 +215,17 @@ fn raw_json(bytes: Vec<u8>, content_type: &'static str, filename: String) -> Res
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{execution_id}/provenance",
+    tag = "executions",
+    params(("execution_id" = String, Path, description = "attestd execution id")),
+    responses(
+        (status = 200, description = "The in-toto statement, byte for byte as stored", content_type = "application/vnd.in-toto+json", body = String),
+        (status = 404, description = "No such execution, or no provenance (unsuccessful build)", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_provenance(
     State(state): State<AppState>,
     reader: Reader,
@@ -215,6 +249,17 @@ pub async fn get_provenance(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{execution_id}/attestation",
+    tag = "executions",
+    params(("execution_id" = String, Path, description = "attestd execution id")),
+    responses(
+        (status = 200, description = "The DSSE envelope, byte for byte as signed", content_type = "application/vnd.dsse.envelope.v1+json", body = String),
+        (status = 404, description = "No such execution, or not signed yet", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_attestation(
     State(state): State<AppState>,
     reader: Reader,
@@ -239,6 +284,18 @@ pub async fn get_attestation(
 }
 
 /// Re-drive dead or backing-off jobs of an execution with the same stored envelope.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/{execution_id}/retry",
+    tag = "executions",
+    params(("execution_id" = String, Path, description = "attestd execution id")),
+    responses(
+        (status = 202, description = "Failed or waiting deliveries re-queued with the stored envelope", body = ExecutionView),
+        (status = 400, description = "Nothing to retry", body = crate::error::ErrorResponse),
+        (status = 404, description = "No such execution", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn retry_execution(
     State(state): State<AppState>,
     reader: Reader,

@@ -78,7 +78,7 @@ pub struct Links {
 }
 
 impl ArtifactView {
-    fn from_record(a: &ArtifactRecord) -> Self {
+    pub fn from_record(a: &ArtifactRecord) -> Self {
         let mut image = format!("{}/{}", a.registry, a.repository);
         if let Some(tag) = &a.tag {
             image.push(':');

@@ -17,6 +17,23 @@ use crate::ingest::build_webhook::WebhookError;
 use crate::ingest::{FieldError, SIGNATURE_HEADER, parse_build_webhook};
 use crate::store::{NewExecution, Recorded};
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/build",
+    tag = "webhooks",
+    request_body(content = String, content_type = "application/json", description = "A build webhook, schema version 1 (see the README)"),
+    params(("X-Attestd-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the raw body with the source's secret>")),
+    responses(
+        (status = 202, description = "Recorded; signing and pushing follow in the background", body = ExecutionView),
+        (status = 200, description = "A redelivery of an execution already recorded", body = ExecutionView),
+        (status = 400, description = "Not JSON", body = crate::error::ErrorResponse),
+        (status = 401, description = "Missing or wrong signature", body = crate::error::ErrorResponse),
+        (status = 403, description = "The body names another account than the source's", body = crate::error::ErrorResponse),
+        (status = 409, description = "Same pipeline execution, different content", body = crate::error::ErrorResponse),
+        (status = 413, description = "Body over server.body_limit_bytes", body = crate::error::ErrorResponse),
+        (status = 422, description = "Invalid fields, unsupported schema version or unlisted registry", body = crate::error::ErrorResponse),
+    )
+)]
 pub async fn receive_build_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -248,6 +248,36 @@ pub struct DigestMatch {
     pub artifact_position: i32,
 }
 
+/// Executions received on one UTC day with one build status and attestation state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyCount {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub status: String,
+    pub attestation: String,
+    pub count: i64,
+}
+
+/// Time from webhook receipt to the attestation being in every registry, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeToAttest {
+    pub count: i64,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Dashboard figures over `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub daily: Vec<DailyCount>,
+    pub time_to_attest: TimeToAttest,
+}
+
 /// The persistence operations attestd needs, identical on every backend.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -274,6 +304,15 @@ pub trait Store: Send + Sync {
         digest: &Digest,
         account: Option<&AccountId>,
     ) -> Result<Vec<DigestMatch>, StoreError>;
+
+    /// Counts per day/status/state and time-to-attest percentiles for executions received in
+    /// `[from, to)`, optionally for one account.
+    async fn stats(
+        &self,
+        account: Option<&AccountId>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Stats, StoreError>;
 
     /// Lease the next runnable job (queued and due, or running with an expired lease).
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError>;
@@ -339,6 +378,22 @@ const RESET_ARTIFACTS: &str = "UPDATE artifacts SET push_state = 'pending', push
 const TRY_LOCK: &str = "INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, $3) \
     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
     WHERE locks.expires_at <= $4 OR locks.owner = excluded.owner RETURNING name";
+
+/// Nearest-rank percentiles of `seconds` (sorted here).
+fn time_to_attest(mut seconds: Vec<f64>) -> TimeToAttest {
+    seconds.sort_by(f64::total_cmp);
+    let rank = |p: f64| -> Option<f64> {
+        let n = seconds.len();
+        (n > 0).then(|| seconds[((n as f64 * p).ceil() as usize).clamp(1, n) - 1])
+    };
+    TimeToAttest {
+        count: seconds.len() as i64,
+        p50: rank(0.50),
+        p90: rank(0.90),
+        p99: rank(0.99),
+        max: seconds.last().copied(),
+    }
+}
 
 /// Pair digest hits with their loaded executions, keeping the hits' order.
 fn match_digest_hits(hits: Vec<(uuid::Uuid, i32)>, executions: Vec<Execution>) -> Vec<DigestMatch> {

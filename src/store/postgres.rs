@@ -339,6 +339,50 @@ impl Store for PgStore {
         Ok(super::match_digest_hits(hits, executions))
     }
 
+    async fn stats(
+        &self,
+        account: Option<&AccountId>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Stats, StoreError> {
+        let daily = sqlx::query_as::<_, (String, String, String, i64)>(
+            "SELECT to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, status, attestation_state, COUNT(*) \
+             FROM executions WHERE received_at >= $1 AND received_at < $2 AND ($3::text IS NULL OR account_id = $3) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(day, status, attestation, count)| DailyCount { day, status, attestation, count })
+        .collect();
+        // percentile_disc is the nearest-rank percentile, the same definition SQLite's path uses.
+        let (count, p50, p90, p99, max): (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+            "WITH d AS (SELECT EXTRACT(EPOCH FROM (attested_at - received_at))::float8 AS s FROM executions \
+             WHERE received_at >= $1 AND received_at < $2 AND ($3::text IS NULL OR account_id = $3) \
+             AND attested_at IS NOT NULL) \
+             SELECT COUNT(*), percentile_disc(0.5) WITHIN GROUP (ORDER BY s), \
+             percentile_disc(0.9) WITHIN GROUP (ORDER BY s), percentile_disc(0.99) WITHIN GROUP (ORDER BY s), MAX(s) FROM d",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(account.map(AccountId::as_str))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Stats {
+            daily,
+            time_to_attest: TimeToAttest {
+                count,
+                p50,
+                p90,
+                p99,
+                max,
+            },
+        })
+    }
+
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(

@@ -398,6 +398,43 @@ impl Store for SqliteStore {
         Ok(super::match_digest_hits(hits, executions))
     }
 
+    async fn stats(
+        &self,
+        account: Option<&AccountId>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Stats, StoreError> {
+        let daily = sqlx::query_as::<_, (String, String, String, i64)>(
+            "SELECT date(received_at / 1000, 'unixepoch') AS day, status, attestation_state, COUNT(*) \
+             FROM executions WHERE received_at >= $1 AND received_at < $2 AND ($3 IS NULL OR account_id = $3) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(ms(from))
+        .bind(ms(to))
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|(day, status, attestation, count)| DailyCount { day, status, attestation, count })
+        .collect();
+        let millis: Vec<i64> = sqlx::query_scalar(
+            "SELECT attested_at - received_at FROM executions \
+             WHERE received_at >= $1 AND received_at < $2 AND ($3 IS NULL OR account_id = $3) \
+             AND attested_at IS NOT NULL",
+        )
+        .bind(ms(from))
+        .bind(ms(to))
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(Stats {
+            daily,
+            time_to_attest: super::time_to_attest(
+                millis.into_iter().map(|m| m as f64 / 1000.0).collect(),
+            ),
+        })
+    }
+
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
         // A single UPDATE on the single writer connection is atomic: no two claims interleave.
         let now = OffsetDateTime::now_utc();

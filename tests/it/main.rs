@@ -1,6 +1,7 @@
 //! Integration tests: the real app against real PostgreSQL, SQLite, registries and OpenBao.
 
 mod api;
+mod query;
 mod signing;
 mod store;
 mod support;
