@@ -358,12 +358,16 @@ impl Slot {
     }
 
     fn fresh(&self) -> Option<Arc<dyn Signer>> {
+        // A fixed key has nothing to re-read, even after a failed signature.
+        if matches!(self.source, Source::Fixed) {
+            return self.current();
+        }
         if self.stale.load(Ordering::Acquire) {
             return None;
         }
         let loaded = self.loaded.lock().ok()?;
         let checked = loaded.checked?;
-        (matches!(self.source, Source::Fixed) || checked.elapsed() < self.refresh)
+        (checked.elapsed() < self.refresh)
             .then(|| loaded.signer.clone())
             .flatten()
     }
