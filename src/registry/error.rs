@@ -199,7 +199,7 @@ impl RegistryError {
 
     pub(crate) fn from_secret(host: &str, err: &SecretError) -> Self {
         match err {
-            SecretError::NotFound { .. } => Self::permanent(
+            SecretError::NotFound { .. } | SecretError::Invalid { .. } => Self::permanent(
                 ErrorCode::SecretNotFound,
                 format!("password for registry {host}: {err}"),
             ),

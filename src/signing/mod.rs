@@ -1,6 +1,16 @@
 //! Signers (a decrypted cosign key held in memory, or a Vault/OpenBao Transit key) and DSSE
 //! envelope assembly. The signature always covers the DSSE pre-authentication encoding.
 
+pub mod cosign;
+pub mod keygen;
+pub mod keyring;
+pub mod transit;
+
+pub use cosign::{CosignSigner, KeyError};
+pub use keygen::{GeneratedKey, KeygenError, generate_key_pair};
+pub use keyring::{KeyKind, Keyring, KeyringError, PublicKeyInfo};
+pub use transit::TransitSigner;
+
 use std::sync::Arc;
 
 use crate::domain::KeyId;

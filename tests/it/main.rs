@@ -3,6 +3,7 @@
 mod api;
 mod query;
 mod registry;
+mod signing;
 mod store;
 mod support;
 mod ui;

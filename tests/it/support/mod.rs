@@ -1,8 +1,10 @@
-//! Test harness: throwaway databases per test on both backends and `spawn_app` on port 0.
+//! Test harness: throwaway databases per test on both backends, `spawn_app` on port 0, the test
+//! OpenBao server and the independent Python fixture tools.
 
 #![allow(dead_code)]
 
 pub mod app;
+pub mod bao;
 pub mod browser;
 pub mod registry;
 
@@ -84,4 +86,38 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// A path inside the repository (fixtures, scripts).
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The fixture venv's python (PyNaCl + cryptography), for the independent checkers in
+/// `scripts/fixtures/`. Panics, never skips, when it is missing.
+pub fn fixture_python() -> String {
+    std::env::var("ATTESTD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "ATTESTD_TEST_PYTHON is not set: run ./scripts/test (it prepares the fixture venv), or \
+             `source scripts/lib/services.sh && ensure_py_venv` and export ATTESTD_TEST_PYTHON"
+        )
+    })
+}
+
+/// Run `scripts/fixtures/<script>` with the fixture python; panics with its output unless it
+/// exits 0.
+pub fn run_fixture_script(script: &str, args: &[&std::ffi::OsStr]) {
+    let python = fixture_python();
+    let output = std::process::Command::new(&python)
+        .arg(repo_path(&format!("scripts/fixtures/{script}")))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
