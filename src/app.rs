@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::auth::Tokens;
 use crate::ingest::{WebhookSource, WebhookSources};
+use crate::registry::Registries;
+use crate::secrets::SecretSource;
+use crate::signing::keyring::Keyring;
 use crate::store::{self, DynStore};
 
 /// Everything a request handler or the worker needs; shared behind [`AppState`].
@@ -23,6 +26,11 @@ pub struct App {
     pub store: DynStore,
     pub sources: WebhookSources,
     pub tokens: Tokens,
+    pub secrets: Arc<dyn SecretSource>,
+    /// Signing keys by account; decrypted once, refreshed from the secret backend.
+    pub keyring: Keyring,
+    /// The registries attestations may be pushed to (and only those).
+    pub registries: Registries,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
     /// Wakes the worker when new jobs were queued.
@@ -56,6 +64,12 @@ impl App {
             store.migrate().await.context("apply database migrations")?;
         }
         let sources = webhook_sources(&settings)?;
+        let secrets = crate::secrets::from_settings(&settings.secrets)?;
+        let keyring = Keyring::load(&settings.signing, &settings.secrets, secrets.clone())
+            .await
+            .context("load signing keys ([signing])")?;
+        let registries = Registries::new(&settings.registries, secrets.clone())
+            .map_err(|e| anyhow::anyhow!("configure registries ([[registries]]): {e}"))?;
         let loopback = settings.server.listen.ip().is_loopback();
         let anonymous = settings.auth.anonymous_reads_on_loopback && loopback;
         if anonymous {
@@ -80,6 +94,9 @@ impl App {
             store,
             sources,
             tokens,
+            secrets,
+            keyring,
+            registries,
             public_url,
             jobs_queued: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -88,7 +105,13 @@ impl App {
 
     /// Whether attestations may be pushed to `host` (only configured registries).
     pub fn registry_allowed(&self, host: &str) -> bool {
-        self.settings.registries.iter().any(|r| r.host == host)
+        self.registries.is_allowed(host)
+    }
+
+    /// Claim and run every due job now; returns how many ran. For tests and `attestd` tools that
+    /// drive the worker without its background loops.
+    pub async fn run_pending_jobs(&self) -> Result<usize, store::StoreError> {
+        crate::worker::run_pending_jobs(self).await
     }
 
     /// Wake the worker: new jobs are waiting.
@@ -101,12 +124,22 @@ impl App {
         let state = AppState(self.clone());
         let router = crate::http::router(state);
         let shutdown = self.shutdown.clone();
+        let worker = self
+            .settings
+            .worker
+            .enabled
+            .then(|| tokio::spawn(crate::worker::run(self.clone())));
         tracing::info!(listen = %listener.local_addr()?, store = self.store.backend(), "attestd listening");
-        axum::serve(listener, router)
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
-            .context("HTTP server failed")?;
-        Ok(())
+            .context("HTTP server failed");
+        // Whatever ended serving, stop the worker too and let it finish or release its jobs.
+        self.shutdown.cancel();
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        served
     }
 }
 

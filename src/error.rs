@@ -36,6 +36,12 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// A registry or key backend attestd called on the client's behalf failed.
+    #[error("{1}")]
+    Upstream(&'static str, String),
+    /// Well-formed request whose values cannot be used (bad key PEM, policy that does not parse).
+    #[error("{1}")]
+    Unprocessable(&'static str, String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -80,6 +86,8 @@ impl ApiError {
             Self::Validation(_) | Self::UnsupportedSchema(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(..) => StatusCode::BAD_GATEWAY,
+            Self::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +107,7 @@ impl ApiError {
             Self::BadRequest(code, _) => code,
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unavailable(_) => "unavailable",
+            Self::Upstream(code, _) | Self::Unprocessable(code, _) => code,
             Self::Internal(_) => "internal",
         }
     }

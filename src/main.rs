@@ -35,6 +35,39 @@ enum Command {
     /// Read tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Verify an image's SLSA provenance attestations in its registry.
+    ///
+    /// Exit status: 0 verified and allowed by every policy, 1 verification or a policy failed,
+    /// 2 usage, configuration or network error.
+    Verify {
+        /// `registry/repo@sha256:<hex>` or `registry/repo:tag`; the registry must be configured.
+        image: String,
+        /// Public key(s) to trust, PEM (e.g. cosign.pub).
+        #[arg(long)]
+        key: PathBuf,
+        /// Rego policy files with `deny` rules (repeatable).
+        #[arg(long = "policy")]
+        policies: Vec<PathBuf>,
+        /// `text` for people, `json` for machines.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a cosign-compatible key pair (`<prefix>.key`, `<prefix>.pub`). The password comes
+    /// from COSIGN_PASSWORD or is asked for twice.
+    Generate {
+        #[arg(long, default_value = "cosign")]
+        output_key_prefix: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +133,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = settings()?;
             println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
         }
+        Command::Keys(KeysCommand::Generate {
+            output_key_prefix,
+            force,
+        }) => {
+            let password = match std::env::var("COSIGN_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let first = rpassword::prompt_password("Enter password for private key: ")?;
+                    let second =
+                        rpassword::prompt_password("Enter password for private key again: ")?;
+                    anyhow::ensure!(first == second, "passwords do not match");
+                    first
+                }
+            };
+            let key = attestd::signing::keygen::generate_key_pair(
+                &output_key_prefix,
+                password.as_bytes(),
+                force,
+            )?;
+            println!("Private key written to {}", key.private_key_path.display());
+            println!("Public key written to {}", key.public_key_path.display());
+            println!("Key id: {}", key.key_id);
+        }
+        Command::Verify {
+            image,
+            key,
+            policies,
+            output,
+        } => {
+            return verify(settings()?, &image, &key, &policies, output == "json").await;
+        }
         Command::Tokens(TokensCommand::Hash) => {
             let mut token = String::new();
             std::io::stdin().read_line(&mut token)?;
@@ -107,4 +171,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(
+    settings: Settings,
+    image: &str,
+    key: &std::path::Path,
+    policy_files: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use attestd::verification::{ImageToVerify, trusted_keys_from_pem_bundle, verify_image};
+    let target: ImageToVerify = image.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let pem = std::fs::read_to_string(key).with_context(|| format!("read {}", key.display()))?;
+    let keys = trusted_keys_from_pem_bundle(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let policies = policy_files
+        .iter()
+        .map(|p| attestd::policy::Policy::from_file(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let secrets = attestd::secrets::from_settings(&settings.secrets)?;
+    let registries = attestd::registry::Registries::new(&settings.registries, secrets)
+        .map_err(|e| anyhow::anyhow!("configure registries: {e}"))?;
+    anyhow::ensure!(
+        registries.is_allowed(&target.image.registry),
+        "registry {} is not configured ([[registries]])",
+        target.image.registry
+    );
+    let report = verify_image(&registries, &target, &keys, &policies)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.verified && report.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -24,8 +24,10 @@ pub mod artifacts;
 pub mod auth;
 pub mod executions;
 pub mod health;
+pub mod keys;
 pub mod stats;
 pub mod ui;
+pub mod verify;
 pub mod views;
 pub mod webhooks;
 
@@ -39,6 +41,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "webhooks", description = "Build-completion webhooks from CI"),
         (name = "executions", description = "Recorded executions, their provenance and attestations"),
         (name = "artifacts", description = "Lookups by image digest"),
+        (name = "keys", description = "Public keys attestd signs with"),
+        (name = "verification", description = "Verifying images in their registries against keys and Rego policies"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -70,6 +74,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(executions::retry_execution))
         .routes(routes!(artifacts::list_digest_attestations))
         .routes(routes!(stats::get_stats))
+        .routes(routes!(keys::list_keys))
+        .routes(routes!(verify::verify_image_attestations))
         .split_for_parts()
 }
 
@@ -95,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/executions", get(ui::list_executions_page))
         .route("/ui/executions/{execution_id}", get(ui::show_execution_page))
         .route("/ui/executions/{execution_id}/retry", post(ui::retry_execution_page))
+        .route("/ui/executions/{execution_id}/verify", post(ui::verify_execution_page))
         .route("/ui/executions/{execution_id}/provenance", get(ui::download_provenance))
         .route("/ui/executions/{execution_id}/attestation", get(ui::download_attestation))
         .fallback(not_found)

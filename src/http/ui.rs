@@ -263,20 +263,12 @@ pub async fn list_executions_page(
         context! { signed_in => true, admin, form, items, next_query, continued => params.cursor.is_some() },
     ))
 }
-
-/// A stored result of verifying this execution's attestation (none are stored yet).
-#[derive(Debug, Serialize)]
-pub struct VerificationView {
-    pub verified_at: String,
-    pub policy: String,
-    pub passed: bool,
-    pub detail: String,
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub struct ShowParams {
     /// Set by the retry form's redirect: how many deliveries were re-queued.
     retried: Option<u64>,
+    /// Set by the verify form's redirect: how many images were verified.
+    verified: Option<u64>,
 }
 
 pub async fn show_execution_page(
@@ -294,7 +286,12 @@ pub async fn show_execution_page(
         || e.artifacts
             .iter()
             .any(|a| matches!(a.push_state, PushState::Dead | PushState::Retrying));
-    let verifications: Vec<VerificationView> = Vec::new();
+    let verifications = state.store.verifications(e.id).await?;
+    let can_verify = signed
+        && e.key_id.is_some()
+        && e.artifacts
+            .iter()
+            .any(|a| a.push_state == PushState::Pushed);
     Ok(page(
         StatusCode::OK,
         "execution.html",
@@ -307,6 +304,8 @@ pub async fn show_execution_page(
             can_retry,
             retried => params.retried,
             verifications,
+            can_verify,
+            verified => params.verified,
         },
     ))
 }
@@ -325,6 +324,45 @@ pub async fn retry_execution_page(
     }
     Ok(Redirect::to(&format!(
         "/ui/executions/{}?retried={requeued}",
+        e.id
+    )))
+}
+
+/// Verify every pushed image of the execution in its registry with the key that signed it,
+/// record the results, and show them.
+pub async fn verify_execution_page(
+    State(state): State<AppState>,
+    _: SameOrigin,
+    PageReader(reader): PageReader,
+    Path(execution_id): Path<String>,
+) -> Result<Redirect, HtmlError> {
+    let e = readable_execution(&state, &reader, &execution_id).await?;
+    let key_id = e.key_id.clone().ok_or_else(|| {
+        ApiError::BadRequest(
+            "not_signed",
+            format!("execution {} has not been signed yet", e.id),
+        )
+    })?;
+    let keys = crate::http::verify::trusted_keys(&state, None, Some(&key_id)).await?;
+    let mut verified = 0u64;
+    for a in e
+        .artifacts
+        .iter()
+        .filter(|a| a.push_state == PushState::Pushed)
+    {
+        let target = crate::verification::ImageToVerify {
+            image: crate::domain::ImageRef {
+                registry: a.registry.clone(),
+                repository: a.repository.clone(),
+                tag: None,
+            },
+            digest: Some(a.digest.clone()),
+        };
+        crate::http::verify::run_verification(&state, &target, &keys, &[], Some(e.id)).await?;
+        verified += 1;
+    }
+    Ok(Redirect::to(&format!(
+        "/ui/executions/{}?verified={verified}",
         e.id
     )))
 }

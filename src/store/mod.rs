@@ -278,6 +278,37 @@ pub struct Stats {
     pub time_to_attest: TimeToAttest,
 }
 
+/// The outcome of verifying one of an execution's images in its registry.
+#[derive(Debug, Clone)]
+pub struct NewVerification {
+    pub execution_id: ExecutionId,
+    /// `registry/repo@sha256:<hex>` as verified.
+    pub image: String,
+    pub digest: Digest,
+    pub verified: bool,
+    pub allowed: bool,
+    pub policies: Vec<String>,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    /// The full report as served by `POST /v1/verify`.
+    pub report: serde_json::Value,
+}
+
+/// A stored verification result.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationRecord {
+    pub image: String,
+    pub digest: String,
+    pub verified: bool,
+    pub allowed: bool,
+    pub policies: Vec<String>,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub verified_at: OffsetDateTime,
+}
+
 /// The persistence operations attestd needs, identical on every backend.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -313,6 +344,11 @@ pub trait Store: Send + Sync {
         from: OffsetDateTime,
         to: OffsetDateTime,
     ) -> Result<Stats, StoreError>;
+
+    /// Store a verification result for an execution.
+    async fn record_verification(&self, v: &NewVerification) -> Result<(), StoreError>;
+    /// An execution's verification results, oldest first.
+    async fn verifications(&self, id: ExecutionId) -> Result<Vec<VerificationRecord>, StoreError>;
 
     /// Lease the next runnable job (queued and due, or running with an expired lease).
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError>;
@@ -378,6 +414,20 @@ const RESET_ARTIFACTS: &str = "UPDATE artifacts SET push_state = 'pending', push
 const TRY_LOCK: &str = "INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, $3) \
     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
     WHERE locks.expires_at <= $4 OR locks.owner = excluded.owner RETURNING name";
+
+/// Insert a verification row; the same statement for both dialects (`$11` is the time).
+const INSERT_VERIFICATION: &str = "INSERT INTO verifications (execution_id, image, digest, verified, allowed, \
+    policies, reason_code, reason, report, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const SELECT_VERIFICATIONS: &str = "SELECT image, digest, verified, allowed, policies, reason_code, reason, created_at \
+    FROM verifications WHERE execution_id = $1 ORDER BY id";
+
+fn split_policies(s: String) -> Vec<String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
 
 /// Nearest-rank percentiles of `seconds` (sorted here).
 fn time_to_attest(mut seconds: Vec<f64>) -> TimeToAttest {

@@ -383,6 +383,45 @@ impl Store for PgStore {
         })
     }
 
+    async fn record_verification(&self, v: &NewVerification) -> Result<(), StoreError> {
+        sqlx::query(super::INSERT_VERIFICATION)
+            .bind(v.execution_id.0)
+            .bind(&v.image)
+            .bind(v.digest.as_str())
+            .bind(v.verified)
+            .bind(v.allowed)
+            .bind(v.policies.join(","))
+            .bind(&v.reason_code)
+            .bind(&v.reason)
+            .bind(Json(&v.report))
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn verifications(&self, id: ExecutionId) -> Result<Vec<VerificationRecord>, StoreError> {
+        let rows = sqlx::query(super::SELECT_VERIFICATIONS)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VerificationRecord {
+                    image: r.try_get("image")?,
+                    digest: r.try_get("digest")?,
+                    verified: r.try_get("verified")?,
+                    allowed: r.try_get("allowed")?,
+                    policies: super::split_policies(r.try_get("policies")?),
+                    reason_code: r.try_get("reason_code")?,
+                    reason: r.try_get("reason")?,
+                    verified_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(

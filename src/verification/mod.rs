@@ -13,6 +13,7 @@
 //!   itself: policies are never satisfied by combining different attestations. Policies run only
 //!   on verified statements; a policy that fails to evaluate fails the check (`policy_error`).
 
+mod image;
 mod key;
 mod report;
 
@@ -26,6 +27,7 @@ use crate::domain::provenance::{SLSA_PROVENANCE_V1, STATEMENT_TYPE};
 use crate::domain::{Digest, KeyId};
 use crate::policy::{self, Policy, PolicyResult};
 
+pub use image::{ImageToVerify, verify_image};
 pub use key::{KeyError, TrustedKey, trusted_key_from_pem, trusted_keys_from_pem_bundle};
 pub use report::{
     AttestationCheck, Check, CheckName, Outcome, Reason, ReasonCode, VerificationReport,

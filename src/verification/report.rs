@@ -142,3 +142,32 @@ impl std::fmt::Display for ReasonCode {
         f.write_str(self.as_str())
     }
 }
+
+impl VerificationReport {
+    /// The report for people: the verdict first, then each attestation's checks.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let verdict = match (self.verified, self.allowed) {
+            (true, true) => "VERIFIED",
+            (true, false) => "VERIFIED, POLICY DENIED",
+            _ => "NOT VERIFIED",
+        };
+        let _ = writeln!(out, "{verdict}: {}", self.image);
+        if let Some(r) = &self.reason {
+            let _ = writeln!(out, "reason: {} ({})", r.message, r.code);
+        }
+        for a in &self.attestations {
+            let _ = writeln!(out, "\n{}", a.source);
+            for c in &a.checks {
+                let mark = match c.outcome {
+                    Outcome::Passed => "ok  ",
+                    Outcome::Failed => "FAIL",
+                    Outcome::Skipped => "-   ",
+                };
+                let _ = writeln!(out, "  {mark} {:?}: {}", c.name, c.message);
+            }
+        }
+        out
+    }
+}

@@ -1,6 +1,7 @@
 //! Integration tests: the real app against real PostgreSQL, SQLite, registries and OpenBao.
 
 mod api;
+mod attestation;
 mod query;
 mod registry;
 mod signing;
