@@ -2,6 +2,7 @@
 
 mod api;
 mod attestation;
+mod cli;
 mod query;
 mod registry;
 mod signing;

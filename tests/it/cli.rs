@@ -1,0 +1,202 @@
+//! The `attestd` binary as users run it: `keys generate` and `verify` with their exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use attestd::config::PushFormat;
+use serde_json::{Value, json};
+
+use crate::support::Backend;
+use crate::support::app::*;
+use crate::support::registry::TestRegistry;
+
+fn attestd(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attestd"))
+        .args(args)
+        .current_dir(cwd)
+        .env("COSIGN_PASSWORD", "correct horse battery staple")
+        .env("ATTESTD_LOG", "warn")
+        .output()
+        .expect("run attestd")
+}
+
+#[test]
+fn generated_keys_are_cosign_format_and_never_overwritten_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = attestd(
+        &["keys", "generate", "--output-key-prefix", "release"],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = std::fs::read_to_string(dir.path().join("release.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----"));
+    let again = attestd(
+        &["keys", "generate", "--output-key-prefix", "release"],
+        dir.path(),
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("release.key")).unwrap(),
+        key,
+        "left untouched"
+    );
+
+    let python = std::env::var("ATTESTD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("ATTESTD_TEST_PYTHON is not set: run ./scripts/test (it prepares the Python venv)")
+    });
+    std::fs::write(dir.path().join("password"), "correct horse battery staple").unwrap();
+    let checked = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixtures/check_cosign_key.py"))
+        .args(["release.key", "password", "release.pub"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "PyNaCl/cryptography could not read it: {}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_exits_zero_one_or_two_with_a_clear_reason() {
+    let reg = TestRegistry::anonymous().await;
+    let digest = reg.push_image("acme/app", "1.4.0").await;
+    let unattested = reg.push_image("acme/app", "unsigned").await;
+    let registry = reg.settings(PushFormat::Att);
+    let app = TestApp::spawn_with(Backend::Sqlite, move |s| s.registries = vec![registry]).await;
+    let mut hook = webhook("run-1");
+    hook["artifacts"] =
+        json!([{"image": format!("{}/acme/app:1.4.0", reg.host()), "digest": digest.as_str()}]);
+    assert_eq!(app.post_webhook(&hook).await.status(), 202);
+    app.app.run_pending_jobs().await.unwrap();
+
+    let dir = app.dir.path();
+    std::fs::copy(dir.join("dev-cosign.pub"), dir.join("cosign.pub")).unwrap();
+    std::fs::write(
+        dir.join("attestd.toml"),
+        format!(
+            "[[registries]]\nhost = \"{}\"\ninsecure_http = true\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
+    let harness = policies.join("harness-repository.rego");
+    let image = format!("{}/acme/app@{}", reg.host(), digest);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--config", "attestd.toml", "verify"];
+        args.extend_from_slice(extra);
+        attestd(&args, dir)
+    };
+
+    let ok = run(&[
+        &image,
+        "--key",
+        "cosign.pub",
+        "--policy",
+        harness.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("VERIFIED:"));
+    let by_tag = run(&[
+        &format!("{}/acme/app:1.4.0", reg.host()),
+        "--key",
+        "cosign.pub",
+    ]);
+    assert_eq!(by_tag.status.code(), Some(0));
+
+    // The same Harness-shaped policy with another allowed repository denies.
+    let strict = std::fs::read_to_string(&harness).unwrap().replace(
+        "https://github.com/acme/app",
+        "https://github.com/acme/other",
+    );
+    std::fs::write(dir.join("strict.rego"), strict).unwrap();
+    let denied = run(&[
+        &image,
+        "--key",
+        "cosign.pub",
+        "--policy",
+        "strict.rego",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(denied.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["reason"]["code"], "policy_denied");
+    assert!(
+        report["reason"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("https://github.com/acme/app is not on the allowed list")
+    );
+
+    // Another key.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/cosign-p256-n15.pub"),
+        dir.join("other.pub"),
+    )
+    .unwrap();
+    let wrong_key = run(&[&image, "--key", "other.pub", "--output", "json"]);
+    assert_eq!(wrong_key.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&wrong_key.stdout).unwrap();
+    assert_eq!(report["reason"]["code"], "bad_signature");
+
+    // An image nobody attested.
+    let none = run(&[
+        &format!("{}/acme/app@{}", reg.host(), unattested),
+        "--key",
+        "cosign.pub",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(none.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert_eq!(report["reason"]["code"], "no_attestations");
+
+    // A tampered layer: the .att manifest now points at a modified envelope.
+    let tag = format!("sha256-{}.att", digest.hex());
+    let mut manifest = reg.manifest_json("acme/app", &tag).await;
+    let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let mut envelope: Value =
+        serde_json::from_slice(&reg.blob("acme/app", &layer_digest).await).unwrap();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let statement =
+        String::from_utf8(b64.decode(envelope["payload"].as_str().unwrap()).unwrap()).unwrap();
+    envelope["payload"] =
+        json!(b64.encode(statement.replace("alice@example.com", "mallory@example.com")));
+    let tampered = serde_json::to_vec(&envelope).unwrap();
+    let tampered_digest = reg.put_blob("acme/app", &tampered).await;
+    manifest["layers"][0]["digest"] = json!(tampered_digest.as_str());
+    manifest["layers"][0]["size"] = json!(tampered.len());
+    reg.put_manifest(
+        "acme/app",
+        &tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    )
+    .await;
+    let bad = run(&[&image, "--key", "cosign.pub", "--output", "json"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(report["reason"]["code"], "bad_signature");
+
+    // Usage and configuration errors.
+    let unlisted = run(&["registry.example.com/acme/app:1.0", "--key", "cosign.pub"]);
+    assert_eq!(unlisted.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unlisted.stderr).contains("not configured"));
+    let no_tag = run(&[&format!("{}/acme/app", reg.host()), "--key", "cosign.pub"]);
+    assert_eq!(no_tag.status.code(), Some(2));
+}
