@@ -16,13 +16,19 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("attestd is running");
-    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat format").1.split(' ').collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .expect("stat format")
+        .1
+        .split(' ')
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
 }
 
 fn rss_mib(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("attestd is running");
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("attestd is running");
     let kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -47,8 +53,17 @@ struct Bench {
 impl Bench {
     async fn put_blob(&self, bytes: &[u8]) -> String {
         let digest = attestd::domain::Digest::of(bytes).to_string();
-        let url = format!("http://{}/v2/{REPO}/blobs/uploads/?digest={digest}", self.registry);
-        let r = self.http.post(url).body(bytes.to_vec()).send().await.unwrap();
+        let url = format!(
+            "http://{}/v2/{REPO}/blobs/uploads/?digest={digest}",
+            self.registry
+        );
+        let r = self
+            .http
+            .post(url)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "blob upload: {}", r.status());
         digest
     }
@@ -64,12 +79,19 @@ impl Bench {
         .unwrap();
         let digest = attestd::domain::Digest::of(&manifest).to_string();
         let url = format!("http://{}/v2/{REPO}/manifests/{digest}", self.registry);
-        let r = self.http.put(url).header("content-type", MANIFEST).body(manifest).send().await.unwrap();
+        let r = self
+            .http
+            .put(url)
+            .header("content-type", MANIFEST)
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "manifest: {}", r.status());
         digest
     }
 
-    async fn post(&self, id: &str, digest: &str) -> Duration {
+    async fn post(&self, id: String, digest: &str) -> Duration {
         let body = json!({
             "schemaVersion": 1, "accountId": self.account, "pipelineIdentifier": "bench",
             "pipelineExecutionId": id, "repositoryURL": "https://github.com/acme/app", "branch": "main",
@@ -117,7 +139,7 @@ impl Bench {
 async fn fresh_latencies(b: &Bench, tag: &str, digests: &[String]) -> Vec<f64> {
     let mut out = Vec::new();
     for (i, d) in digests.iter().enumerate() {
-        out.push(b.post(&format!("fresh-{tag}-{i}"), d).await.as_secs_f64() * 1000.0);
+        out.push(b.post(format!("fresh-{tag}-{i}"), d).await.as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     out.sort_by(f64::total_cmp);
@@ -159,7 +181,7 @@ async fn main() {
     let rss0 = rss_mib(pid);
     let start = Instant::now();
     stream::iter(backlog.iter().enumerate())
-        .map(|(i, d)| b.post(&format!("backlog-{i}"), d))
+        .map(|(i, d)| b.post(format!("backlog-{i}"), d))
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
@@ -176,9 +198,34 @@ async fn main() {
     let drained = start.elapsed();
     let cpu = cpu_seconds(pid) - cpu0;
     rss.sort_by(f64::total_cmp);
-    println!("backlog: {n} executions queued in {:.1}s, all signed and pushed after {:.1}s: {:.0} attested/s", queued.as_secs_f64(), drained.as_secs_f64(), (n + fresh) as f64 / drained.as_secs_f64());
-    println!("attestd CPU: {:.1}s for {} executions (ingest + sign + push) = {:.2} ms per pushed execution", cpu, n + fresh, cpu * 1000.0 / (n + fresh) as f64);
-    println!("attestd RSS: {rss0:.0} MiB before; {:.0} / {:.0} / {:.0} MiB min / median / max while draining", rss[0], pct(&rss, 0.5), rss[rss.len() - 1]);
-    println!("fresh webhook latency idle:     p50={:.2}ms p99={:.2}ms max={:.2}ms", pct(&idle, 0.5), pct(&idle, 0.99), idle[idle.len() - 1]);
-    println!("fresh webhook latency draining: p50={:.2}ms p99={:.2}ms max={:.2}ms", pct(&busy, 0.5), pct(&busy, 0.99), busy[busy.len() - 1]);
+    println!(
+        "backlog: {n} executions queued in {:.1}s, all signed and pushed after {:.1}s: {:.0} attested/s",
+        queued.as_secs_f64(),
+        drained.as_secs_f64(),
+        (n + fresh) as f64 / drained.as_secs_f64()
+    );
+    println!(
+        "attestd CPU: {:.1}s for {} executions (ingest + sign + push) = {:.2} ms per pushed execution",
+        cpu,
+        n + fresh,
+        cpu * 1000.0 / (n + fresh) as f64
+    );
+    println!(
+        "attestd RSS: {rss0:.0} MiB before; {:.0} / {:.0} / {:.0} MiB min / median / max while draining",
+        rss[0],
+        pct(&rss, 0.5),
+        rss[rss.len() - 1]
+    );
+    println!(
+        "fresh webhook latency idle:     p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        pct(&idle, 0.5),
+        pct(&idle, 0.99),
+        idle[idle.len() - 1]
+    );
+    println!(
+        "fresh webhook latency draining: p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        pct(&busy, 0.5),
+        pct(&busy, 0.99),
+        busy[busy.len() - 1]
+    );
 }

@@ -29,12 +29,12 @@ CREATE TABLE executions (
     CONSTRAINT executions_idempotency UNIQUE (account_id, pipeline_execution_id)
 );
 
--- Listing is always scoped to an account and ordered by id (UUIDv7, i.e. receipt time).
+-- Listing is always scoped to an account and ordered by id (UUIDv7, i.e. receipt time). Status
+-- (three values) is served by executions_account_id with a filter.
 CREATE INDEX executions_account_id ON executions (account_id, id);
 CREATE INDEX executions_account_pipeline ON executions (account_id, pipeline_identifier, id);
 CREATE INDEX executions_account_repo_branch ON executions (account_id, repository_url, branch, id);
 CREATE INDEX executions_account_commit ON executions (account_id, commit_sha);
-CREATE INDEX executions_account_status ON executions (account_id, status, id);
 CREATE INDEX executions_account_attestation ON executions (account_id, attestation_state, id);
 CREATE INDEX executions_account_started ON executions (account_id, started_on);
 

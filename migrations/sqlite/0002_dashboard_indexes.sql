@@ -1,4 +1,3 @@
--- Dashboard queries: stats by receipt time, and finished-time ranges, per account and overall.
-CREATE INDEX executions_received ON executions (received_at);
-CREATE INDEX executions_account_received ON executions (account_id, received_at);
+-- Finish-time filters (start times use executions_account_started from 0001). Stats select by
+-- receipt time through the UUIDv7 id, so they need no index of their own.
 CREATE INDEX executions_account_finished ON executions (account_id, finished_on);

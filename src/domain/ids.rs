@@ -62,6 +62,26 @@ impl ExecutionId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    /// When the id was minted: the UUIDv7 millisecond timestamp. attestd stores this as the
+    /// execution's receipt time, so ranges of ids are ranges of receipt time.
+    pub fn created_at(&self) -> time::OffsetDateTime {
+        let b = self.0.as_bytes();
+        let ms = b[..6]
+            .iter()
+            .fold(0i128, |acc, &x| (acc << 8) | i128::from(x));
+        time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// The smallest id minted at or after `t`: `id >= lower_bound(a) AND id < lower_bound(b)`
+    /// selects the executions received in `[a, b)`.
+    pub fn lower_bound(t: time::OffsetDateTime) -> Uuid {
+        let ms = (t.unix_timestamp_nanos() / 1_000_000).clamp(0, (1 << 48) - 1) as u64;
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        Uuid::from_bytes(bytes)
+    }
 }
 
 impl Default for ExecutionId {
@@ -182,6 +202,17 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn execution_ids_order_like_their_receipt_times() {
+        let id = ExecutionId::new();
+        let at = id.created_at();
+        let now = time::OffsetDateTime::now_utc();
+        assert!((now - at).whole_seconds().abs() < 5);
+        assert!(ExecutionId::lower_bound(at) <= id.0);
+        assert!(ExecutionId::lower_bound(at + time::Duration::milliseconds(1)) > id.0);
+        assert_eq!(ExecutionId(ExecutionId::lower_bound(at)).created_at(), at);
     }
 
     #[test]

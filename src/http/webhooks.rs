@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use time::OffsetDateTime;
 
 use super::views::ExecutionView;
 use crate::app::AppState;
@@ -84,14 +83,15 @@ pub async fn receive_build_webhook(
 
     let statement = (build.status == crate::domain::BuildStatus::Succeeded)
         .then(|| provenance::statement_bytes(&build));
+    let id = ExecutionId::new();
     let recorded = state
         .store
         .record_build(NewExecution {
-            id: ExecutionId::new(),
+            id,
             build,
             request_sha256: parsed.fingerprint,
             statement,
-            received_at: OffsetDateTime::now_utc(),
+            received_at: id.created_at(),
         })
         .await?;
     let (status, execution) = match recorded {

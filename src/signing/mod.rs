@@ -14,7 +14,7 @@ pub use transit::TransitSigner;
 use std::sync::Arc;
 
 use crate::domain::KeyId;
-use crate::domain::dsse::{self, Envelope};
+use crate::domain::dsse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -44,8 +44,12 @@ pub async fn sign_envelope(
     payload: &[u8],
 ) -> Result<Vec<u8>, SignError> {
     let sig = signer.sign(&dsse::pae(payload_type, payload)).await?;
-    let envelope = Envelope::new(payload_type, payload, signer.key_id().as_str(), &sig);
-    serde_json::to_vec(&envelope).map_err(|e| SignError::Failed(e.to_string()))
+    Ok(dsse::envelope_json(
+        payload_type,
+        payload,
+        signer.key_id().as_str(),
+        &sig,
+    ))
 }
 
 /// Shared handle to a signer.

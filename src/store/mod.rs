@@ -44,6 +44,7 @@ pub struct NewExecution {
     /// SHA-256 of the normalized webhook; equal for redeliveries, different for a changed body.
     pub request_sha256: String,
     pub statement: Option<Vec<u8>>,
+    /// `id.created_at()`: the receipt time is the id's own timestamp, so id ranges are time ranges.
     pub received_at: OffsetDateTime,
 }
 
@@ -155,6 +156,70 @@ pub struct Execution {
     pub attested_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
     pub artifacts: Vec<ArtifactRecord>,
+}
+
+impl Execution {
+    /// The record exactly as `record_build` has just stored it, without reading it back.
+    fn recorded(new: &NewExecution) -> Self {
+        let b = &new.build;
+        let succeeded = b.status == BuildStatus::Succeeded;
+        Self {
+            id: new.id,
+            account: b.account.clone(),
+            pipeline_identifier: b.pipeline_identifier.clone(),
+            pipeline_execution_id: b.pipeline_execution_id.clone(),
+            repository_url: b.repository_url.clone(),
+            branch: b.branch.clone(),
+            commit_sha: b.commit_sha.clone(),
+            trigger_type: b.trigger_type.clone(),
+            triggered_by: b.triggered_by.clone(),
+            builder_id: b.builder_id.clone(),
+            builder_version: b.builder_version.clone(),
+            started_on: b.started_on,
+            finished_on: b.finished_on,
+            status: b.status,
+            received_at: new.received_at,
+            attestation: if succeeded {
+                AttestationState::Pending
+            } else {
+                AttestationState::Skipped
+            },
+            key_id: None,
+            signed_at: None,
+            attested_at: None,
+            last_error: None,
+            artifacts: b
+                .artifacts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| ArtifactRecord {
+                    position: i as i32,
+                    registry: a.image.registry.clone(),
+                    repository: a.image.repository.clone(),
+                    tag: a.image.tag.clone(),
+                    digest: a.digest.clone(),
+                    push_state: if succeeded {
+                        PushState::Pending
+                    } else {
+                        PushState::Skipped
+                    },
+                    push_attempts: 0,
+                    next_attempt_at: None,
+                    last_error: None,
+                    pushed_reference: None,
+                    manifest_digest: None,
+                    pushed_at: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn conflict(b: &BuildCompleted) -> StoreError {
+    StoreError::Conflict(format!(
+        "pipeline execution {} of account {} was already recorded with different content",
+        b.pipeline_execution_id, b.account
+    ))
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -133,14 +133,26 @@ impl Store for PgStore {
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
         let b = &new.build;
         let succeeded = b.status == BuildStatus::Succeeded;
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
-             repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
-             builder_version, started_on, finished_on, status, request_sha256, received_at, \
-             statement, attestation_state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-             ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING",
+        let state = if succeeded { "pending" } else { "skipped" };
+        // One statement, so one round trip and one implicit transaction: the execution, its
+        // artifacts and (for a successful build) its sign job, or nothing on a conflict.
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "WITH e AS ( \
+                INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
+                    repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
+                    builder_version, started_on, finished_on, status, request_sha256, received_at, \
+                    statement, attestation_state) \
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING RETURNING id), \
+             a AS ( \
+                INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) \
+                SELECT e.id, u.position, u.registry, u.repository, u.tag, u.digest, $18 FROM e, \
+                    unnest($19::int[], $20::text[], $21::text[], $22::text[], $23::text[]) \
+                    AS u(position, registry, repository, tag, digest)), \
+             j AS ( \
+                INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+                SELECT 'sign', e.id, 'queued', $16, $16, $16 FROM e WHERE $24) \
+             SELECT id FROM e",
         )
         .bind(new.id.0)
         .bind(b.account.as_str())
@@ -159,64 +171,35 @@ impl Store for PgStore {
         .bind(&new.request_sha256)
         .bind(new.received_at)
         .bind(new.statement.as_deref())
-        .bind(if succeeded { "pending" } else { "skipped" })
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-
-        if !inserted {
-            tx.rollback().await?;
-            let existing = sqlx::query(
-                "SELECT id, request_sha256 FROM executions WHERE account_id = $1 AND pipeline_execution_id = $2",
-            )
-            .bind(b.account.as_str())
-            .bind(&b.pipeline_execution_id)
-            .fetch_one(&self.pool)
-            .await?;
-            let id: Uuid = existing.try_get("id")?;
-            let hash: String = existing.try_get("request_sha256")?;
-            if hash != new.request_sha256 {
-                return Err(StoreError::Conflict(format!(
-                    "pipeline execution {} of account {} was already recorded with different content",
-                    b.pipeline_execution_id, b.account
-                )));
-            }
-            let execution = self
-                .execution(ExecutionId(id))
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            return Ok(Recorded::Existing(execution));
+        .bind(state)
+        .bind((0..b.artifacts.len() as i32).collect::<Vec<_>>())
+        .bind(b.artifacts.iter().map(|a| a.image.registry.as_str()).collect::<Vec<_>>())
+        .bind(b.artifacts.iter().map(|a| a.image.repository.as_str()).collect::<Vec<_>>())
+        .bind(b.artifacts.iter().map(|a| a.image.tag.as_deref()).collect::<Vec<_>>())
+        .bind(b.artifacts.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>())
+        .bind(succeeded)
+        .fetch_optional(&self.pool)
+        .await?;
+        if inserted.is_some() {
+            return Ok(Recorded::Created(Execution::recorded(&new)));
         }
-
-        let push_state = if succeeded { "pending" } else { "skipped" };
-        let mut artifacts = QueryBuilder::<Postgres>::new(
-            "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
-        );
-        artifacts.push_values(b.artifacts.iter().enumerate(), |mut row, (i, a)| {
-            row.push_bind(new.id.0)
-                .push_bind(i as i32)
-                .push_bind(&a.image.registry)
-                .push_bind(&a.image.repository)
-                .push_bind(&a.image.tag)
-                .push_bind(a.digest.as_str())
-                .push_bind(push_state);
-        });
-        artifacts.build().execute(&mut *tx).await?;
-
-        if succeeded {
-            sqlx::query(
-                "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
-                 VALUES ('sign', $1, 'queued', $2, $2, $2)",
-            )
-            .bind(new.id.0)
-            .bind(new.received_at)
-            .execute(&mut *tx)
-            .await?;
+        let existing = sqlx::query(
+            "SELECT id, request_sha256 FROM executions WHERE account_id = $1 AND pipeline_execution_id = $2",
+        )
+        .bind(b.account.as_str())
+        .bind(&b.pipeline_execution_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let id: Uuid = existing.try_get("id")?;
+        let hash: String = existing.try_get("request_sha256")?;
+        if hash != new.request_sha256 {
+            return Err(super::conflict(b));
         }
-        tx.commit().await?;
-        let execution = self.execution(new.id).await?.ok_or(StoreError::NotFound)?;
-        Ok(Recorded::Created(execution))
+        let execution = self
+            .execution(ExecutionId(id))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Recorded::Existing(execution))
     }
 
     async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
@@ -347,11 +330,11 @@ impl Store for PgStore {
     ) -> Result<Stats, StoreError> {
         let daily = sqlx::query_as::<_, (String, String, String, i64)>(
             "SELECT to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, status, attestation_state, COUNT(*) \
-             FROM executions WHERE received_at >= $1 AND received_at < $2 AND ($3::text IS NULL OR account_id = $3) \
+             FROM executions WHERE id >= $1 AND id < $2 AND ($3::text IS NULL OR account_id = $3) \
              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
-        .bind(from)
-        .bind(to)
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
         .bind(account.map(AccountId::as_str))
         .fetch_all(&self.pool)
         .await?
@@ -361,13 +344,13 @@ impl Store for PgStore {
         // percentile_disc is the nearest-rank percentile, the same definition SQLite's path uses.
         let (count, p50, p90, p99, max): (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
             "WITH d AS (SELECT EXTRACT(EPOCH FROM (attested_at - received_at))::float8 AS s FROM executions \
-             WHERE received_at >= $1 AND received_at < $2 AND ($3::text IS NULL OR account_id = $3) \
+             WHERE id >= $1 AND id < $2 AND ($3::text IS NULL OR account_id = $3) \
              AND attested_at IS NOT NULL) \
              SELECT COUNT(*), percentile_disc(0.5) WITHIN GROUP (ORDER BY s), \
              percentile_disc(0.9) WITHIN GROUP (ORDER BY s), percentile_disc(0.99) WITHIN GROUP (ORDER BY s), MAX(s) FROM d",
         )
-        .bind(from)
-        .bind(to)
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
         .bind(account.map(AccountId::as_str))
         .fetch_one(&self.pool)
         .await?;

@@ -205,10 +205,7 @@ impl Store for SqliteStore {
         if let Some((id, hash)) = existing {
             tx.rollback().await?;
             if hash != new.request_sha256 {
-                return Err(StoreError::Conflict(format!(
-                    "pipeline execution {} of account {} was already recorded with different content",
-                    b.pipeline_execution_id, b.account
-                )));
+                return Err(super::conflict(b));
             }
             let execution = self
                 .execution_on(&self.writer, ExecutionId(id))
@@ -406,11 +403,11 @@ impl Store for SqliteStore {
     ) -> Result<Stats, StoreError> {
         let daily = sqlx::query_as::<_, (String, String, String, i64)>(
             "SELECT date(received_at / 1000, 'unixepoch') AS day, status, attestation_state, COUNT(*) \
-             FROM executions WHERE received_at >= $1 AND received_at < $2 AND ($3 IS NULL OR account_id = $3) \
+             FROM executions WHERE id >= $1 AND id < $2 AND ($3 IS NULL OR account_id = $3) \
              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
-        .bind(ms(from))
-        .bind(ms(to))
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
         .bind(account.map(AccountId::as_str))
         .fetch_all(&self.reader)
         .await?
@@ -419,11 +416,11 @@ impl Store for SqliteStore {
         .collect();
         let millis: Vec<i64> = sqlx::query_scalar(
             "SELECT attested_at - received_at FROM executions \
-             WHERE received_at >= $1 AND received_at < $2 AND ($3 IS NULL OR account_id = $3) \
+             WHERE id >= $1 AND id < $2 AND ($3 IS NULL OR account_id = $3) \
              AND attested_at IS NOT NULL",
         )
-        .bind(ms(from))
-        .bind(ms(to))
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
         .bind(account.map(AccountId::as_str))
         .fetch_all(&self.reader)
         .await?;

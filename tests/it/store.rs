@@ -45,12 +45,13 @@ fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution 
         .map(|i| serde_json::json!({"image": format!("127.0.0.1:5999/acme/app{i}"), "digest": format!("sha256:{:064x}", i + 1)}))
         .collect();
     let parsed = parse_build_webhook(hook.to_string().as_bytes()).unwrap();
+    let id = ExecutionId::new();
     NewExecution {
-        id: ExecutionId::new(),
+        id,
         statement: Some(provenance::statement_bytes(&parsed.build)),
         build: parsed.build,
         request_sha256: parsed.fingerprint,
-        received_at: OffsetDateTime::now_utc(),
+        received_at: id.created_at(),
     }
 }
 
