@@ -51,20 +51,33 @@ struct Bench {
 }
 
 impl Bench {
+    /// Upload a blob: open an upload session, then PUT the bytes with their digest.
     async fn put_blob(&self, bytes: &[u8]) -> String {
         let digest = attestd::domain::Digest::of(bytes).to_string();
-        let url = format!(
-            "http://{}/v2/{REPO}/blobs/uploads/?digest={digest}",
-            self.registry
-        );
+        let base = format!("http://{}", self.registry);
         let r = self
             .http
-            .post(url)
+            .post(format!("{base}/v2/{REPO}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "open upload");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        let location = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let r = self
+            .http
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
             .body(bytes.to_vec())
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "blob upload: {}", r.status());
+        assert_eq!(r.status(), 201, "finish upload");
         digest
     }
 
@@ -87,7 +100,12 @@ impl Bench {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "manifest: {}", r.status());
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "manifest: {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
         digest
     }
 

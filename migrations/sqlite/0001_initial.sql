@@ -72,8 +72,8 @@ CREATE TABLE jobs (
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL
 );
-CREATE INDEX jobs_queued ON jobs (run_after) WHERE state = 'queued';
-CREATE INDEX jobs_running ON jobs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_queued ON jobs (run_after, id) WHERE state = 'queued';
+CREATE INDEX jobs_running ON jobs (lease_expires_at, id) WHERE state = 'running';
 CREATE INDEX jobs_execution ON jobs (execution_id);
 
 -- Short-lived named locks (e.g. one writer per registry .att tag across replicas).

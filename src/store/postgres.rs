@@ -408,12 +408,15 @@ impl Store for PgStore {
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
+            // Each subquery walks its own partial index in order and stops at the first row;
+            // SKIP LOCKED keeps concurrent claimers off each other's rows.
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
              lease_token = $2, lease_expires_at = $3, updated_at = $4 \
-             WHERE id = ( \
-                SELECT id FROM jobs \
-                WHERE (state = 'queued' AND run_after <= $4) OR (state = 'running' AND lease_expires_at <= $4) \
-                ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             WHERE id = COALESCE( \
+                (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $4 \
+                 ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+                (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $4 \
+                 ORDER BY lease_expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)) \
              RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
         )
         .bind(owner)

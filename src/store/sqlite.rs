@@ -475,12 +475,13 @@ impl Store for SqliteStore {
         // A single UPDATE on the single writer connection is atomic: no two claims interleave.
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
+            // Each subquery walks its own partial index in order and stops at the first row.
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
              lease_token = $2, lease_expires_at = $3, updated_at = $4 \
-             WHERE id = ( \
-                SELECT id FROM jobs \
-                WHERE (state = 'queued' AND run_after <= $4) OR (state = 'running' AND lease_expires_at <= $4) \
-                ORDER BY run_after, id LIMIT 1) \
+             WHERE id = COALESCE( \
+                (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $4 ORDER BY run_after, id LIMIT 1), \
+                (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $4 \
+                 ORDER BY lease_expires_at, id LIMIT 1)) \
              RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
         )
         .bind(owner)
