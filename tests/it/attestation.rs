@@ -446,30 +446,13 @@ async fn cosign_key_from_openbao_signs_attestations_that_verify_with_its_public_
     bao.write_kv(&path, json!({"key": key, "password": password}))
         .await;
 
-    let reg = TestRegistry::anonymous().await;
-    let digest = reg.push_image(REPO, "1.4.0").await;
-    let registry = reg.settings(PushFormat::Att);
-    let secrets = bao.secrets_settings();
-    let app = TestApp::spawn_with(Backend::Sqlite, move |s| {
-        s.registries = vec![registry];
-        s.secrets = secrets;
-        s.signing.default_key = "release".into();
-        s.signing.keys.insert(
-            "release".into(),
-            KeySettings::Cosign {
-                private_key: format!("{path}#key"),
-                password: Some(format!("{path}#password")),
-            },
-        );
-    })
-    .await;
-    app.post_webhook(&hook_for("run-1", &reg.host(), &digest))
-        .await;
-    app.app.run_pending_jobs().await.unwrap();
-    let layers = att_layers(&reg, &digest).await;
-    assert_eq!(layers.len(), 1);
+    let key = KeySettings::Cosign {
+        private_key: format!("{path}#key"),
+        password: Some(format!("{path}#password")),
+    };
+    let envelope = attest_once_with(&bao, key).await;
     assert!(
-        python_verifies(&layers[0].1, &public),
+        python_verifies(&envelope, &public),
         "verifies with the fixture's cosign.pub"
     );
 }
@@ -482,6 +465,20 @@ async fn transit_key_signs_attestations_without_the_key_leaving_openbao() {
         .await;
     let public = bao.transit_public_key(&mount, "attestd", 1).await;
 
+    let key = KeySettings::Transit {
+        mount,
+        key: "attestd".into(),
+    };
+    let envelope = attest_once_with(&bao, key).await;
+    assert!(
+        python_verifies(&envelope, &public),
+        "verifies with the Transit public key"
+    );
+}
+
+/// Attest one execution with `key` (secrets from OpenBao) and return the envelope the registry
+/// holds.
+async fn attest_once_with(bao: &Bao, key: KeySettings) -> Vec<u8> {
     let reg = TestRegistry::anonymous().await;
     let digest = reg.push_image(REPO, "1.4.0").await;
     let registry = reg.settings(PushFormat::Att);
@@ -489,25 +486,16 @@ async fn transit_key_signs_attestations_without_the_key_leaving_openbao() {
     let app = TestApp::spawn_with(Backend::Sqlite, move |s| {
         s.registries = vec![registry];
         s.secrets = secrets;
-        s.signing.default_key = "hsm".into();
-        s.signing.keys.insert(
-            "hsm".into(),
-            KeySettings::Transit {
-                mount,
-                key: "attestd".into(),
-            },
-        );
+        s.signing.default_key = "configured".into();
+        s.signing.keys.insert("configured".into(), key);
     })
     .await;
     app.post_webhook(&hook_for("run-1", &reg.host(), &digest))
         .await;
     app.app.run_pending_jobs().await.unwrap();
-    let layers = att_layers(&reg, &digest).await;
+    let mut layers = att_layers(&reg, &digest).await;
     assert_eq!(layers.len(), 1);
-    assert!(
-        python_verifies(&layers[0].1, &public),
-        "verifies with the Transit public key"
-    );
+    layers.remove(0).1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
