@@ -200,3 +200,117 @@ async fn verify_exits_zero_one_or_two_with_a_clear_reason() {
     let no_tag = run(&[&format!("{}/acme/app", reg.host()), "--key", "cosign.pub"]);
     assert_eq!(no_tag.status.code(), Some(2));
 }
+
+/// A registry that accepts connections and never answers: a push to it hangs until cut off.
+fn unresponsive_registry() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(16) {
+            match stream {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+    });
+    (addr, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _holder) = unresponsive_registry();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = dir.path().join("attestd.db");
+    std::fs::write(
+        dir.path().join("attestd.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 1\n\
+             [database]\nurl = \"sqlite:{}\"\n\
+             [worker]\npoll_interval_ms = 20\n\
+             [[registries]]\nhost = \"{registry}\"\ninsecure_http = true\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_attestd"))
+        .args(["--config", "attestd.toml", "serve"])
+        .current_dir(dir.path())
+        .env("ATTESTD_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http.get(format!("{base}/readyz")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attestd did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let secret = std::fs::read_to_string(dir.path().join("data/webhook.secret")).unwrap();
+    let mut hook = webhook("run-1");
+    hook["accountId"] = json!("default");
+    hook["artifacts"] = json!([{"image": format!("{registry}/acme/app:1.0"), "digest": format!("sha256:{}", "c".repeat(64))}]);
+    let body = hook.to_string();
+    let resp = http
+        .post(format!("{base}/v1/webhooks/build"))
+        .header(
+            "x-attestd-signature-256",
+            attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // Wait until the push job is leased (and hanging on the registry).
+    let push_job = || async {
+        sqlx::query_as::<_, (String, i64)>("SELECT state, attempts FROM jobs WHERE kind = 'push'")
+            .fetch_optional(&open_sqlite(&db).await)
+            .await
+            .unwrap()
+    };
+    loop {
+        if let Some((state, _)) = push_job().await
+            && state == "running"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push job was never claimed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "attestd exits cleanly on SIGTERM: {exit}");
+    let (state, attempts) = push_job().await.unwrap();
+    assert_eq!(
+        state, "queued",
+        "the in-flight job was handed back, not left leased"
+    );
+    assert_eq!(attempts, 0, "a released job does not count an attempt");
+}
+
+async fn open_sqlite(path: &Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=ro", path.display()))
+        .await
+        .unwrap()
+}
