@@ -459,33 +459,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DynStore, StoreE
 }
 
 mod rows;
-
-/// Queue one push job per artifact still waiting, unless it has one. `$1` execution, `$2` now.
-const QUEUE_PUSH_JOBS: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \
-    SELECT 'push', a.execution_id, a.position, 'queued', $2, $2, $2 FROM artifacts a \
-    WHERE a.execution_id = $1 AND a.push_state = 'pending' AND NOT EXISTS ( \
-        SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id AND j.artifact_position = a.position)";
-
-/// Re-drive dead jobs and push jobs waiting on a backoff. `$1` execution, `$2` now.
-const REQUEUE_JOBS: &str = "UPDATE jobs SET state = 'queued', run_after = $2, attempts = 0, last_error = NULL, updated_at = $2 \
-    WHERE execution_id = $1 AND (state = 'dead' OR (state = 'queued' AND attempts > 0))";
-
-/// Dead or retrying artifacts go back to pending (their jobs were re-queued). `$1` execution.
-const RESET_ARTIFACTS: &str = "UPDATE artifacts SET push_state = 'pending', push_attempts = 0, next_attempt_at = NULL, last_error = NULL \
-    WHERE execution_id = $1 AND push_state IN ('dead', 'retrying')";
-
-/// Take or renew a lock if it is free, expired, or already ours. `$1` name, `$2` owner,
-/// `$3` expiry, `$4` now. Returns a row when the lock is held.
-const TRY_LOCK: &str = "INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, $3) \
-    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
-    WHERE locks.expires_at <= $4 OR locks.owner = excluded.owner RETURNING name";
-
-/// Insert a verification row; the same statement for both dialects (`$11` is the time).
-const INSERT_VERIFICATION: &str = "INSERT INTO verifications (execution_id, image, digest, verified, allowed, \
-    policies, reason_code, reason, report, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-
-const SELECT_VERIFICATIONS: &str = "SELECT image, digest, verified, allowed, policies, reason_code, reason, created_at \
-    FROM verifications WHERE execution_id = $1 ORDER BY id";
+mod sql;
 
 fn split_policies(s: String) -> Vec<String> {
     s.split(',')

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{self, ARTIFACT_COLUMNS, ArtifactRow, EXECUTION_COLUMNS, ExecutionRow};
+use super::sql;
 use super::*;
 
 pub struct PgStore {
@@ -51,16 +52,12 @@ impl PgStore {
         job: &Job,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, \
-             lease_expires_at = NULL, last_error = NULL, updated_at = $3 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+        let done = sqlx::query(sql::FINISH_JOB)
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::LeaseLost(job.id));
         }
@@ -126,7 +123,7 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(sql::PING).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -183,13 +180,11 @@ impl Store for PgStore {
         if inserted.is_some() {
             return Ok(Recorded::Created(Execution::recorded(&new)));
         }
-        let existing = sqlx::query(
-            "SELECT id, request_sha256 FROM executions WHERE account_id = $1 AND pipeline_execution_id = $2",
-        )
-        .bind(b.account.as_str())
-        .bind(&b.pipeline_execution_id)
-        .fetch_one(&self.pool)
-        .await?;
+        let existing = sqlx::query(sql::EXISTING_EXECUTION)
+            .bind(b.account.as_str())
+            .bind(&b.pipeline_execution_id)
+            .fetch_one(&self.pool)
+            .await?;
         let id: Uuid = existing.try_get("id")?;
         let hash: String = existing.try_get("request_sha256")?;
         if hash != new.request_sha256 {
@@ -276,23 +271,19 @@ impl Store for PgStore {
     }
 
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT statement FROM executions WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(&self.pool)
-                .await?
-                .flatten(),
-        )
+        Ok(sqlx::query_scalar(sql::SELECT_STATEMENT)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
     }
 
     async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT envelope FROM executions WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(&self.pool)
-                .await?
-                .flatten(),
-        )
+        Ok(sqlx::query_scalar(sql::SELECT_ENVELOPE)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
     }
 
     async fn executions_by_digest(
@@ -367,7 +358,7 @@ impl Store for PgStore {
     }
 
     async fn record_verification(&self, v: &NewVerification) -> Result<(), StoreError> {
-        sqlx::query(super::INSERT_VERIFICATION)
+        sqlx::query(sql::INSERT_VERIFICATION)
             .bind(v.execution_id.0)
             .bind(&v.image)
             .bind(v.digest.as_str())
@@ -384,7 +375,7 @@ impl Store for PgStore {
     }
 
     async fn verifications(&self, id: ExecutionId) -> Result<Vec<VerificationRecord>, StoreError> {
-        let rows = sqlx::query(super::SELECT_VERIFICATIONS)
+        let rows = sqlx::query(sql::SELECT_VERIFICATIONS)
             .bind(id.0)
             .fetch_all(&self.pool)
             .await?;
@@ -447,24 +438,19 @@ impl Store for PgStore {
         let now = OffsetDateTime::now_utc();
         let mut tx = self.pool.begin().await?;
         Self::finish_job(&mut tx, job, now).await?;
-        let stored: Vec<u8> = sqlx::query_scalar(
-            "UPDATE executions SET envelope = COALESCE(envelope, $2), \
-             key_id = CASE WHEN envelope IS NULL THEN $3 ELSE key_id END, \
-             signed_at = COALESCE(signed_at, $4), last_error = NULL \
-             WHERE id = $1 RETURNING envelope",
-        )
-        .bind(job.execution_id.0)
-        .bind(envelope)
-        .bind(key_id)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(super::QUEUE_PUSH_JOBS)
+        let stored: Vec<u8> = sqlx::query_scalar(sql::STORE_ENVELOPE)
+            .bind(job.execution_id.0)
+            .bind(envelope)
+            .bind(key_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(sql::QUEUE_PUSH_JOBS)
             .bind(job.execution_id.0)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(rows::REFRESH_STATE)
+        sqlx::query(sql::REFRESH_STATE)
             .bind(job.execution_id.0)
             .execute(&mut *tx)
             .await?;
@@ -476,31 +462,24 @@ impl Store for PgStore {
         let now = OffsetDateTime::now_utc();
         let mut tx = self.pool.begin().await?;
         Self::finish_job(&mut tx, job, now).await?;
-        sqlx::query(
-            "UPDATE artifacts SET push_state = 'pushed', push_attempts = $3, next_attempt_at = NULL, \
-             last_error = NULL, pushed_reference = $4, manifest_digest = $5, pushed_at = $6 \
-             WHERE execution_id = $1 AND position = $2",
-        )
-        .bind(job.execution_id.0)
-        .bind(job.artifact_position)
-        .bind(job.attempts)
-        .bind(&record.reference)
-        .bind(&record.manifest_digest)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(rows::REFRESH_STATE)
+        sqlx::query(sql::MARK_PUSHED)
+            .bind(job.execution_id.0)
+            .bind(job.artifact_position)
+            .bind(job.attempts)
+            .bind(&record.reference)
+            .bind(&record.manifest_digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::REFRESH_STATE)
             .bind(job.execution_id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE executions SET attested_at = $2, last_error = NULL \
-             WHERE id = $1 AND attestation_state = 'attested' AND attested_at IS NULL",
-        )
-        .bind(job.execution_id.0)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::MARK_ATTESTED)
+            .bind(job.execution_id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -543,12 +522,12 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE executions SET last_error = $2 WHERE id = $1")
+        sqlx::query(sql::SET_LAST_ERROR)
             .bind(job.execution_id.0)
             .bind(error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(rows::REFRESH_STATE)
+        sqlx::query(sql::REFRESH_STATE)
             .bind(job.execution_id.0)
             .execute(&mut *tx)
             .await?;
@@ -557,37 +536,33 @@ impl Store for PgStore {
     }
 
     async fn release_job(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, \
-             lease_token = NULL, lease_expires_at = NULL, updated_at = $3 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(OffsetDateTime::now_utc())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(sql::RELEASE_JOB)
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn retry_execution(&self, id: ExecutionId) -> Result<u64, StoreError> {
         let now = OffsetDateTime::now_utc();
         let mut tx = self.pool.begin().await?;
-        let requeued = sqlx::query(super::REQUEUE_JOBS)
+        let requeued = sqlx::query(sql::REQUEUE_JOBS)
             .bind(id.0)
             .bind(now)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query(super::RESET_ARTIFACTS)
+        sqlx::query(sql::RESET_ARTIFACTS)
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE executions SET last_error = NULL WHERE id = $1")
+        sqlx::query(sql::CLEAR_LAST_ERROR)
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(rows::REFRESH_STATE)
+        sqlx::query(sql::REFRESH_STATE)
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
@@ -596,16 +571,15 @@ impl Store for PgStore {
     }
 
     async fn unfinished_jobs(&self) -> Result<u64, StoreError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
-                .fetch_one(&self.pool)
-                .await?;
+        let n: i64 = sqlx::query_scalar(sql::COUNT_UNFINISHED_JOBS)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n as u64)
     }
 
     async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = OffsetDateTime::now_utc();
-        let got = sqlx::query(super::TRY_LOCK)
+        let got = sqlx::query(sql::TRY_LOCK)
             .bind(name)
             .bind(owner)
             .bind(now + ttl)
@@ -616,7 +590,7 @@ impl Store for PgStore {
     }
 
     async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM locks WHERE name = $1 AND owner = $2")
+        sqlx::query(sql::UNLOCK)
             .bind(name)
             .bind(owner)
             .execute(&self.pool)

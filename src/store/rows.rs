@@ -18,16 +18,6 @@ pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipe
 pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository, tag, digest, \
     push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at";
 
-/// Recompute an execution's attestation state from its jobs and artifacts. Shared by both
-/// dialects; `$1` is the execution id.
-pub const REFRESH_STATE: &str = "UPDATE executions SET attestation_state = CASE \
-        WHEN attestation_state = 'skipped' THEN 'skipped' \
-        WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.execution_id = executions.id AND j.state = 'dead') THEN 'failed' \
-        WHEN envelope IS NULL THEN 'pending' \
-        WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = executions.id AND a.push_state <> 'pushed') THEN 'attested' \
-        ELSE 'pushing' END \
-    WHERE id = $1";
-
 pub struct ExecutionRow {
     pub id: Uuid,
     pub account_id: String,
