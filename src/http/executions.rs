@@ -53,14 +53,16 @@ pub struct ExecutionPage {
     pub next_cursor: Option<String>,
 }
 
-fn bad(param: &str, message: &str) -> ApiError {
+/// A 400 `invalid_query` naming the parameter.
+pub fn bad(param: &str, message: &str) -> ApiError {
     ApiError::BadRequest(
         "invalid_query",
         format!("query parameter `{param}` {message}"),
     )
 }
 
-fn time_param(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
+/// An optional RFC 3339 query parameter.
+pub fn time_param(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
     v.as_deref()
         .map(|s| {
             OffsetDateTime::parse(s, &Rfc3339)
@@ -69,21 +71,25 @@ fn time_param(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, 
         .transpose()
 }
 
+/// The account a query covers: always the reader's own for account tokens; for admins, the
+/// `account` parameter if given (else every account).
+pub fn scoped_account(
+    reader: &Reader,
+    requested: Option<&str>,
+) -> Result<Option<AccountId>, ApiError> {
+    let requested = requested
+        .map(|a| {
+            a.parse::<AccountId>()
+                .map_err(|_| bad("account", "is not a valid account id"))
+        })
+        .transpose()?;
+    Ok(reader.scope().cloned().or(requested))
+}
+
 impl ListParams {
     /// The store filter for `reader`, or a 400 naming the bad parameter.
     pub fn to_filter(&self, reader: &Reader) -> Result<ExecutionFilter, ApiError> {
-        let requested = self
-            .account
-            .as_deref()
-            .map(|a| {
-                a.parse::<AccountId>()
-                    .map_err(|_| bad("account", "is not a valid account id"))
-            })
-            .transpose()?;
-        let account = match (reader.scope(), requested) {
-            (Some(own), _) => Some(own.clone()),
-            (None, requested) => requested,
-        };
+        let account = scoped_account(reader, self.account.as_deref())?;
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(bad("limit", "must be between 1 and 200"));

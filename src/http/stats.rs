@@ -4,12 +4,11 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use super::auth::Reader;
+use super::executions::{scoped_account, time_param};
 use crate::app::AppState;
-use crate::domain::AccountId;
 use crate::error::ApiError;
 use crate::store::Stats;
 
@@ -38,18 +37,6 @@ pub struct StatsView {
     pub stats: Stats,
 }
 
-fn instant(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
-    v.map(|s| {
-        OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-            ApiError::BadRequest(
-                "invalid_query",
-                format!("query parameter `{name}` must be an RFC 3339 timestamp"),
-            )
-        })
-    })
-    .transpose()
-}
-
 #[utoipa::path(
     get,
     path = "/v1/stats",
@@ -67,27 +54,15 @@ pub async fn get_stats(
     reader: Reader,
     Query(params): Query<StatsParams>,
 ) -> Result<Json<StatsView>, ApiError> {
-    let to = instant("to", params.to.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
-    let from = instant("from", params.from.as_deref())?.unwrap_or(to - Duration::days(30));
+    let to = time_param("to", &params.to)?.unwrap_or_else(OffsetDateTime::now_utc);
+    let from = time_param("from", &params.from)?.unwrap_or(to - Duration::days(30));
     if from >= to || to - from > MAX_WINDOW {
         return Err(ApiError::BadRequest(
             "invalid_query",
             "`from` must be before `to` and the window at most 366 days".into(),
         ));
     }
-    let requested = params
-        .account
-        .as_deref()
-        .map(|a| {
-            a.parse::<AccountId>().map_err(|_| {
-                ApiError::BadRequest(
-                    "invalid_query",
-                    "`account` is not a valid account id".into(),
-                )
-            })
-        })
-        .transpose()?;
-    let account = reader.scope().cloned().or(requested);
+    let account = scoped_account(&reader, params.account.as_deref())?;
     let stats = state.store.stats(account.as_ref(), from, to).await?;
     Ok(Json(StatsView {
         from,
