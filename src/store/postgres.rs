@@ -450,10 +450,7 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(job.execution_id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -471,10 +468,7 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(job.execution_id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
         sqlx::query(sql::MARK_ATTESTED)
             .bind(job.execution_id.0)
             .bind(now)
@@ -527,10 +521,7 @@ impl Store for PgStore {
             .bind(error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(job.execution_id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -562,10 +553,7 @@ impl Store for PgStore {
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, id.0).await?;
         tx.commit().await?;
         Ok(requeued)
     }
@@ -597,4 +585,16 @@ impl Store for PgStore {
             .await?;
         Ok(())
     }
+}
+
+/// Recompute the execution's attestation state inside the caller's transaction.
+async fn refresh_state(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(sql::REFRESH_STATE)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

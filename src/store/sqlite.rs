@@ -515,10 +515,7 @@ impl Store for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(job.execution_id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -536,10 +533,7 @@ impl Store for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(job.execution_id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
         sqlx::query(sql::MARK_ATTESTED)
             .bind(job.execution_id.0)
             .bind(now)
@@ -593,10 +587,7 @@ impl Store for SqliteStore {
             .bind(error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(job.execution_id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -627,10 +618,7 @@ impl Store for SqliteStore {
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::REFRESH_STATE)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        refresh_state(&mut tx, id.0).await?;
         tx.commit().await?;
         Ok(requeued)
     }
@@ -662,4 +650,13 @@ impl Store for SqliteStore {
             .await?;
         Ok(())
     }
+}
+
+/// Recompute the execution's attestation state inside the caller's transaction.
+async fn refresh_state(tx: &mut sqlx::Transaction<'_, Sqlite>, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query(sql::REFRESH_STATE)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
