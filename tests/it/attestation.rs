@@ -111,13 +111,7 @@ async fn webhook_becomes_a_verified_attestation_in_the_registry(backend: Backend
     let reg = TestRegistry::anonymous().await;
     let digest = reg.push_image(REPO, "1.4.0").await;
     let app = spawn_with_registry(backend, &reg).await;
-    let created: Value = app
-        .post_webhook(&hook_for("run-1", &reg.host(), &digest))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap();
+    let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     assert_eq!(
         app.app.run_pending_jobs().await.unwrap(),
         2,
@@ -145,15 +139,10 @@ async fn webhook_becomes_a_verified_attestation_in_the_registry(backend: Backend
         layer["annotations"]["predicateType"],
         "https://slsa.dev/provenance/v1"
     );
-    let served = app
-        .get(&format!("/v1/executions/{id}/attestation"), TOKEN)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let served = app.attestation(id).await;
     assert_eq!(
         blob.as_slice(),
-        served.as_ref(),
+        served.as_slice(),
         "the registry holds the stored envelope byte for byte"
     );
     assert!(
@@ -249,24 +238,14 @@ async fn redelivered_webhook_never_produces_a_second_envelope(backend: Backend) 
     let created: Value = app.post_webhook(&hook).await.json().await.unwrap();
     app.app.run_pending_jobs().await.unwrap();
     let id = created["id"].as_str().unwrap();
-    let first = app
-        .get(&format!("/v1/executions/{id}/attestation"), TOKEN)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let first = app.attestation(id).await;
     assert_eq!(app.post_webhook(&hook).await.status(), 200);
     assert_eq!(
         app.app.run_pending_jobs().await.unwrap(),
         0,
         "a redelivery queues no work"
     );
-    let again = app
-        .get(&format!("/v1/executions/{id}/attestation"), TOKEN)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let again = app.attestation(id).await;
     assert_eq!(first, again);
     assert_eq!(att_layers(&reg, &digest).await.len(), 1);
 }
@@ -293,13 +272,7 @@ async fn missing_image_fails_for_good_and_retry_redrives_the_same_envelope(backe
     // The digest exists in another repository only.
     let digest = push_fixed_image(&reg, "elsewhere/app").await;
     let app = spawn_with_registry(backend, &reg).await;
-    let created: Value = app
-        .post_webhook(&hook_for("run-1", &reg.host(), &digest))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap();
+    let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     app.app.run_pending_jobs().await.unwrap();
     let e = execution(&app, id).await;
     assert_eq!(e["attestation"]["state"], "failed");
@@ -313,12 +286,7 @@ async fn missing_image_fails_for_good_and_retry_redrives_the_same_envelope(backe
         error.contains("not found") && error.contains(digest.as_str()),
         "{error}"
     );
-    let envelope = app
-        .get(&format!("/v1/executions/{id}/attestation"), TOKEN)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let envelope = app.attestation(id).await;
     let signed_at = e["attestation"]["signedAt"].clone();
 
     // The image shows up; a user re-drives the delivery.
@@ -342,7 +310,7 @@ async fn missing_image_fails_for_good_and_retry_redrives_the_same_envelope(backe
     let layers = att_layers(&reg, &digest).await;
     assert_eq!(
         layers[0].1,
-        envelope.to_vec(),
+        envelope,
         "the same stored envelope was pushed"
     );
 }
@@ -352,13 +320,7 @@ async fn registry_outage_is_retried_until_the_registry_is_back(backend: Backend)
     let digest = reg.push_image(REPO, "1.4.0").await;
     let app = spawn_with_registry(backend, &reg).await;
     reg.stop();
-    let created: Value = app
-        .post_webhook(&hook_for("run-1", &reg.host(), &digest))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap();
+    let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     app.app.run_pending_jobs().await.unwrap();
     let e = execution(&app, id).await;
     let push = &e["artifacts"][0]["push"];
@@ -418,14 +380,9 @@ async fn fifty_executions_of_one_image_append_fifty_layers(backend: Backend) {
     let blobs: HashSet<Vec<u8>> = layers.iter().map(|(_, b)| b.clone()).collect();
     assert_eq!(blobs.len(), 50, "none duplicated");
     for id in &ids {
-        let envelope = app
-            .get(&format!("/v1/executions/{id}/attestation"), TOKEN)
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let envelope = app.attestation(id).await;
         assert!(
-            blobs.contains(envelope.as_ref()),
+            blobs.contains(&envelope),
             "execution {id}'s envelope is in the registry"
         );
         assert_eq!(
@@ -508,13 +465,7 @@ async fn the_background_worker_attests_without_being_driven() {
         s.worker.enabled = true;
     })
     .await;
-    let created: Value = app
-        .post_webhook(&hook_for("run-1", &reg.host(), &digest))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap();
+    let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while execution(&app, id).await["attestation"]["state"] != "attested" {
         assert!(

@@ -127,6 +127,25 @@ impl TestApp {
             .await
     }
 
+    /// POST a webhook signed by acme's source and return the execution id it answered with.
+    pub async fn record(&self, body: &Value) -> String {
+        let created: Value = self
+            .post_webhook(body)
+            .await
+            .json()
+            .await
+            .expect("execution JSON");
+        created["id"].as_str().expect("execution id").to_owned()
+    }
+
+    /// The stored DSSE envelope of an execution, as `GET .../attestation` serves it.
+    pub async fn attestation(&self, id: &str) -> Vec<u8> {
+        let resp = self
+            .get(&format!("/v1/executions/{id}/attestation"), TOKEN)
+            .await;
+        resp.bytes().await.expect("envelope bytes").to_vec()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
