@@ -308,11 +308,7 @@ async fn missing_image_fails_for_good_and_retry_redrives_the_same_envelope(backe
     assert_eq!(e["attestation"]["state"], "attested");
     assert_eq!(e["attestation"]["signedAt"], signed_at);
     let layers = att_layers(&reg, &digest).await;
-    assert_eq!(
-        layers[0].1,
-        envelope,
-        "the same stored envelope was pushed"
-    );
+    assert_eq!(layers[0].1, envelope, "the same stored envelope was pushed");
 }
 
 async fn registry_outage_is_retried_until_the_registry_is_back(backend: Backend) {
