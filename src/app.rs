@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::domain::scope::{RepositoryPattern, RepositoryScope};
 use crate::http::auth::Tokens;
 use crate::ingest::{WebhookSource, WebhookSources};
 use crate::registry::Registries;
@@ -70,25 +71,32 @@ impl App {
             .context("load signing keys ([signing])")?;
         let registries = Registries::new(&settings.registries, secrets.clone())
             .map_err(|e| anyhow::anyhow!("configure registries ([[registries]]): {e}"))?;
-        let loopback = settings.server.listen.ip().is_loopback();
-        let anonymous = settings.auth.anonymous_reads_on_loopback && loopback;
-        if anonymous {
-            tracing::warn!(
-                listen = %settings.server.listen,
-                "reads without a token are allowed because the server listens on loopback only \
-                 (auth.anonymous_reads_on_loopback); configure auth.tokens before exposing it"
-            );
-        } else if settings.auth.anonymous_reads_on_loopback {
-            tracing::warn!(
-                "auth.anonymous_reads_on_loopback is ignored: server.listen is not a loopback address"
-            );
-        }
-        let tokens = Tokens::new(&settings.auth.tokens, anonymous);
         let public_url = if settings.server.public_url.is_empty() {
             format!("http://{}", settings.server.listen)
         } else {
             settings.server.public_url.trim_end_matches('/').to_owned()
         };
+        let loopback = settings.server.listen.ip().is_loopback();
+        let anonymous = settings.auth.anonymous_reads_on_loopback
+            && loopback
+            && settings.auth.tokens.is_empty();
+        if anonymous {
+            tracing::warn!(
+                listen = %settings.server.listen,
+                "reads without a token are allowed because the server listens on loopback only \
+                 and no auth.tokens are configured (auth.anonymous_reads_on_loopback); they are \
+                 read-only and end as soon as a token is configured"
+            );
+        } else if settings.auth.anonymous_reads_on_loopback && !loopback {
+            tracing::warn!(
+                "auth.anonymous_reads_on_loopback is ignored: server.listen is not a loopback address"
+            );
+        }
+        let tokens = Tokens::new(
+            &settings.auth.tokens,
+            anonymous
+                .then(|| crate::http::auth::anonymous_hosts(settings.server.listen, &public_url)),
+        );
         Ok(Self {
             settings,
             store,
@@ -156,6 +164,14 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
             name: "development".into(),
             account: settings.webhook.dev_account.clone(),
             secrets: vec![secret],
+            repositories: RepositoryScope::new(
+                settings
+                    .registries
+                    .iter()
+                    .map(|r| RepositoryPattern::whole_registry(&r.host))
+                    .collect(),
+            ),
+            builder_ids: settings.webhook.dev_builder_ids.clone(),
         }]));
     }
     let mut sources = Vec::new();
@@ -166,10 +182,24 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
             .enumerate()
             .map(|(j, r)| r.resolve(&format!("webhook.sources[{i}].secrets[{j}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let repositories = s
+            .repositories
+            .iter()
+            .map(|p| p.parse::<RepositoryPattern>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("webhook.sources[{i}].repositories: {e}"))?;
+        if repositories.is_empty() {
+            tracing::warn!(
+                webhook.source = %s.name,
+                "webhook source has no `repositories`: it may attest nothing"
+            );
+        }
         sources.push(WebhookSource {
             name: s.name.clone(),
             account: s.account.clone(),
             secrets,
+            repositories: RepositoryScope::new(repositories),
+            builder_ids: s.builder_ids.clone(),
         });
     }
     Ok(WebhookSources::new(sources))

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::AccountId;
+use crate::domain::scope::RepositoryPattern;
 
 /// The embedded defaults; also the reference documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -70,6 +71,7 @@ pub struct TokenSettings {
 pub struct WebhookSettings {
     pub dev_secret_file: PathBuf,
     pub dev_account: AccountId,
+    pub dev_builder_ids: Vec<String>,
     pub sources: Vec<WebhookSourceSettings>,
 }
 
@@ -79,6 +81,13 @@ pub struct WebhookSourceSettings {
     pub name: String,
     pub account: AccountId,
     pub secrets: Vec<SecretRef>,
+    /// `host[:port]/repository` patterns this source may attest (see `domain::scope`); none
+    /// means it may attest nothing.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// The builder identities this source may claim; the first is used when a webhook names none.
+    #[serde(default)]
+    pub builder_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,13 +301,63 @@ impl Settings {
         if self.worker.max_attempts == 0 {
             return invalid("worker.max_attempts", "must be at least 1".into());
         }
+        let mut names = std::collections::HashSet::new();
         for (i, s) in self.webhook.sources.iter().enumerate() {
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return invalid(
+                    &format!("webhook.sources[{i}].name"),
+                    format!("'{}' must be non-empty and unique", s.name),
+                );
+            }
             if s.secrets.is_empty() || s.secrets.len() > 2 {
                 return invalid(
                     &format!("webhook.sources[{i}].secrets"),
                     "give one secret, or two while rotating".into(),
                 );
             }
+            if s.builder_ids.is_empty() {
+                return invalid(
+                    &format!("webhook.sources[{i}].builder_ids"),
+                    "list the builder identities this source may claim, e.g. \
+                     [\"https://ci.example.com/runners/linux\"]; the signed provenance's \
+                     runDetails.builder.id is taken from here"
+                        .into(),
+                );
+            }
+            for (j, id) in s.builder_ids.iter().enumerate() {
+                check_builder_id(id).map_err(|m| {
+                    ConfigError::Invalid(format!("webhook.sources[{i}].builder_ids[{j}]"), m)
+                })?;
+            }
+            for (j, pattern) in s.repositories.iter().enumerate() {
+                let key = format!("webhook.sources[{i}].repositories[{j}]");
+                let pattern: RepositoryPattern = pattern
+                    .parse()
+                    .map_err(|m| ConfigError::Invalid(key.clone(), m))?;
+                if !self
+                    .registries
+                    .iter()
+                    .any(|r| r.host.eq_ignore_ascii_case(pattern.host()))
+                {
+                    return invalid(
+                        &key,
+                        format!(
+                            "registry '{}' is not listed under [[registries]]",
+                            pattern.host()
+                        ),
+                    );
+                }
+            }
+        }
+        for (j, id) in self.webhook.dev_builder_ids.iter().enumerate() {
+            check_builder_id(id)
+                .map_err(|m| ConfigError::Invalid(format!("webhook.dev_builder_ids[{j}]"), m))?;
+        }
+        if self.webhook.sources.is_empty() && self.webhook.dev_builder_ids.is_empty() {
+            return invalid(
+                "webhook.dev_builder_ids",
+                "the development source needs at least one builder id".into(),
+            );
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -383,15 +442,7 @@ impl Settings {
 
     /// The effective configuration as TOML-ish JSON with secrets redacted.
     pub fn redacted(&self) -> serde_json::Value {
-        let db = self.database.url.expose_secret();
-        let db = match db.split_once('@') {
-            Some((creds, rest)) if creds.contains("://") && creds.contains(':') => {
-                let scheme_end = creds.find("://").map(|i| i + 3).unwrap_or(0);
-                let user = creds[scheme_end..].split(':').next().unwrap_or("");
-                format!("{}{user}:[redacted]@{rest}", &creds[..scheme_end])
-            }
-            _ => db.to_owned(),
-        };
+        let db = redact_database_url(self.database.url.expose_secret());
         serde_json::json!({
             "server": {
                 "listen": self.server.listen.to_string(),
@@ -414,8 +465,10 @@ impl Settings {
             "webhook": {
                 "dev_secret_file": self.webhook.dev_secret_file,
                 "dev_account": self.webhook.dev_account,
+                "dev_builder_ids": self.webhook.dev_builder_ids,
                 "sources": self.webhook.sources.iter().map(|s| serde_json::json!({
                     "name": s.name, "account": s.account,
+                    "repositories": s.repositories, "builder_ids": s.builder_ids,
                     "secrets": s.secrets.iter().map(SecretRef::redacted).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             },
@@ -458,6 +511,60 @@ impl Settings {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// A database URL with its password hidden, wherever it is: in the userinfo (however many `@`
+/// or `:` it contains) or in a `password`/`sslpassword` query parameter. A URL that does not
+/// parse is hidden whole.
+pub fn redact_database_url(raw: &str) -> String {
+    const HIDDEN: &str = "[redacted]";
+    if raw.starts_with("sqlite:") && !raw.contains('@') && !raw.contains("password") {
+        return raw.to_owned();
+    }
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return HIDDEN.to_owned();
+    };
+    if url.password().is_some() && url.set_password(Some("REDACTED")).is_err() {
+        return HIDDEN.to_owned();
+    }
+    if url
+        .query_pairs()
+        .any(|(k, _)| k.to_ascii_lowercase().contains("password"))
+    {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let hide = k.to_ascii_lowercase().contains("password");
+                (
+                    k.into_owned(),
+                    if hide {
+                        "REDACTED".into()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string().replace("REDACTED", HIDDEN)
+}
+
+/// A builder id is a URI (SLSA `TypeURI`): a scheme, no whitespace, at most 2048 bytes.
+fn check_builder_id(id: &str) -> Result<(), String> {
+    let scheme_ok = id.split_once(':').is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if !scheme_ok || id.len() > 2048 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "'{id}' must be a URI without whitespace, e.g. https://ci.example.com/runners/linux"
+        ));
+    }
+    Ok(())
 }
 
 /// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
@@ -515,6 +622,36 @@ mod tests {
         assert!(!shown.contains("s3cr3t-literal"), "{shown}");
         assert!(shown.contains("env:NEXT"));
         assert!(shown.contains("postgres://app:[redacted]@db/attestd"));
+    }
+
+    #[test]
+    fn database_urls_are_redacted_by_parsing_them() {
+        for (raw, secret) in [
+            ("postgres://app:p@ss:w0rd@db.internal:5432/attestd", "p@ss"),
+            (
+                "postgres://app:hunter2@db/attestd?sslmode=require",
+                "hunter2",
+            ),
+            (
+                "postgresql://db/attestd?user=app&password=s3cr3t&sslmode=verify-full",
+                "s3cr3t",
+            ),
+            ("postgres://app@db/attestd?sslpassword=k3y", "k3y"),
+            ("postgres://app:%40t%3Asign@db/attestd", "sign"),
+        ] {
+            let shown = redact_database_url(raw);
+            assert!(!shown.contains(secret), "{raw} -> {shown}");
+            assert!(shown.contains("[redacted]"), "{raw} -> {shown}");
+            assert!(shown.contains("attestd"), "{raw} -> {shown}");
+        }
+        assert_eq!(
+            redact_database_url("postgres://app@db/attestd?sslmode=require"),
+            "postgres://app@db/attestd?sslmode=require"
+        );
+        assert_eq!(
+            redact_database_url("sqlite:data/attestd.db"),
+            "sqlite:data/attestd.db"
+        );
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub enum ApiError {
     Unauthenticated,
     #[error("{0}")]
     AccountMismatch(String),
+    /// Refused by a grant of the webhook source, naming the offending fields.
+    #[error("{1}")]
+    NotAllowed(&'static str, String, Vec<FieldError>),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// Refused for a reason other than the account (e.g. a cross-origin form post).
     #[error("{1}")]
     Forbidden(&'static str, String),
@@ -79,7 +84,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidSignature | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::AccountMismatch(_) | Self::Forbidden(..) => StatusCode::FORBIDDEN,
+            Self::AccountMismatch(_) | Self::Forbidden(..) | Self::NotAllowed(..) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(..) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Malformed(_) | Self::BadRequest(..) => StatusCode::BAD_REQUEST,
@@ -98,6 +106,8 @@ impl ApiError {
             Self::InvalidSignature => "invalid_signature",
             Self::Unauthenticated => "unauthenticated",
             Self::AccountMismatch(_) => "account_mismatch",
+            Self::NotAllowed(code, ..) => code,
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Forbidden(code, _) => code,
             Self::NotFound(code, _) => code,
             Self::Conflict(_) => "execution_conflict",
@@ -140,6 +150,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let details = match &self {
             Self::Validation(errors) => Some(errors.as_slice()),
+            Self::NotAllowed(_, _, fields) if !fields.is_empty() => Some(fields.as_slice()),
             _ => None,
         };
         let body = ErrorBody {

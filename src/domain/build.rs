@@ -13,6 +13,8 @@ use super::ids::{AccountId, Digest, IdError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildCompleted {
     pub account: AccountId,
+    /// The authenticated webhook source that reported the build (empty until admitted).
+    pub source: String,
     pub pipeline_identifier: String,
     pub pipeline_execution_id: String,
     pub repository_url: String,
@@ -20,6 +22,7 @@ pub struct BuildCompleted {
     pub commit_sha: String,
     pub trigger_type: String,
     pub triggered_by: String,
+    /// As claimed by the webhook (empty: none claimed), then as granted by the source.
     pub builder_id: String,
     pub builder_version: BTreeMap<String, String>,
     pub started_on: OffsetDateTime,

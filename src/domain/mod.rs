@@ -5,6 +5,7 @@ pub mod build;
 pub mod dsse;
 pub mod ids;
 pub mod provenance;
+pub mod scope;
 
 pub use build::{Artifact, BuildCompleted, BuildStatus, ImageRef};
 pub use ids::{AccountId, Digest, ExecutionId, KeyId};

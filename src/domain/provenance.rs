@@ -91,6 +91,10 @@ pub struct InternalParameters {
     pub pipeline_execution_id: String,
     pub account_id: String,
     pub pipeline_identifier: String,
+    /// The authenticated webhook source that reported the build (`[[webhook.sources]]` name),
+    /// so a policy can require one. Absent from statements written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +129,16 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
         .unwrap_or_default()
+}
+
+/// The full git ref of a reported branch: `main` is `refs/heads/main`; a ref that is already
+/// full (`refs/tags/v1`, `refs/pull/7/head`) is kept as it is.
+fn git_ref(branch: &str) -> String {
+    if branch.starts_with("refs/") {
+        branch.to_owned()
+    } else {
+        format!("refs/heads/{branch}")
+    }
 }
 
 /// The SLSA v1 provenance statement for `build`.
@@ -174,9 +188,10 @@ pub fn statement(build: &BuildCompleted) -> Statement {
                     pipeline_execution_id: build.pipeline_execution_id.clone(),
                     account_id: build.account.to_string(),
                     pipeline_identifier: build.pipeline_identifier.clone(),
+                    webhook_source: Some(build.source.clone()),
                 },
                 resolved_dependencies: vec![ResourceDescriptor {
-                    uri: format!("git+{}@refs/heads/{}", build.repository_url, build.branch),
+                    uri: format!("git+{}@{}", build.repository_url, git_ref(&build.branch)),
                     digest: BTreeMap::from([("gitCommit".to_owned(), build.commit_sha.clone())]),
                 }],
             },
@@ -210,6 +225,7 @@ mod tests {
     fn build() -> BuildCompleted {
         BuildCompleted {
             account: "acme".parse().unwrap(),
+            source: "acme-ci".into(),
             pipeline_identifier: "build_and_push".into(),
             pipeline_execution_id: "exec-42".into(),
             repository_url: "https://github.com/acme/app".into(),
@@ -269,6 +285,38 @@ mod tests {
             "2026-11-25T09:00:00Z"
         );
         assert_eq!(p["runDetails"]["metadata"]["invocationId"], "exec-42");
+        assert_eq!(
+            p["buildDefinition"]["internalParameters"]["webhookSource"],
+            "acme-ci"
+        );
         assert!(p["runDetails"].get("runDetailsMetadata").is_none());
+    }
+
+    #[test]
+    fn tag_and_other_full_refs_are_kept_in_resolved_dependencies() {
+        let mut b = build();
+        b.branch = "refs/tags/v1".into();
+        let v: serde_json::Value = serde_json::from_slice(&statement_bytes(&b)).unwrap();
+        assert_eq!(
+            v["predicate"]["buildDefinition"]["resolvedDependencies"][0]["uri"],
+            "git+https://github.com/acme/app@refs/tags/v1"
+        );
+    }
+
+    #[test]
+    fn statements_written_before_the_source_was_recorded_still_parse() {
+        let mut v: serde_json::Value = serde_json::from_slice(&statement_bytes(&build())).unwrap();
+        v["predicate"]["buildDefinition"]["internalParameters"]
+            .as_object_mut()
+            .unwrap()
+            .remove("webhookSource");
+        let old: Statement = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            old.predicate
+                .build_definition
+                .internal_parameters
+                .webhook_source,
+            None
+        );
     }
 }

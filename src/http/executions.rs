@@ -298,6 +298,7 @@ pub async fn get_attestation(
     responses(
         (status = 202, description = "Failed or waiting deliveries re-queued with the stored envelope", body = ExecutionView),
         (status = 400, description = "Nothing to retry", body = crate::error::ErrorResponse),
+        (status = 401, description = "No token (anonymous reads may not retry)", body = crate::error::ErrorResponse),
         (status = 404, description = "No such execution", body = crate::error::ErrorResponse),
     ),
     security(("bearer" = []))
@@ -307,6 +308,7 @@ pub async fn retry_execution(
     reader: Reader,
     Path(execution_id): Path<String>,
 ) -> Result<(StatusCode, Json<ExecutionView>), ApiError> {
+    reader.require_token()?;
     let e = readable_execution(&state, &reader, &execution_id).await?;
     let requeued = state.store.retry_execution(e.id).await?;
     if requeued == 0 {

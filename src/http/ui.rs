@@ -228,7 +228,7 @@ pub async fn list_executions_page(
     let Query(raw) = query.map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))?;
     let params = without_empty_fields(raw);
     let form = FilterForm::new(&params);
-    let admin = reader == Reader::Admin;
+    let admin = reader.sees_all_accounts();
     let mut typed = params.clone();
     typed.started_after = as_rfc3339(typed.started_after);
     typed.started_before = as_rfc3339(typed.started_before);
@@ -282,12 +282,14 @@ pub async fn show_execution_page(
         pretty::pretty_json(&bytes).unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned())
     });
     let signed = state.store.envelope(e.id).await?.is_some();
-    let can_retry = e.attestation == AttestationState::Failed
-        || e.artifacts
-            .iter()
-            .any(|a| matches!(a.push_state, PushState::Dead | PushState::Retrying));
+    let can_retry = reader.may_act()
+        && (e.attestation == AttestationState::Failed
+            || e.artifacts
+                .iter()
+                .any(|a| matches!(a.push_state, PushState::Dead | PushState::Retrying)));
     let verifications = state.store.verifications(e.id).await?;
-    let can_verify = signed
+    let can_verify = reader.may_act()
+        && signed
         && e.key_id.is_some()
         && e.artifacts
             .iter()
@@ -297,7 +299,8 @@ pub async fn show_execution_page(
         "execution.html",
         context! {
             signed_in => true,
-            admin => reader == Reader::Admin,
+            admin => reader.sees_all_accounts(),
+            may_act => reader.may_act(),
             e => ExecutionView::new(&e, &state.public_url),
             provenance,
             signed,
@@ -316,6 +319,7 @@ pub async fn retry_execution_page(
     PageReader(reader): PageReader,
     Path(execution_id): Path<String>,
 ) -> Result<Redirect, HtmlError> {
+    reader.require_token()?;
     let e = readable_execution(&state, &reader, &execution_id).await?;
     let requeued = state.store.retry_execution(e.id).await?;
     if requeued > 0 {
@@ -336,6 +340,7 @@ pub async fn verify_execution_page(
     PageReader(reader): PageReader,
     Path(execution_id): Path<String>,
 ) -> Result<Redirect, HtmlError> {
+    reader.require_token()?;
     let e = readable_execution(&state, &reader, &execution_id).await?;
     let key_id = e.key_id.clone().ok_or_else(|| {
         ApiError::BadRequest(

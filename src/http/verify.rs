@@ -128,6 +128,7 @@ pub async fn verify_image_attestations(
     reader: Reader,
     req: Result<Json<VerifyRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<VerificationReport>, ApiError> {
+    reader.require_token()?;
     let Json(req) = req.map_err(|e| ApiError::BadRequest("invalid_request", e.body_text()))?;
     let target: ImageToVerify = req
         .image

@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::domain::{ExecutionId, provenance};
 use crate::error::ApiError;
 use crate::ingest::build_webhook::WebhookError;
-use crate::ingest::{FieldError, SIGNATURE_HEADER, parse_build_webhook};
+use crate::ingest::{FieldError, Refusal, SIGNATURE_HEADER, fingerprint, parse_build_webhook};
 use crate::store::{NewExecution, Recorded};
 
 #[utoipa::path(
@@ -27,7 +27,9 @@ use crate::store::{NewExecution, Recorded};
         (status = 200, description = "A redelivery of an execution already recorded", body = ExecutionView),
         (status = 400, description = "Not JSON", body = crate::error::ErrorResponse),
         (status = 401, description = "Missing or wrong signature", body = crate::error::ErrorResponse),
-        (status = 403, description = "The body names another account than the source's", body = crate::error::ErrorResponse),
+        (status = 400, description = "Duplicate JSON keys (`duplicate_key`)", body = crate::error::ErrorResponse),
+        (status = 403, description = "Outside the source's grants: another account (`account_mismatch`), an unlisted builder (`builder_not_allowed`) or repository (`repository_not_allowed`)", body = crate::error::ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
         (status = 409, description = "Same pipeline execution, different content", body = crate::error::ErrorResponse),
         (status = 413, description = "Body over server.body_limit_bytes", body = crate::error::ErrorResponse),
         (status = 422, description = "Invalid fields, unsupported schema version or unlisted registry", body = crate::error::ErrorResponse),
@@ -51,19 +53,14 @@ pub async fn receive_build_webhook(
         .authenticate(signature, &body)
         .ok_or(ApiError::InvalidSignature)?;
 
-    let parsed = parse_build_webhook(&body).map_err(|e| match e {
+    require_json(&headers)?;
+
+    let mut build = parse_build_webhook(&body).map_err(|e| match e {
         WebhookError::Malformed(m) => ApiError::Malformed(m),
+        WebhookError::DuplicateKey(m) => ApiError::BadRequest("duplicate_key", m),
         WebhookError::UnsupportedVersion(m) => ApiError::UnsupportedSchema(m),
         WebhookError::Invalid(fields) => ApiError::Validation(fields),
     })?;
-    let build = parsed.build;
-    if build.account != source.account {
-        tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, "webhook names another account");
-        return Err(ApiError::AccountMismatch(format!(
-            "this webhook source may only report builds of account '{}'",
-            source.account
-        )));
-    }
     let refused: Vec<FieldError> = build
         .artifacts
         .iter()
@@ -80,7 +77,31 @@ pub async fn receive_build_webhook(
     if !refused.is_empty() {
         return Err(ApiError::Validation(refused));
     }
+    source.admit(&mut build).map_err(|refusal| {
+        tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, refusal = ?refusal, "webhook outside its source's grants");
+        match refusal {
+            Refusal::AccountMismatch(m) => ApiError::AccountMismatch(m),
+            Refusal::BuilderNotAllowed(m) => ApiError::NotAllowed(
+                "builder_not_allowed",
+                m,
+                vec![FieldError {
+                    field: "builderId".into(),
+                    message: "is not one of this source's builder_ids".into(),
+                }],
+            ),
+            Refusal::RepositoryNotAllowed(fields) => ApiError::NotAllowed(
+                "repository_not_allowed",
+                format!(
+                    "webhook source '{}' may not attest {}",
+                    source.name,
+                    fields.iter().map(|f| f.field.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                fields,
+            ),
+        }
+    })?;
 
+    let request_sha256 = fingerprint(&build);
     let statement = (build.status == crate::domain::BuildStatus::Succeeded)
         .then(|| provenance::statement_bytes(&build));
     let id = ExecutionId::new();
@@ -89,7 +110,7 @@ pub async fn receive_build_webhook(
         .record_build(NewExecution {
             id,
             build,
-            request_sha256: parsed.fingerprint,
+            request_sha256,
             statement,
             received_at: id.created_at(),
         })
@@ -108,4 +129,34 @@ pub async fn receive_build_webhook(
     let view = ExecutionView::new(&execution, &state.public_url);
     let location = view.url.clone();
     Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// `415` unless the body is declared as JSON (`application/json` or `application/<x>+json`,
+/// parameters such as `charset` allowed).
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"));
+    if json {
+        Ok(())
+    } else if declared.is_empty() {
+        Err(ApiError::UnsupportedMediaType(
+            "send the webhook with Content-Type: application/json".into(),
+        ))
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {declared:?} is not JSON; send application/json"
+        )))
+    }
 }

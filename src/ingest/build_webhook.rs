@@ -72,14 +72,8 @@ pub enum WebhookError {
     UnsupportedVersion(String),
     /// Well-formed JSON whose fields are missing or invalid.
     Invalid(Vec<FieldError>),
-}
-
-/// A parsed webhook: the build and a fingerprint of its content for idempotency checks.
-#[derive(Debug)]
-pub struct ParsedWebhook {
-    pub build: BuildCompleted,
-    /// SHA-256 (hex) of the normalized content; equal for redeliveries of the same build.
-    pub fingerprint: String,
+    /// An object names the same key twice.
+    DuplicateKey(String),
 }
 
 struct Fields<'a> {
@@ -137,10 +131,86 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// An RFC 3339 timestamp whose UTC instant lies in years 1–9999, the range provenance (RFC 3339
+/// with four-digit years) can express; returned in UTC.
 fn timestamp(s: &str) -> Result<OffsetDateTime, String> {
     let t = OffsetDateTime::parse(s, &Rfc3339)
         .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-11-25T10:00:00Z".to_owned())?;
-    Ok(t.to_offset(time::UtcOffset::UTC))
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (1..=9999).contains(&utc.year()))
+        .ok_or_else(|| "must fall in the years 0001 to 9999 once converted to UTC".to_owned())
+}
+
+/// JSON into a [`Value`], refusing an object that names the same key twice (at any depth):
+/// `serde_json` would keep the last one silently, and a signer and a checker that disagree on
+/// which one counts is how parser-differential attacks start.
+fn parse_json_strictly(body: &[u8]) -> Result<Value, String> {
+    use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+
+    struct Strict(Value);
+    struct StrictVisitor;
+
+    impl<'de> de::Deserialize<'de> for Strict {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor)
+        }
+    }
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Strict;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+            Ok(Strict(Value::Bool(v)))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+            Ok(Strict(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+            Ok(Strict(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+            Ok(Strict(
+                serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+            ))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+            Ok(Strict(Value::String(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+            Ok(Strict(Value::String(v)))
+        }
+        fn visit_unit<E>(self) -> Result<Strict, E> {
+            Ok(Strict(Value::Null))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+            let mut items = Vec::new();
+            while let Some(Strict(item)) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(Strict(Value::Array(items)))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+                }
+                let Strict(value) = map.next_value()?;
+                object.insert(key, value);
+            }
+            Ok(Strict(Value::Object(object)))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let Strict(value) = de
+        .deserialize_any(StrictVisitor)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
 fn commit_sha(s: &str) -> Result<String, &'static str> {
@@ -162,10 +232,19 @@ fn no_whitespace(s: &str) -> Result<String, &'static str> {
     }
 }
 
-/// Parse and validate a webhook body. All field problems are reported together.
-pub fn parse_build_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| WebhookError::Malformed(format!("body is not valid JSON: {e}")))?;
+/// Parse and validate a webhook body. All field problems are reported together. The build's
+/// `builder_id` is what the webhook claimed (empty when it claimed none) and its `source` is
+/// empty: the authenticated source fills both in ([`WebhookSource::admit`]).
+///
+/// [`WebhookSource::admit`]: crate::ingest::WebhookSource::admit
+pub fn parse_build_webhook(body: &[u8]) -> Result<BuildCompleted, WebhookError> {
+    let value = parse_json_strictly(body).map_err(|e| {
+        if e.starts_with("duplicate key") {
+            WebhookError::DuplicateKey(format!("body is refused: {e}"))
+        } else {
+            WebhookError::Malformed(format!("body is not valid JSON: {e}"))
+        }
+    })?;
     let Value::Object(obj) = &value else {
         return Err(WebhookError::Malformed("body must be a JSON object".into()));
     };
@@ -213,7 +292,10 @@ pub fn parse_build_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
     let commit_sha = f.parsed("commitSha", commit_sha);
     let trigger_type = f.text("triggerType", MAX_TEXT);
     let triggered_by = f.text("triggeredBy", MAX_TEXT);
-    let builder_id = f.text("builderId", MAX_URL);
+    let builder_id = match obj.get("builderId") {
+        None | Some(Value::Null) => Some(String::new()),
+        Some(_) => f.text("builderId", MAX_URL),
+    };
     let started_on = f.parsed("startedOn", timestamp);
     let finished_on = f.parsed("finishedOn", timestamp);
     let status = f.parsed("status", str::parse::<BuildStatus>);
@@ -349,8 +431,9 @@ pub fn parse_build_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
     if !errors.is_empty() {
         return Err(WebhookError::Invalid(errors));
     }
-    let build = BuildCompleted {
+    Ok(BuildCompleted {
         account,
+        source: String::new(),
         pipeline_identifier,
         pipeline_execution_id,
         repository_url,
@@ -364,13 +447,14 @@ pub fn parse_build_webhook(body: &[u8]) -> Result<ParsedWebhook, WebhookError> {
         finished_on,
         status,
         artifacts,
-    };
-    let fingerprint = fingerprint(&build);
-    Ok(ParsedWebhook { build, fingerprint })
+    })
 }
 
-/// SHA-256 over a fixed-order serialization of every field of `build`.
-fn fingerprint(b: &BuildCompleted) -> String {
+/// SHA-256 (hex) over a fixed-order serialization of every reported field of `build`, taken
+/// after admission (so with the granted builder id); equal for redeliveries of the same build.
+/// The formula is stored with every execution: changing it would turn redeliveries of builds
+/// recorded by an earlier release into conflicts.
+pub fn fingerprint(b: &BuildCompleted) -> String {
     let canonical = serde_json::json!([
         b.account.as_str(),
         b.pipeline_identifier,
@@ -427,9 +511,9 @@ mod tests {
     #[test]
     fn a_valid_webhook_normalizes_branch_and_timestamps() {
         let p = parse_build_webhook(sample().to_string().as_bytes()).unwrap();
-        assert_eq!(p.build.branch, "main");
-        assert_eq!(p.build.finished_on.offset(), time::UtcOffset::UTC);
-        assert_eq!(p.build.artifacts[0].image.tag.as_deref(), Some("1.4.0"));
+        assert_eq!(p.branch, "main");
+        assert_eq!(p.finished_on.offset(), time::UtcOffset::UTC);
+        assert_eq!(p.artifacts[0].image.tag.as_deref(), Some("1.4.0"));
     }
 
     #[test]
@@ -437,11 +521,11 @@ mod tests {
         let a = parse_build_webhook(sample().to_string().as_bytes()).unwrap();
         let pretty = serde_json::to_string_pretty(&sample()).unwrap();
         let b = parse_build_webhook(pretty.as_bytes()).unwrap();
-        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(fingerprint(&a), fingerprint(&b));
         let mut changed = sample();
         changed["triggeredBy"] = "mallory".into();
         let c = parse_build_webhook(changed.to_string().as_bytes()).unwrap();
-        assert_ne!(a.fingerprint, c.fingerprint);
+        assert_ne!(fingerprint(&a), fingerprint(&c));
     }
 
     #[test]
@@ -492,5 +576,69 @@ mod tests {
             parse_build_webhook(b"[1]"),
             Err(WebhookError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn timestamps_outside_years_1_to_9999_in_utc_are_field_errors() {
+        for (field, value) in [
+            ("finishedOn", "9999-12-31T23:59:59-01:00"),
+            ("startedOn", "0000-01-01T00:00:00+01:00"),
+            ("startedOn", "0000-01-01T00:00:00Z"),
+        ] {
+            let mut v = sample();
+            v[field] = value.into();
+            if field == "startedOn" {
+                v["finishedOn"] = "0001-01-01T00:00:00Z".into();
+            }
+            let errors = errors_of(&v);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field == field && e.message.contains("9999")),
+                "{value}: {errors:?}"
+            );
+        }
+        let mut v = sample();
+        v["startedOn"] = "0001-01-01T00:00:00Z".into();
+        v["finishedOn"] = "9999-12-31T23:59:59Z".into();
+        assert!(parse_build_webhook(v.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let body = sample().to_string();
+        let top = body.replacen(
+            "\"accountId\":\"acme\"",
+            "\"accountId\":\"acme\",\"accountId\":\"globex\"",
+            1,
+        );
+        assert_ne!(top, body);
+        assert!(matches!(
+            parse_build_webhook(top.as_bytes()),
+            Err(WebhookError::DuplicateKey(m)) if m.contains("accountId")
+        ));
+        let nested = body.replacen("\"digest\":", "\"digest\":\"sha256:00\",\"digest\":", 1);
+        assert!(matches!(
+            parse_build_webhook(nested.as_bytes()),
+            Err(WebhookError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            parse_build_webhook(format!("{body} {{}}").as_bytes()),
+            Err(WebhookError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn builder_id_may_be_omitted_for_the_source_to_fill_in() {
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("builderId");
+        assert_eq!(
+            parse_build_webhook(v.to_string().as_bytes())
+                .unwrap()
+                .builder_id,
+            ""
+        );
+        v["builderId"] = "".into();
+        assert_eq!(errors_of(&v)[0].field, "builderId");
     }
 }

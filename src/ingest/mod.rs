@@ -1,8 +1,10 @@
 //! Webhook ingest: authenticate the raw body against the configured sources, then parse and
 //! validate it into a [`BuildCompleted`](crate::domain::BuildCompleted).
 
+pub mod admission;
 pub mod build_webhook;
 pub mod signature;
 
-pub use build_webhook::{FieldError, parse_build_webhook};
+pub use admission::Refusal;
+pub use build_webhook::{FieldError, fingerprint, parse_build_webhook};
 pub use signature::{SIGNATURE_HEADER, WebhookSource, WebhookSources};

@@ -7,16 +7,22 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 use crate::domain::AccountId;
+use crate::domain::scope::RepositoryScope;
 
 pub const SIGNATURE_HEADER: &str = "x-attestd-signature-256";
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
-/// A webhook sender: its name, the account it speaks for, and its current secret(s).
+/// A webhook sender: its name, the account it speaks for, its current secret(s), and what the
+/// operator lets it attest (see [`WebhookSource::admit`](crate::ingest::admission)).
 pub struct WebhookSource {
     pub name: String,
     pub account: AccountId,
     pub secrets: Vec<SecretString>,
+    /// Repositories whose images this source may attest.
+    pub repositories: RepositoryScope,
+    /// Builder identities this source may claim; never empty, the first is the default.
+    pub builder_ids: Vec<String>,
 }
 
 /// All configured sources.
@@ -25,6 +31,11 @@ pub struct WebhookSources(Vec<WebhookSource>);
 impl WebhookSources {
     pub fn new(sources: Vec<WebhookSource>) -> Self {
         Self(sources)
+    }
+
+    /// Every configured source.
+    pub fn iter(&self) -> impl Iterator<Item = &WebhookSource> {
+        self.0.iter()
     }
 
     /// The source whose secret produced `header` over `body`, if any. Every secret is checked
@@ -69,11 +80,15 @@ mod tests {
                 name: "a".into(),
                 account: "acme".parse().unwrap(),
                 secrets: vec!["old".into(), "new".into()],
+                repositories: Default::default(),
+                builder_ids: vec!["https://ci.example.com/a".into()],
             },
             WebhookSource {
                 name: "b".into(),
                 account: "other".parse().unwrap(),
                 secrets: vec!["bsecret".into()],
+                repositories: Default::default(),
+                builder_ids: vec!["https://ci.example.com/b".into()],
             },
         ])
     }

@@ -26,8 +26,7 @@ async fn digest_lookup_lists_every_execution_of_an_image_within_the_account(back
         hook["pipelineIdentifier"] = json!(pipeline);
         assert_eq!(app.post_webhook(&hook).await.status(), 202);
     }
-    let mut theirs = webhook("run-globex");
-    theirs["accountId"] = json!(OTHER_ACCOUNT);
+    let theirs = globex_webhook("run-globex");
     assert_eq!(
         app.post_webhook_signed(theirs.to_string().as_bytes(), OTHER_SECRET)
             .await

@@ -44,13 +44,14 @@ fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution 
     hook["artifacts"] = (0..artifacts)
         .map(|i| serde_json::json!({"image": format!("127.0.0.1:5999/acme/app{i}"), "digest": format!("sha256:{:064x}", i + 1)}))
         .collect();
-    let parsed = parse_build_webhook(hook.to_string().as_bytes()).unwrap();
+    let mut build = parse_build_webhook(hook.to_string().as_bytes()).unwrap();
+    build.source = "acme-ci".into();
     let id = ExecutionId::new();
     NewExecution {
         id,
-        statement: Some(provenance::statement_bytes(&parsed.build)),
-        build: parsed.build,
-        request_sha256: parsed.fingerprint,
+        statement: Some(provenance::statement_bytes(&build)),
+        request_sha256: attestd::ingest::fingerprint(&build),
+        build,
         received_at: id.created_at(),
     }
 }

@@ -150,8 +150,7 @@ async fn login_sets_a_strict_http_only_cookie_and_the_list_shows_only_that_accou
     let mut mine = webhook("acme-run-7");
     mine["pipelineIdentifier"] = json!("acme-release");
     seed(&app, &mine).await;
-    let mut theirs = webhook("globex-run-9");
-    theirs["accountId"] = json!(OTHER_ACCOUNT);
+    let mut theirs = globex_webhook("globex-run-9");
     theirs["pipelineIdentifier"] = json!("globex-nightly");
     let resp = app
         .post_webhook_signed(theirs.to_string().as_bytes(), OTHER_SECRET)
@@ -507,6 +506,8 @@ async fn headless_chromium_renders_seeded_data_and_hostile_values_as_text() {
     let chromium = Chromium::find();
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         s.auth.anonymous_reads_on_loopback = true;
+        // Anonymous reads end as soon as any token is configured.
+        s.auth.tokens.clear();
     })
     .await;
     // First, so that its sign and push jobs are the ones claimed.
@@ -552,8 +553,9 @@ async fn headless_chromium_renders_seeded_data_and_hostile_values_as_text() {
     );
     let dead_url = app.url(&format!("/ui/executions/{dead}"));
     let dead_dom = chromium.dump_dom(&dead_url).await;
-    assert!(dead_dom.contains(&format!(r#"action="/ui/executions/{dead}/retry""#)));
-    assert!(dead_dom.contains(">Retry failed pushes</button>"));
+    // Anonymous reads are read-only: no retry form, a pointer to signing in instead.
+    assert!(!dead_dom.contains(&format!(r#"action="/ui/executions/{dead}/retry""#)));
+    assert!(dead_dom.contains("Read-only view"), "{dead_dom}");
     chromium
         .screenshot(
             &dead_url,

@@ -113,7 +113,7 @@ pub async fn log_in(
         return login_page(StatusCode::BAD_REQUEST, Some("Enter a read token."));
     };
     let token = form.token.trim();
-    if token.is_empty() || state.tokens.reader(Some(token)).is_none() {
+    if token.is_empty() || state.tokens.reader(Some(token), None).is_none() {
         return login_page(
             StatusCode::UNAUTHORIZED,
             Some("That token is not valid. Check it and try again."),

@@ -17,6 +17,9 @@ pub const OTHER_SECRET: &str = "globex-webhook-secret";
 pub const TOKEN: &str = "acme-read-token";
 pub const OTHER_TOKEN: &str = "globex-read-token";
 pub const ADMIN_TOKEN: &str = "admin-read-token";
+/// The builder ids acme's and globex's sources may claim (acme's first is its default).
+pub const BUILDER: &str = "https://ci.example.com/runners/linux-amd64";
+pub const OTHER_BUILDER: &str = "https://ci.globex.example/runners/linux";
 /// A registry host the test configuration allows (nothing listens there unless a test starts it).
 pub const REGISTRY: &str = "127.0.0.1:5999";
 
@@ -47,11 +50,18 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
             name: "acme-ci".into(),
             account: ACCOUNT.parse().unwrap(),
             secrets: vec![SECRET.to_owned().into()],
+            repositories: vec![format!("{REGISTRY}/acme/**")],
+            builder_ids: vec![
+                BUILDER.into(),
+                "https://ci.example.com/runners/arm64".into(),
+            ],
         },
         WebhookSourceSettings {
             name: "globex-ci".into(),
             account: OTHER_ACCOUNT.parse().unwrap(),
             secrets: vec![OTHER_SECRET.to_owned().into()],
+            repositories: vec![format!("{REGISTRY}/globex/*")],
+            builder_ids: vec![OTHER_BUILDER.into()],
         },
     ];
     s.webhook.dev_secret_file = dir.join("webhook.secret");
@@ -186,6 +196,16 @@ pub fn webhook(pipeline_execution_id: &str) -> Value {
             {"image": format!("{REGISTRY}/acme/app:1.4.0"), "digest": format!("sha256:{}", "a1".repeat(32))}
         ]
     })
+}
+
+/// A valid webhook for account `globex`, building `REGISTRY/globex/app`, to be signed with
+/// [`OTHER_SECRET`].
+pub fn globex_webhook(pipeline_execution_id: &str) -> Value {
+    let mut hook = webhook(pipeline_execution_id);
+    hook["accountId"] = json!(OTHER_ACCOUNT);
+    hook["builderId"] = json!(OTHER_BUILDER);
+    hook["artifacts"][0]["image"] = json!(format!("{REGISTRY}/globex/app:2.0"));
+    hook
 }
 
 /// The `error.code` of a JSON error response.
