@@ -642,3 +642,140 @@ mod tests {
         assert_eq!(errors_of(&v)[0].field, "builderId");
     }
 }
+
+/// Property tests over the parser: whatever the body, no panic; whatever is accepted yields a
+/// statement that parses back to itself with RFC 3339 times. Run in CI for a bounded number of
+/// cases (`PROPTEST_CASES` raises it locally).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::provenance::{Statement, statement, statement_bytes};
+
+    fn timestamp() -> impl Strategy<Value = String> {
+        let offset = prop_oneof![
+            Just("Z".to_owned()),
+            Just("z".to_owned()),
+            (prop::bool::ANY, 0u8..=25, 0u8..=61)
+                .prop_map(|(east, h, m)| format!("{}{h:02}:{m:02}", if east { '+' } else { '-' })),
+        ];
+        let fraction = prop_oneof![Just(String::new()), "\\.[0-9]{1,12}"];
+        // The edges of the calendar are where conversions to UTC overflow: weight them.
+        let year = prop_oneof![0u32..=1, 9998u32..=9999, 0u32..=9999];
+        let month = prop_oneof![Just(1u8), Just(12u8), 0u8..=13];
+        let day = prop_oneof![Just(1u8), Just(31u8), 0u8..=32];
+        let hour = prop_oneof![Just(0u8), Just(23u8), 0u8..=24];
+        (year, month, day, hour, 0u8..=60, 0u8..=61, fraction, offset).prop_map(
+            |(y, mo, d, h, mi, s, frac, off)| {
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{off}")
+            },
+        )
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9._/:@-]{1,40}",
+            ".{0,24}",
+            Just("refs/tags/v1".to_owned()),
+            Just("refs/heads/main".to_owned()),
+        ]
+    }
+
+    fn image() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("registry.example.com/acme/app:1.0".to_owned()),
+            "(localhost:5000|reg\\.example\\.com|[a-z]{1,8})/[a-z0-9._/-]{0,20}(:[A-Za-z0-9._-]{0,10})?",
+            ".{0,30}",
+        ]
+    }
+
+    fn digest() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "sha256:[0-9a-f]{64}",
+            "sha256:[0-9a-fA-F]{60,66}",
+            "[a-z0-9]{0,8}:[0-9a-f]{0,70}",
+        ]
+    }
+
+    fn webhook() -> impl Strategy<Value = Value> {
+        (
+            (text(), text(), text(), text(), text()),
+            (text(), text(), timestamp(), timestamp()),
+            prop::sample::select(vec!["succeeded", "failed", "aborted", "SUCCEEDED", ""]),
+            prop::collection::vec((image(), digest()), 0..4),
+            prop::option::of(text()),
+        )
+            .prop_map(|((pipeline, execution, repo, branch, trigger), (by, commit, started, finished), status, artifacts, builder)| {
+                let mut v = json!({
+                    "schemaVersion": 1,
+                    "accountId": "acme",
+                    "pipelineIdentifier": pipeline,
+                    "pipelineExecutionId": execution,
+                    "repositoryURL": repo,
+                    "branch": branch,
+                    "commitSha": if commit.len() % 2 == 0 { "4f1e0c7b9d3a2e6f8b0c1d2e3f4a5b6c7d8e9f01".to_owned() } else { commit },
+                    "triggerType": trigger,
+                    "triggeredBy": by,
+                    "startedOn": started,
+                    "finishedOn": finished,
+                    "status": status,
+                    "artifacts": artifacts.into_iter().map(|(image, digest)| json!({"image": image, "digest": digest})).collect::<Vec<_>>(),
+                });
+                if let Some(builder) = builder {
+                    v["builderId"] = builder.into();
+                }
+                v
+            })
+    }
+
+    /// What every accepted webhook must give: a statement whose bytes parse back to the same
+    /// statement, with RFC 3339 times that parse back to the build's instants.
+    fn check_accepted(build: &BuildCompleted) {
+        let bytes = statement_bytes(build);
+        let parsed: Statement = serde_json::from_slice(&bytes).expect("statement parses back");
+        assert_eq!(parsed, statement(build));
+        let meta = &parsed.predicate.run_details.metadata;
+        for (shown, instant) in [
+            (&meta.started_on, build.started_on),
+            (&meta.finished_on, build.finished_on),
+        ] {
+            let back = OffsetDateTime::parse(shown, &Rfc3339)
+                .unwrap_or_else(|_| panic!("{shown:?} is not RFC 3339"));
+            assert_eq!(back, instant);
+        }
+        assert_eq!(parsed.subject.len(), build.artifacts.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn generated_webhooks_never_panic_and_accepted_ones_sign_sense(hook in webhook()) {
+            if let Ok(mut build) = parse_build_webhook(hook.to_string().as_bytes()) {
+                build.source = "prop".into();
+                if build.builder_id.is_empty() {
+                    build.builder_id = "https://ci.example.com/b".into();
+                }
+                check_accepted(&build);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_build_webhook(&body);
+        }
+
+        #[test]
+        fn valid_webhooks_with_any_timestamp_never_panic(started in timestamp(), finished in timestamp()) {
+            let mut v = tests::sample();
+            v["startedOn"] = started.into();
+            v["finishedOn"] = finished.into();
+            if let Ok(mut build) = parse_build_webhook(v.to_string().as_bytes()) {
+                build.source = "prop".into();
+                check_accepted(&build);
+            }
+        }
+    }
+}

@@ -103,7 +103,7 @@ async fn accepted_webhook_records_execution_and_provenance_matches_it_field_by_f
     );
     assert_eq!(
         bd["internalParameters"],
-        json!({"pipelineExecutionId": "run-1", "accountId": ACCOUNT, "pipelineIdentifier": "build_and_push"})
+        json!({"pipelineExecutionId": "run-1", "accountId": ACCOUNT, "pipelineIdentifier": "build_and_push", "webhookSource": "acme-ci"})
     );
     assert_eq!(
         bd["resolvedDependencies"],
@@ -495,6 +495,7 @@ async fn concurrent_identical_deliveries_create_exactly_one_execution(backend: B
         tasks.push(tokio::spawn(async move {
             let resp = http
                 .post(url)
+                .header("content-type", "application/json")
                 .header(
                     "x-attestd-signature-256",
                     attestd::ingest::signature::sign(SECRET.as_bytes(), body.as_bytes()),

@@ -257,10 +257,13 @@ async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
     let secret = std::fs::read_to_string(dir.path().join("data/webhook.secret")).unwrap();
     let mut hook = webhook("run-1");
     hook["accountId"] = json!("default");
+    // The development source signs its own builder id.
+    hook.as_object_mut().unwrap().remove("builderId");
     hook["artifacts"] = json!([{"image": format!("{registry}/acme/app:1.0"), "digest": format!("sha256:{}", "c".repeat(64))}]);
     let body = hook.to_string();
     let resp = http
         .post(format!("{base}/v1/webhooks/build"))
+        .header("content-type", "application/json")
         .header(
             "x-attestd-signature-256",
             attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),

@@ -8,4 +8,5 @@ mod registry;
 mod signing;
 mod store;
 mod support;
+mod tenancy;
 mod ui;

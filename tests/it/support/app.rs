@@ -79,6 +79,22 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
     s
 }
 
+/// The sources' repository grants are written for [`REGISTRY`]; a test that swaps in a real
+/// registry gets the same grants on that registry's host.
+fn grant_test_repositories(s: &mut Settings) {
+    let hosts: Vec<String> = s.registries.iter().map(|r| r.host.clone()).collect();
+    for source in &mut s.webhook.sources {
+        source.repositories = source
+            .repositories
+            .iter()
+            .flat_map(|pattern| match pattern.strip_prefix(REGISTRY) {
+                Some(path) => hosts.iter().map(|h| format!("{h}{path}")).collect(),
+                None => vec![pattern.clone()],
+            })
+            .collect();
+    }
+}
+
 fn token(name: &str, account: Option<&str>, token: &str, admin: bool) -> TokenSettings {
     TokenSettings {
         name: name.into(),
@@ -98,6 +114,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(&db, dir.path());
         configure(&mut settings);
+        grant_test_repositories(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         settings.server.public_url = format!("http://{addr}");
