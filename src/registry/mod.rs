@@ -287,7 +287,8 @@ impl Registries {
     }
 }
 
-/// The subject descriptor of the image manifest; its absence is a permanent failure.
+/// The subject descriptor of the image manifest. Its absence is `ImageNotFound`, permanent as far
+/// as the registry can tell; the worker still retries it a few times (replication lag).
 async fn image_descriptor(
     s: &Session,
     image: &ImageRef,
