@@ -22,6 +22,15 @@ const USER: &str = "attestd";
 const OLD: &str = "first-Pa55word";
 const NEW: &str = "second-Pa55word";
 
+/// Record run-1 and push it with the password both sides still agree on; its execution id.
+async fn attest_before_the_rotation(app: &TestApp, reg: &TestRegistry, digest: &Digest) -> String {
+    let id = app.record(&hook_for("run-1", &reg.host(), digest)).await;
+    app.app.run_pending_jobs().await.unwrap();
+    let e = execution(app, &id).await;
+    assert_eq!(e["attestation"]["state"], "attested", "{e}");
+    id
+}
+
 /// Both executions' envelopes, in order, are the `.att` layers, and each verifies.
 async fn assert_both_attested_in_the_registry(
     app: &TestApp,
@@ -53,12 +62,7 @@ async fn rotated_registry_password_is_retried_until_the_secret_backend_has_it(ba
     let secret = app.dir.path().join("registry-password");
     std::fs::write(&secret, OLD).unwrap();
 
-    let first = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
-    app.app.run_pending_jobs().await.unwrap();
-    assert_eq!(
-        execution(&app, first).await["attestation"]["state"],
-        "attested"
-    );
+    let first = &attest_before_the_rotation(&app, &reg, &digest).await;
 
     // The registry takes the new password; the secret backend still has the old one.
     reg.rotate_password(NEW).await;
@@ -118,12 +122,7 @@ async fn password_rotated_in_openbao_is_read_again_and_used_within_the_same_atte
     })
     .await;
 
-    let first = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
-    app.app.run_pending_jobs().await.unwrap();
-    assert_eq!(
-        execution(&app, first).await["attestation"]["state"],
-        "attested"
-    );
+    let first = &attest_before_the_rotation(&app, &reg, &digest).await;
 
     // Both sides rotate; attestd has the old password cached from the first push.
     reg.rotate_password(NEW).await;
