@@ -98,6 +98,7 @@ pub struct WorkerSettings {
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
     pub max_attempts: u32,
+    pub missing_image_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_secs: u64,
 }
@@ -478,6 +479,7 @@ impl Settings {
                 "lease_secs": self.worker.lease_secs,
                 "poll_interval_ms": self.worker.poll_interval_ms,
                 "max_attempts": self.worker.max_attempts,
+                "missing_image_retries": self.worker.missing_image_retries,
                 "backoff_base_ms": self.worker.backoff_base_ms,
                 "backoff_max_secs": self.worker.backoff_max_secs,
             },

@@ -1,5 +1,6 @@
 //! One configured registry: its TLS trust, its credentials (read from the secret backend on every
-//! use, so a rotated password takes effect) and the oci-client speaking to it.
+//! use and again after a 401/403, so a rotated password takes effect) and the oci-client speaking
+//! to it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,8 +140,35 @@ impl Connection {
         Ok(session)
     }
 
-    /// After a 401/403: drop cached credentials so the next attempt reads the backend again.
-    pub fn forget_credentials(&self) {
+    /// Run `op` with a session. After a 401/403, forget the credentials and run it once more, so
+    /// a password rotated in the secret backend (still cached there, or in the client's tokens)
+    /// is picked up within the same attempt. A second refusal is returned as it is (retryable),
+    /// with the credentials forgotten again for the next attempt.
+    pub async fn with_reauth<T, F, Fut>(&self, op: F) -> Result<T, RegistryError>
+    where
+        F: Fn(Session) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        match op(self.session().await?).await {
+            Err(e) if e.code() == ErrorCode::Unauthorized => {
+                tracing::info!(registry.host = %self.host, "registry refused the credentials; reading them again and re-authenticating");
+                self.forget_credentials();
+                let again = op(self.session().await?).await;
+                if let Err(e) = &again
+                    && e.code() == ErrorCode::Unauthorized
+                {
+                    tracing::warn!(registry.host = %self.host, "registry refused the credentials read again");
+                    self.forget_credentials();
+                }
+                again
+            }
+            other => other,
+        }
+    }
+
+    /// Drop the client (and with it oci-client's cached bearer tokens and basic credentials) and
+    /// the secret backend's cache, so the next session reads the password again.
+    fn forget_credentials(&self) {
         self.secrets.invalidate();
         if let Ok(mut guard) = self.current.lock() {
             *guard = None;

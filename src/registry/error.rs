@@ -12,7 +12,7 @@ pub enum ErrorCode {
     RegistryNotConfigured,
     /// The image manifest (by digest or tag) does not exist in the repository.
     ImageNotFound,
-    /// The registry refused our credentials (401/403).
+    /// The registry refused our credentials (401/403). Retryable: the password may be mid-rotation.
     Unauthorized,
     /// The `.att` manifest already holds the maximum number of layers.
     TooManyLayers,
@@ -232,8 +232,10 @@ pub(crate) fn from_status(what: &str, status: u16) -> RegistryError {
     }
 }
 
+/// Retryable: during a rotation the registry and the secret backend change at different moments,
+/// and the next attempt reads the password again.
 fn unauthorized(what: &str) -> RegistryError {
-    RegistryError::permanent(
+    RegistryError::retryable(
         ErrorCode::Unauthorized,
         format!(
             "{what}: the registry refused the credentials (check the registry's username and password in the configuration and secret backend)"
@@ -257,7 +259,8 @@ mod tests {
     #[test]
     fn statuses_split_into_permanent_and_retryable() {
         assert_eq!(from_status("x", 401).code(), ErrorCode::Unauthorized);
-        assert!(!from_status("x", 403).is_retryable());
+        assert!(from_status("x", 401).is_retryable());
+        assert!(from_status("x", 403).is_retryable());
         assert!(!from_status("x", 404).is_retryable());
         assert!(from_status("x", 503).is_retryable());
         assert!(from_status("x", 429).is_retryable());
@@ -281,6 +284,7 @@ mod tests {
     #[test]
     fn registry_error_codes_are_classified() {
         assert_eq!(envelope_error("DENIED").code(), ErrorCode::Unauthorized);
+        assert!(envelope_error("UNAUTHORIZED").is_retryable());
         assert_eq!(
             envelope_error("MANIFEST_UNKNOWN").code(),
             ErrorCode::ImageNotFound

@@ -114,30 +114,26 @@ impl Registries {
     /// already there. That is only safe with one writer per tag: the caller must serialize
     /// pushes for the same (registry, repository, digest) — the worker holds a distributed lock
     /// — so this function assumes no concurrent writer. The same holds for the referrers
-    /// tag-schema index. Retrying after any error is safe.
+    /// tag-schema index. Retrying after any error is safe, which is why a 401/403 re-reads the
+    /// password and runs the whole push once more.
     pub async fn push(&self, req: &PushRequest<'_>) -> Result<PushOutcome, PushError> {
         let conn = self.connection(&req.image.registry)?;
-        let result = self.push_with(conn, req).await;
-        if let Err(e) = &result
-            && e.code() == ErrorCode::Unauthorized
-        {
-            conn.forget_credentials();
-        }
-        result
+        conn.with_reauth(|s| async move { self.push_with(conn, &s, req).await })
+            .await
     }
 
     async fn push_with(
         &self,
         conn: &Connection,
+        s: &Session,
         req: &PushRequest<'_>,
     ) -> Result<PushOutcome, PushError> {
-        let s = conn.session().await?;
-        let subject = image_descriptor(&s, req.image, req.digest).await?;
+        let subject = image_descriptor(s, req.image, req.digest).await?;
         let name = req.image.name();
         let att_reference = format!("{name}:{}", layout::att_tag(req.digest));
         Ok(match conn.format {
             PushFormat::Att => {
-                let att = push_att(&s, req).await?;
+                let att = push_att(s, req).await?;
                 PushOutcome {
                     reference: att_reference,
                     manifest_digest: att.manifest_digest,
@@ -146,7 +142,7 @@ impl Registries {
                 }
             }
             PushFormat::Referrers => {
-                let r = push_referrer(conn, &s, req, &subject).await?;
+                let r = push_referrer(conn, s, req, &subject).await?;
                 let reference = format!("{name}@{}", r.manifest_digest);
                 PushOutcome {
                     referrer: Some(reference.clone()),
@@ -156,8 +152,8 @@ impl Registries {
                 }
             }
             PushFormat::Both => {
-                let att = push_att(&s, req).await?;
-                let r = push_referrer(conn, &s, req, &subject).await?;
+                let att = push_att(s, req).await?;
+                let r = push_referrer(conn, s, req, &subject).await?;
                 PushOutcome {
                     reference: att_reference,
                     manifest_digest: att.manifest_digest,
@@ -193,7 +189,17 @@ impl Registries {
         digest: &Digest,
     ) -> Result<Vec<FetchedAttestation>, RegistryError> {
         let conn = self.connection(&image.registry)?;
-        let s = conn.session().await?;
+        conn.with_reauth(|s| async move { self.fetch_with(conn, &s, image, digest).await })
+            .await
+    }
+
+    async fn fetch_with(
+        &self,
+        conn: &Connection,
+        s: &Session,
+        image: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Vec<FetchedAttestation>, RegistryError> {
         let (host, repo) = (&image.registry, &image.repository);
         let mut out = Vec::new();
 
@@ -222,7 +228,7 @@ impl Registries {
 
         if conn.format != PushFormat::Att {
             let what = format!("read the referrers of {host}/{repo}@{digest}");
-            for entry in list_referrers(conn, &s, image, digest, &what).await? {
+            for entry in list_referrers(conn, s, image, digest, &what).await? {
                 if entry["artifactType"] != layout::SIGSTORE_BUNDLE_V03 {
                     continue;
                 }
@@ -270,14 +276,16 @@ impl Registries {
                 format!("{image} has no tag to resolve"),
             ));
         };
-        let s = conn.session().await?;
-        let reference = s.reference(&image.registry, &image.repository, tag);
-        let what = format!("resolve {image}");
-        let digest = s
-            .client
-            .fetch_manifest_digest(&reference, &s.auth)
-            .await
-            .map_err(|e| RegistryError::from_oci(&what, &e))?;
+        let what = &format!("resolve {image}");
+        let digest = conn
+            .with_reauth(|s| async move {
+                let reference = s.reference(&image.registry, &image.repository, tag);
+                s.client
+                    .fetch_manifest_digest(&reference, &s.auth)
+                    .await
+                    .map_err(|e| RegistryError::from_oci(what, &e))
+            })
+            .await?;
         digest.parse().map_err(|_| {
             RegistryError::permanent(
                 ErrorCode::InvalidContent,
@@ -287,7 +295,8 @@ impl Registries {
     }
 }
 
-/// The subject descriptor of the image manifest; its absence is a permanent failure.
+/// The subject descriptor of the image manifest. Its absence is `ImageNotFound`, permanent as far
+/// as the registry can tell; the worker still retries it a few times (replication lag).
 async fn image_descriptor(
     s: &Session,
     image: &ImageRef,

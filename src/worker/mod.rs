@@ -1,6 +1,7 @@
 //! The attestation worker: claim a job with a lease, run it, then complete it, retry it with
 //! backoff, or mark it dead. Sign jobs turn the stored statement into a DSSE envelope once;
-//! push jobs publish those exact envelope bytes to one artifact's registry.
+//! push jobs publish those exact envelope bytes to one artifact's registry. A push failure's
+//! `last_error` starts with the registry error code (`registry_unauthorized: ...`).
 //!
 //! A panic inside a job is caught and counts as a failed attempt. On shutdown no new job is
 //! claimed; in-flight jobs get the grace period, then their leases are released.
@@ -18,7 +19,7 @@ use crate::app::App;
 use crate::domain::dsse::IN_TOTO_PAYLOAD_TYPE;
 use crate::domain::provenance::SLSA_PROVENANCE_V1;
 use crate::domain::{ImageRef, KeyId};
-use crate::registry::PushRequest;
+use crate::registry::{ErrorCode, PushRequest, RegistryError};
 use crate::signing::{SignError, sign_envelope};
 use crate::store::{Job, JobKind, PushRecord, StoreError};
 
@@ -287,13 +288,8 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     if let Err(e) = app.store.unlock(&lock, owner).await {
         tracing::warn!(error = %e, lock = %lock, "unlock failed; the lock expires on its own");
     }
-    let outcome = pushed.map_err(|e| {
-        if e.is_retryable() {
-            Failure::retryable(e.message().to_owned())
-        } else {
-            Failure::permanent(e.message().to_owned())
-        }
-    })?;
+    let outcome = pushed
+        .map_err(|e| push_failure(&e, job.attempts, app.settings.worker.missing_image_retries))?;
     tracing::info!(subject.digest = %artifact.digest, reference = %outcome.reference, already_present = outcome.already_present, "attestation pushed");
     let record = PushRecord {
         reference: outcome.reference,
@@ -302,6 +298,23 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     match app.store.complete_push(job, &record).await {
         Ok(()) | Err(StoreError::LeaseLost(_)) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How a failed push attempt (1-based `attempt`) counts. A missing image is retried
+/// `missing_image_retries` times before it is permanent: a registry replica may not have it yet.
+fn push_failure(e: &RegistryError, attempt: i32, missing_image_retries: u32) -> Failure {
+    let message = format!("{}: {}", e.code().as_str(), e.message());
+    if e.code() == ErrorCode::ImageNotFound
+        && i64::from(attempt) <= i64::from(missing_image_retries)
+    {
+        Failure::retryable(format!(
+            "{message} (attempt {attempt}; retried up to {missing_image_retries} times in case the registry is still replicating it)"
+        ))
+    } else if e.is_retryable() {
+        Failure::retryable(message)
+    } else {
+        Failure::permanent(message)
     }
 }
 
@@ -319,5 +332,32 @@ async fn acquire(app: &App, lock: &str, owner: &str) -> Result<(), Failure> {
         }
         let pause = rand::rng().random_range(10..60);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_image_is_retried_the_configured_number_of_times_then_permanent() {
+        let missing = RegistryError::permanent(ErrorCode::ImageNotFound, "image gone");
+        let outcomes: Vec<bool> = (1..=4)
+            .map(|attempt| push_failure(&missing, attempt, 3).permanent)
+            .collect();
+        assert_eq!(outcomes, [false, false, false, true]);
+        assert!(push_failure(&missing, 1, 0).permanent);
+        let last = push_failure(&missing, 4, 3);
+        assert_eq!(last.message, "image_not_found: image gone");
+    }
+
+    #[test]
+    fn registry_failures_keep_their_class_and_lead_with_their_code() {
+        let refused = RegistryError::retryable(ErrorCode::Unauthorized, "refused");
+        let f = push_failure(&refused, 7, 3);
+        assert!(!f.permanent);
+        assert_eq!(f.message, "registry_unauthorized: refused");
+        let full = RegistryError::permanent(ErrorCode::TooManyLayers, "full");
+        assert!(push_failure(&full, 1, 3).permanent);
     }
 }

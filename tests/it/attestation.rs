@@ -18,12 +18,13 @@ use crate::support::registry::{OCI_MANIFEST, TestRegistry};
 backend_tests!(
     webhook_becomes_a_verified_attestation_in_the_registry,
     redelivered_webhook_never_produces_a_second_envelope,
-    missing_image_fails_for_good_and_retry_redrives_the_same_envelope,
+    missing_image_fails_for_good_after_its_retries_and_retry_redrives_the_same_envelope,
+    image_pushed_after_the_webhook_is_attested_on_a_later_attempt,
     registry_outage_is_retried_until_the_registry_is_back,
     fifty_executions_of_one_image_append_fifty_layers,
 );
 
-const REPO: &str = "acme/app";
+pub(crate) const REPO: &str = "acme/app";
 
 async fn spawn_with_registry(backend: Backend, reg: &TestRegistry) -> TestApp {
     let settings = reg.settings(PushFormat::Att);
@@ -35,7 +36,7 @@ async fn spawn_with_registry(backend: Backend, reg: &TestRegistry) -> TestApp {
     .await
 }
 
-fn hook_for(id: &str, host: &str, digest: &Digest) -> Value {
+pub(crate) fn hook_for(id: &str, host: &str, digest: &Digest) -> Value {
     let mut hook = webhook(id);
     hook["artifacts"] =
         json!([{"image": format!("{host}/{REPO}:1.4.0"), "digest": digest.as_str()}]);
@@ -53,7 +54,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// Verify a DSSE envelope with the independent Python (cryptography/OpenSSL) verifier.
-fn python_verifies(envelope: &[u8], public_key_pem: &str) -> bool {
+pub(crate) fn python_verifies(envelope: &[u8], public_key_pem: &str) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let env_path = dir.path().join("envelope.json");
     let pub_path = dir.path().join("key.pub");
@@ -68,7 +69,7 @@ fn python_verifies(envelope: &[u8], public_key_pem: &str) -> bool {
     out.status.success()
 }
 
-async fn dev_public_key(app: &TestApp) -> (String, String) {
+pub(crate) async fn dev_public_key(app: &TestApp) -> (String, String) {
     let keys: Value = app
         .http
         .get(app.url("/v1/keys"))
@@ -87,7 +88,7 @@ async fn dev_public_key(app: &TestApp) -> (String, String) {
 }
 
 /// The DSSE layers under the image's `.att` tag, as (layer descriptor, blob) pairs.
-async fn att_layers(reg: &TestRegistry, digest: &Digest) -> Vec<(Value, Vec<u8>)> {
+pub(crate) async fn att_layers(reg: &TestRegistry, digest: &Digest) -> Vec<(Value, Vec<u8>)> {
     let manifest = reg
         .manifest_json(REPO, &format!("sha256-{}.att", digest.hex()))
         .await;
@@ -99,7 +100,7 @@ async fn att_layers(reg: &TestRegistry, digest: &Digest) -> Vec<(Value, Vec<u8>)
     out
 }
 
-async fn execution(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn execution(app: &TestApp, id: &str) -> Value {
     app.get(&format!("/v1/executions/{id}"), TOKEN)
         .await
         .json()
@@ -267,23 +268,46 @@ async fn push_fixed_image(reg: &TestRegistry, repo: &str) -> Digest {
     Digest::of(&manifest)
 }
 
-async fn missing_image_fails_for_good_and_retry_redrives_the_same_envelope(backend: Backend) {
+/// Run due jobs until `done` holds for the execution, or fail after 30 s showing it.
+pub(crate) async fn drive_until(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        app.app.run_pending_jobs().await.unwrap();
+        let e = execution(app, id).await;
+        if done(&e) {
+            return e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "execution did not get there in 30 s: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn missing_image_fails_for_good_after_its_retries_and_retry_redrives_the_same_envelope(
+    backend: Backend,
+) {
     let reg = TestRegistry::anonymous().await;
     // The digest exists in another repository only.
     let digest = push_fixed_image(&reg, "elsewhere/app").await;
     let app = spawn_with_registry(backend, &reg).await;
     let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
-    app.app.run_pending_jobs().await.unwrap();
-    let e = execution(&app, id).await;
+    let e = drive_until(&app, id, |e| e["artifacts"][0]["push"]["state"] == "dead").await;
     assert_eq!(e["attestation"]["state"], "failed");
     let push = &e["artifacts"][0]["push"];
+    let retries = app.app.settings.worker.missing_image_retries;
+    assert_eq!(retries, 3, "the default in config/default.toml");
     assert_eq!(
-        push["state"], "dead",
-        "a missing image is not retried: {push}"
+        push["attempts"],
+        retries + 1,
+        "the first attempt and its retries, then no more: {push}"
     );
     let error = push["lastError"].as_str().unwrap();
     assert!(
-        error.contains("not found") && error.contains(digest.as_str()),
+        error.starts_with("image_not_found: ")
+            && error.contains("not found")
+            && error.contains(digest.as_str()),
         "{error}"
     );
     let envelope = app.attestation(id).await;
@@ -309,6 +333,38 @@ async fn missing_image_fails_for_good_and_retry_redrives_the_same_envelope(backe
     assert_eq!(e["attestation"]["signedAt"], signed_at);
     let layers = att_layers(&reg, &digest).await;
     assert_eq!(layers[0].1, envelope, "the same stored envelope was pushed");
+}
+
+async fn image_pushed_after_the_webhook_is_attested_on_a_later_attempt(backend: Backend) {
+    let reg = TestRegistry::anonymous().await;
+    // A registry replica that has not caught up yet: the digest is only in another repository.
+    let digest = push_fixed_image(&reg, "elsewhere/app").await;
+    let app = spawn_with_registry(backend, &reg).await;
+    let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
+    app.app.run_pending_jobs().await.unwrap();
+    let e = execution(&app, id).await;
+    assert_eq!(e["attestation"]["state"], "pushing", "{e}");
+    let push = &e["artifacts"][0]["push"];
+    assert_eq!(push["state"], "retrying", "{push}");
+    assert_eq!(push["attempts"], 1);
+    assert!(push["nextAttemptAt"].is_string(), "{push}");
+    let error = push["lastError"].as_str().unwrap();
+    assert!(
+        error.starts_with("image_not_found: ") && error.contains(digest.as_str()),
+        "{error}"
+    );
+
+    push_fixed_image(&reg, REPO).await;
+    let e = drive_until(&app, id, |e| e["attestation"]["state"] != "pushing").await;
+    assert_eq!(e["attestation"]["state"], "attested", "{e}");
+    let push = &e["artifacts"][0]["push"];
+    assert_eq!(push["state"], "pushed");
+    assert!(push["attempts"].as_i64().unwrap() >= 2, "{push}");
+    let layers = att_layers(&reg, &digest).await;
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0].1, app.attestation(id).await);
+    let (_, pem) = dev_public_key(&app).await;
+    assert!(python_verifies(&layers[0].1, &pem));
 }
 
 async fn registry_outage_is_retried_until_the_registry_is_back(backend: Backend) {

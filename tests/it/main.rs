@@ -5,6 +5,7 @@ mod attestation;
 mod cli;
 mod query;
 mod registry;
+mod registry_auth;
 mod signing;
 mod store;
 mod support;

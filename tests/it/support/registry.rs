@@ -136,6 +136,35 @@ impl TestRegistry {
         self.spawn(&registry_bin()).await;
     }
 
+    /// Rotate the htpasswd password (same user) while the registry keeps running, and wait until
+    /// the registry refuses the old one: distribution re-reads htpasswd when its mtime changes.
+    pub async fn rotate_password(&mut self, new: &str) {
+        let (user, old) = self
+            .credentials
+            .clone()
+            .expect("rotate_password needs a registry started with tls_basic");
+        let staged = self.dir.path().join("htpasswd.next");
+        write_htpasswd(&staged, &user, new);
+        std::fs::rename(&staged, self.dir.path().join("htpasswd")).expect("replace htpasswd");
+        self.credentials = Some((user.clone(), new.to_owned()));
+        let status = |pass: String| {
+            let request = self
+                .http
+                .get(format!("{}/v2/", self.base_url()))
+                .basic_auth(&user, Some(pass));
+            async move { request.send().await.map(|r| r.status().as_u16()).ok() }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status(old.clone()).await != Some(401) || status(new.to_owned()).await != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "the registry on port {} still takes the old password 10 s after htpasswd changed",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `127.0.0.1:<port>`, as written in image names.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
