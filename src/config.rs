@@ -627,6 +627,39 @@ mod tests {
     }
 
     #[test]
+    fn sources_must_name_builders_and_patterns_on_configured_registries() {
+        let with = |source: &str| {
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string(&format!(
+                    "[[webhook.sources]]\nname = \"ci\"\naccount = \"acme\"\nsecrets = [\"s\"]\n{source}"
+                )))
+                .extract::<Settings>()
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let err = with("repositories = [\"localhost:5000/acme/*\"]").unwrap_err();
+        assert!(err.contains("webhook.sources[0].builder_ids"), "{err}");
+        let err = with("builder_ids = [\"not a uri\"]").unwrap_err();
+        assert!(err.contains("webhook.sources[0].builder_ids[0]"), "{err}");
+        let err = with(
+            "builder_ids = [\"https://ci.example.com/b\"]\nrepositories = [\"ghcr.io/acme/*\"]",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("repositories[0]") && err.contains("ghcr.io"),
+            "{err}"
+        );
+        let err = with(
+            "builder_ids = [\"https://ci.example.com/b\"]\nrepositories = [\"localhost:5000/**/x\"]",
+        )
+        .unwrap_err();
+        assert!(err.contains("repositories[0]"), "{err}");
+        with("builder_ids = [\"https://ci.example.com/b\"]\nrepositories = [\"localhost:5000/acme/*\"]")
+            .unwrap();
+    }
+
+    #[test]
     fn database_urls_are_redacted_by_parsing_them() {
         for (raw, secret) in [
             ("postgres://app:p@ss:w0rd@db.internal:5432/attestd", "p@ss"),
