@@ -58,6 +58,7 @@ impl App {
         let store = store::connect(
             settings.database.url.expose_secret(),
             settings.database.max_connections,
+            settings.database.acquire_timeout(),
         )
         .await
         .context("connect to the database (database.url)")?;
@@ -138,16 +139,22 @@ impl App {
             .enabled
             .then(|| tokio::spawn(crate::worker::run(self.clone())));
         tracing::info!(listen = %listener.local_addr()?, store = self.store.backend(), "attestd listening");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("HTTP server failed");
+        let server = &self.settings.server;
+        let limits = crate::http::server::ConnectionLimits {
+            max_connections: crate::http::server::connection_cap(
+                server.max_connections,
+                self.settings.database.max_connections,
+            ),
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            grace: grace(&self.settings),
+        };
+        crate::http::server::serve(listener, router, limits, shutdown).await;
         // Whatever ended serving, stop the worker too and let it finish or release its jobs.
         self.shutdown.cancel();
         if let Some(worker) = worker {
             let _ = worker.await;
         }
-        served
+        Ok(())
     }
 }
 

@@ -38,6 +38,12 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub request_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_in_flight_webhooks: usize,
+    pub max_in_flight_reads: usize,
+    pub max_in_flight_verify: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +52,14 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub migrate_on_start: bool,
+    pub acquire_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    /// How long a request waits for a database connection before it is answered `503`.
+    pub fn acquire_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.acquire_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +310,15 @@ impl Settings {
                 "must start with sqlite:, postgres:// or postgresql://".into(),
             );
         }
+        if self.database.acquire_timeout_ms == 0 {
+            return invalid("database.acquire_timeout_ms", "must be at least 1".into());
+        }
+        if self.server.header_read_timeout_secs == 0 || self.server.body_read_timeout_secs == 0 {
+            return invalid(
+                "server.header_read_timeout_secs",
+                "header and body read timeouts must be at least 1 second".into(),
+            );
+        }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency", "must be at least 1".into());
         }
@@ -451,11 +474,18 @@ impl Settings {
                 "body_limit_bytes": self.server.body_limit_bytes,
                 "request_timeout_secs": self.server.request_timeout_secs,
                 "shutdown_grace_secs": self.server.shutdown_grace_secs,
+                "header_read_timeout_secs": self.server.header_read_timeout_secs,
+                "body_read_timeout_secs": self.server.body_read_timeout_secs,
+                "max_connections": self.server.max_connections,
+                "max_in_flight_webhooks": self.server.max_in_flight_webhooks,
+                "max_in_flight_reads": self.server.max_in_flight_reads,
+                "max_in_flight_verify": self.server.max_in_flight_verify,
             },
             "database": {
                 "url": db,
                 "max_connections": self.database.max_connections,
                 "migrate_on_start": self.database.migrate_on_start,
+                "acquire_timeout_ms": self.database.acquire_timeout_ms,
             },
             "auth": {
                 "anonymous_reads_on_loopback": self.auth.anonymous_reads_on_loopback,

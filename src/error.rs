@@ -39,8 +39,16 @@ pub enum ApiError {
     BadRequest(&'static str, String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {0} seconds")]
+    BodyTimeout(u64),
     #[error("{0}")]
     Unavailable(String),
+    /// The database does not answer (down, or its pool is exhausted): retry shortly.
+    #[error("the store is not reachable; retry shortly")]
+    StoreUnavailable,
+    /// Shed by an in-flight limit; retry shortly.
+    #[error("{0}")]
+    Overloaded(String),
     /// A registry or key backend attestd called on the client's behalf failed.
     #[error("{1}")]
     Upstream(&'static str, String),
@@ -93,7 +101,10 @@ impl ApiError {
             Self::Malformed(_) | Self::BadRequest(..) => StatusCode::BAD_REQUEST,
             Self::Validation(_) | Self::UnsupportedSchema(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Unavailable(_) | Self::StoreUnavailable | Self::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Upstream(..) => StatusCode::BAD_GATEWAY,
             Self::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,7 +127,10 @@ impl ApiError {
             Self::UnsupportedSchema(_) => "unsupported_schema_version",
             Self::BadRequest(code, _) => code,
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::Unavailable(_) => "unavailable",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::Overloaded(_) => "overloaded",
             Self::Upstream(code, _) | Self::Unprocessable(code, _) => code,
             Self::Internal(_) => "internal",
         }
@@ -139,6 +153,10 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             crate::store::StoreError::Conflict(m) => Self::Conflict(m),
             crate::store::StoreError::NotFound => Self::execution_not_found(),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "store unavailable");
+                Self::StoreUnavailable
+            }
             other => Self::Internal(other.into()),
         }
     }
@@ -161,6 +179,16 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::StoreUnavailable | Self::Overloaded(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(if matches!(self, Self::Overloaded(_)) {
+                    "1"
+                } else {
+                    "2"
+                }),
+            );
+        }
         if matches!(self, Self::Unauthenticated) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

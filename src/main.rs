@@ -125,7 +125,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             use secrecy::ExposeSecret;
             let settings = settings()?;
-            let store = attestd::store::connect(settings.database.url.expose_secret(), 1).await?;
+            let store = attestd::store::connect(
+                settings.database.url.expose_secret(),
+                1,
+                settings.database.acquire_timeout(),
+            )
+            .await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
         }

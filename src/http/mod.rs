@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +25,8 @@ pub mod auth;
 pub mod executions;
 pub mod health;
 pub mod keys;
+pub mod limits;
+pub mod server;
 pub mod stats;
 pub mod ui;
 pub mod verify;
@@ -89,6 +91,24 @@ pub fn router(state: AppState) -> Router {
     let settings = &state.settings.server;
     let body_limit = settings.body_limit_bytes;
     let timeout = Duration::from_secs(settings.request_timeout_secs);
+    let body_timeout = Duration::from_secs(settings.body_read_timeout_secs);
+    let cap = server::connection_cap(
+        settings.max_connections,
+        state.settings.database.max_connections,
+    );
+    let or_share = |configured: usize| {
+        if configured > 0 {
+            configured
+        } else {
+            cap * 3 / 8
+        }
+    };
+    let admission = std::sync::Arc::new(limits::Admission::new(
+        body_limit,
+        or_share(settings.max_in_flight_webhooks),
+        settings.max_in_flight_verify,
+        or_share(settings.max_in_flight_reads),
+    ));
     let (api, doc) = api();
     let doc = std::sync::Arc::new(doc);
     api.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
@@ -107,8 +127,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(axum::middleware::from_fn_with_state(admission, limits::admit))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -43,6 +43,8 @@ pub async fn receive_build_webhook(
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(state.settings.server.body_limit_bytes)
+        } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+            ApiError::BodyTimeout(state.settings.server.body_read_timeout_secs)
         } else {
             ApiError::Malformed(e.body_text())
         }
@@ -159,4 +161,16 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
             "Content-Type {declared:?} is not JSON; send application/json"
         )))
     }
+}
+
+/// Whether `E` is somewhere in `error`'s source chain.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }

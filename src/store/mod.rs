@@ -36,6 +36,29 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database could not be reached or did not answer in time (as opposed to refusing a
+    /// statement): the request may succeed when retried.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        ) || matches!(self, Self::Database(sqlx::Error::Database(e)) if is_shutdown_code(e.code().as_deref()))
+    }
+}
+
+/// PostgreSQL's "the server is going away / not accepting" SQLSTATEs (class 57P, 08xxx).
+fn is_shutdown_code(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+}
+
 /// A build to record, with its statement already serialized (absent for unsuccessful builds).
 #[derive(Debug, Clone)]
 pub struct NewExecution {
@@ -450,11 +473,21 @@ pub trait Store: Send + Sync {
 pub type DynStore = Arc<dyn Store>;
 
 /// Open the store named by a `sqlite:` or `postgres://` URL.
-pub async fn connect(url: &str, max_connections: u32) -> Result<DynStore, StoreError> {
+/// Connect to `url`. `acquire_timeout` bounds how long a request waits for a connection, so
+/// a database outage is answered `503` within it instead of hanging.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<DynStore, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+        Ok(Arc::new(
+            SqliteStore::connect(url, max_connections, acquire_timeout).await?,
+        ))
     } else {
-        Ok(Arc::new(PgStore::connect(url, max_connections).await?))
+        Ok(Arc::new(
+            PgStore::connect(url, max_connections, acquire_timeout).await?,
+        ))
     }
 }
 

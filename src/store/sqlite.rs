@@ -41,7 +41,11 @@ fn now_ms() -> i64 {
 
 impl SqliteStore {
     /// Open (creating if missing) the database at a `sqlite:` URL.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -56,10 +60,12 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self { writer, reader })

@@ -34,7 +34,9 @@ struct Fixture {
 
 async fn fixture(backend: Backend) -> Fixture {
     let db = TestDatabase::new(backend).await;
-    let store = store::connect(&db.url, 8).await.unwrap();
+    let store = store::connect(&db.url, 8, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     Fixture { store, _db: db }
 }
