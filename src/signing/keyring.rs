@@ -634,6 +634,7 @@ mod tests {
     ) -> SigningSettings {
         SigningSettings {
             default_key: default.into(),
+            shared_default_key: false,
             dev_key_prefix: "unused".into(),
             accounts: accounts
                 .iter()
