@@ -68,7 +68,10 @@ impl App {
         let secrets = crate::secrets::from_settings(&settings.secrets)?;
         let keyring = Keyring::load(&settings.signing, &settings.secrets, secrets.clone())
             .await
-            .context("load signing keys ([signing])")?;
+            .context("load signing keys ([signing])")?
+            .with_history(store.clone())
+            .await
+            .context("remember the signing keys in the store")?;
         warn_if_accounts_share_a_key(&settings);
         let registries = Registries::new(&settings.registries, secrets.clone())
             .map_err(|e| anyhow::anyhow!("configure registries ([[registries]]): {e}"))?;
