@@ -962,18 +962,18 @@ mod tests {
         assert_eq!(kept.key_id(), rotated.key_id());
     }
 
+    /// A migrated SQLite store in `dir`.
+    async fn sqlite_store(dir: &Path) -> crate::store::SqliteStore {
+        let url = format!("sqlite:{}", dir.join("keys.db").display());
+        let store = crate::store::SqliteStore::connect(&url, 1).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
     #[tokio::test]
     async fn every_key_is_remembered_in_the_store_before_it_signs_including_rotations() {
         let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = Arc::new(
-            crate::store::SqliteStore::connect(
-                &format!("sqlite:{}", dir.path().join("keys.db").display()),
-                1,
-            )
-            .await
-            .unwrap(),
-        );
-        store.migrate().await.unwrap();
+        let store: DynStore = Arc::new(sqlite_store(dir.path()).await);
         let source = Arc::new(MemorySource::default());
         put_fixture(&source, "cosign-p256-n15");
         let keyring = Keyring::load(
@@ -1037,13 +1037,7 @@ mod tests {
     #[tokio::test]
     async fn a_remembered_key_that_does_not_hash_to_its_id_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::SqliteStore::connect(
-            &format!("sqlite:{}", dir.path().join("keys.db").display()),
-            1,
-        )
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
+        let store = sqlite_store(dir.path()).await;
         let claimed = pub_key_id("cosign-p256-n15");
         store
             .remember_signing_key(&NewSigningKey {

@@ -617,6 +617,17 @@ impl Store for PgStore {
     }
 }
 
+fn signing_key_row(r: &sqlx::postgres::PgRow) -> Result<SigningKeyRecord, sqlx::Error> {
+    Ok(SigningKeyRecord {
+        key_id: r.try_get("key_id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        public_key_pem: r.try_get("public_key_pem")?,
+        first_seen_at: r.try_get("first_seen_at")?,
+        last_seen_at: r.try_get("last_seen_at")?,
+    })
+}
+
 /// Recompute the execution's attestation state inside the caller's transaction.
 async fn refresh_state(
     tx: &mut sqlx::Transaction<'_, Postgres>,
@@ -627,15 +638,4 @@ async fn refresh_state(
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-fn signing_key_row(r: &sqlx::postgres::PgRow) -> Result<SigningKeyRecord, sqlx::Error> {
-    Ok(SigningKeyRecord {
-        key_id: r.try_get("key_id")?,
-        name: r.try_get("name")?,
-        kind: r.try_get("kind")?,
-        public_key_pem: r.try_get("public_key_pem")?,
-        first_seen_at: r.try_get("first_seen_at")?,
-        last_seen_at: r.try_get("last_seen_at")?,
-    })
 }
