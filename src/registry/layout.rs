@@ -148,9 +148,9 @@ pub fn plan_att(
 
 /// The bundle's `verificationMaterial.publicKey.hint` for the key with hex key id `key_id`: the
 /// standard (padded) base64 of the SHA-256 of the SubjectPublicKeyInfo DER, which is how cosign
-/// writes it (sigstore/cosign `internal/key/svkeypair.go`, `NewSignerVerifierKeypair`:
-/// `base64.StdEncoding.EncodeToString(sha256.Sum256(x509.MarshalPKIXPublicKey(pub)))`, and
-/// `cmd/cosign/cli/verify/verify_bundle.go`). The key id is that same digest in hex.
+/// writes it (sigstore/cosign at d6d86c2, `internal/key/svkeypair.go` `NewSignerVerifierKeypair`:
+/// `base64.StdEncoding.EncodeToString(sha256.Sum256(x509.MarshalPKIXPublicKey(pub)))`; the same
+/// in `cmd/cosign/cli/verify/verify_bundle.go`). The key id is that same digest in hex.
 pub fn public_key_hint(key_id: &str) -> Result<String, String> {
     use base64::Engine as _;
     let digest = hex::decode(key_id)
