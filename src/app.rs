@@ -55,6 +55,7 @@ impl App {
     /// Connect the store (migrating if configured) and resolve every configured secret.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         use secrecy::ExposeSecret;
+        settings.validate()?;
         let store = store::connect(
             settings.database.url.expose_secret(),
             settings.database.max_connections,
@@ -69,7 +70,11 @@ impl App {
         let secrets = crate::secrets::from_settings(&settings.secrets)?;
         let keyring = Keyring::load(&settings.signing, &settings.secrets, secrets.clone())
             .await
-            .context("load signing keys ([signing])")?;
+            .context("load signing keys ([signing])")?
+            .with_history(store.clone())
+            .await
+            .context("remember the signing keys in the store")?;
+        warn_if_accounts_share_a_key(&settings);
         let registries = Registries::new(&settings.registries, secrets.clone())
             .map_err(|e| anyhow::anyhow!("configure registries ([[registries]]): {e}"))?;
         let public_url = if settings.server.public_url.is_empty() {
@@ -156,6 +161,31 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// `signing.shared_default_key` in effect: several accounts sign with one key, so an attestation
+/// made for one of them verifies as well for the others.
+fn warn_if_accounts_share_a_key(settings: &Settings) {
+    let sharing = settings.accounts_on_default_key();
+    if settings.accounts().len() < 2 || sharing.is_empty() {
+        return;
+    }
+    let key = if settings.signing.keys.is_empty() {
+        crate::signing::keyring::DEVELOPMENT_KEY_NAME
+    } else {
+        settings.signing.default_key.as_str()
+    };
+    let accounts = sharing
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::warn!(
+        key.name = key,
+        accounts = %accounts,
+        "accounts share one signing key (signing.shared_default_key): what it signs for one of \
+         them verifies as signed for any; give each account its own key under [signing.accounts]"
+    );
 }
 
 /// Configured webhook sources, or a development source with a generated secret.

@@ -1,7 +1,7 @@
 //! Typed settings: the embedded `config/default.toml`, then an optional file, then `ATTESTD_*`
 //! environment variables. Invalid combinations fail here, at start-up, naming the key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -143,6 +143,8 @@ pub struct SecretsSettings {
 #[serde(deny_unknown_fields)]
 pub struct SigningSettings {
     pub default_key: String,
+    /// With several accounts, let those without a `signing.accounts` entry share `default_key`.
+    pub shared_default_key: bool,
     pub dev_key_prefix: PathBuf,
     #[serde(default)]
     pub accounts: BTreeMap<AccountId, String>,
@@ -298,7 +300,9 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Refuse combinations that cannot work, naming the key. `load` calls it; so does
+    /// `App::build`, for settings assembled in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |k: &str, m: String| Err(ConfigError::Invalid(k.to_owned(), m));
         let db = self.database.url.expose_secret();
         if !(db.starts_with("sqlite:")
@@ -397,12 +401,6 @@ impl Settings {
                 );
             }
         }
-        if !self.signing.keys.is_empty() && self.signing.default_key.is_empty() {
-            return invalid(
-                "signing.default_key",
-                "must name one of [signing.keys]".into(),
-            );
-        }
         if !self.signing.default_key.is_empty()
             && !self.signing.keys.contains_key(&self.signing.default_key)
         {
@@ -421,6 +419,31 @@ impl Settings {
                     format!("'{key}' is not defined under [signing.keys]"),
                 );
             }
+        }
+        let keyless = self.accounts_on_default_key();
+        if self.accounts().len() > 1 && !keyless.is_empty() && !self.signing.shared_default_key {
+            return invalid(
+                "signing.accounts",
+                format!(
+                    "accounts without a key of their own: {}. Several accounts are configured, so \
+                     sharing the default key must be explicit: name a key for each account under \
+                     [signing.accounts], or set signing.shared_default_key = true",
+                    list(&keyless)
+                ),
+            );
+        }
+        if !self.signing.keys.is_empty()
+            && self.signing.default_key.is_empty()
+            && !keyless.is_empty()
+        {
+            return invalid(
+                "signing.default_key",
+                format!(
+                    "must name one of [signing.keys]; accounts without a key of their own in \
+                     [signing.accounts]: {}",
+                    list(&keyless)
+                ),
+            );
         }
         let uses_vault = self.secrets.backend == SecretBackendKind::Vault
             || self
@@ -462,6 +485,31 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Every account this configuration serves: those of the webhook sources (the development
+    /// source's when none is configured), of the read tokens, and of `signing.accounts`.
+    pub fn accounts(&self) -> BTreeSet<AccountId> {
+        let mut accounts: BTreeSet<AccountId> = self
+            .webhook
+            .sources
+            .iter()
+            .map(|s| s.account.clone())
+            .collect();
+        if self.webhook.sources.is_empty() {
+            accounts.insert(self.webhook.dev_account.clone());
+        }
+        accounts.extend(self.auth.tokens.iter().filter_map(|t| t.account.clone()));
+        accounts.extend(self.signing.accounts.keys().cloned());
+        accounts
+    }
+
+    /// The accounts without an entry in `signing.accounts`: they sign with the default key.
+    pub fn accounts_on_default_key(&self) -> Vec<AccountId> {
+        self.accounts()
+            .into_iter()
+            .filter(|a| !self.signing.accounts.contains_key(a))
+            .collect()
     }
 
     /// The effective configuration as TOML-ish JSON with secrets redacted.
@@ -526,6 +574,7 @@ impl Settings {
             },
             "signing": {
                 "default_key": self.signing.default_key,
+                "shared_default_key": self.signing.shared_default_key,
                 "dev_key_prefix": self.signing.dev_key_prefix,
                 "accounts": self.signing.accounts,
                 "keys": self.signing.keys.iter().map(|(name, k)| (name.clone(), match k {
@@ -599,6 +648,14 @@ fn check_builder_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn list(accounts: &[AccountId]) -> String {
+    accounts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
 pub fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -654,6 +711,88 @@ mod tests {
         assert!(!shown.contains("s3cr3t-literal"), "{shown}");
         assert!(shown.contains("env:NEXT"));
         assert!(shown.contains("postgres://app:[redacted]@db/attestd"));
+    }
+
+    fn with(toml: &str) -> Settings {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(toml))
+            .extract()
+            .unwrap()
+    }
+
+    const TWO_SOURCES: &str = "[[webhook.sources]]\nname = \"a\"\naccount = \"acme\"\nsecrets = [\"s1\"]\nbuilder_ids = [\"https://ci.example.com/a\"]\n\
+         [[webhook.sources]]\nname = \"g\"\naccount = \"globex\"\nsecrets = [\"s2\"]\nbuilder_ids = [\"https://ci.example.com/g\"]\n";
+    const TWO_KEYS: &str = "[signing.keys.a]\ntype = \"cosign\"\nprivate_key = \"a.key\"\n\
+         [signing.keys.g]\ntype = \"cosign\"\nprivate_key = \"g.key\"\n";
+
+    #[test]
+    fn several_accounts_on_one_default_key_are_refused_naming_them_unless_shared_explicitly() {
+        for shared_key in ["", "[signing]\ndefault_key = \"a\"\n"] {
+            let config = format!("{TWO_SOURCES}{shared_key}{TWO_KEYS}");
+            let err = with(&config).validate().unwrap_err().to_string();
+            assert!(err.contains("`signing.accounts`"), "{err}");
+            assert!(err.contains("acme, globex"), "{err}");
+            assert!(err.contains("signing.shared_default_key = true"), "{err}");
+        }
+        // The development key (no [signing.keys]) counts as a shared default key too.
+        let err = with(TWO_SOURCES).validate().unwrap_err().to_string();
+        assert!(err.contains("acme, globex"), "{err}");
+        // A token's account is an account.
+        let token = format!(
+            "[[auth.tokens]]\nname = \"t\"\naccount = \"initech\"\nsha256 = \"{}\"\n",
+            "a".repeat(64)
+        );
+        let err = with(&format!("{TWO_SOURCES}{token}"))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("acme, globex, initech"), "{err}");
+
+        let shared = with(&format!(
+            "{TWO_SOURCES}[signing]\nshared_default_key = true\n"
+        ));
+        shared.validate().unwrap();
+        assert_eq!(shared.accounts_on_default_key().len(), 2);
+        assert!(
+            shared
+                .redacted()
+                .to_string()
+                .contains(r#""shared_default_key":true"#)
+        );
+    }
+
+    #[test]
+    fn every_account_with_its_own_key_needs_no_default_key() {
+        let own = with(&format!(
+            "{TWO_SOURCES}{TWO_KEYS}[signing.accounts]\nacme = \"a\"\nglobex = \"g\"\n"
+        ));
+        assert_eq!(own.signing.default_key, "");
+        own.validate().unwrap();
+        assert!(own.accounts_on_default_key().is_empty());
+
+        // One account left without a key, and no default key: named, even when sharing is allowed.
+        let half = with(&format!(
+            "{TWO_SOURCES}[signing]\nshared_default_key = true\n{TWO_KEYS}[signing.accounts]\nacme = \"a\"\n"
+        ));
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("`signing.default_key`"), "{err}");
+        assert!(err.contains("globex") && !err.contains("acme"), "{err}");
+    }
+
+    #[test]
+    fn a_single_account_may_use_the_default_key_without_saying_so() {
+        let one = with(
+            "[[webhook.sources]]\nname = \"a\"\naccount = \"acme\"\nsecrets = [\"s1\"]\nbuilder_ids = [\"https://ci.example.com/a\"]\n\
+             [signing]\ndefault_key = \"a\"\n[signing.keys.a]\ntype = \"cosign\"\nprivate_key = \"a.key\"\n",
+        );
+        one.validate().unwrap();
+        assert_eq!(one.accounts().len(), 1);
+        // Zero-setup: the development source's account only.
+        let dev = with("");
+        assert_eq!(
+            dev.accounts().into_iter().collect::<Vec<_>>(),
+            vec![dev.webhook.dev_account.clone()]
+        );
     }
 
     #[test]

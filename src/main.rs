@@ -46,8 +46,12 @@ enum Command {
         /// `registry/repo@sha256:<hex>` or `registry/repo:tag`; the registry must be configured.
         image: String,
         /// Public key(s) to trust, PEM (e.g. cosign.pub).
+        #[arg(long, required_unless_present = "key_id", conflicts_with = "key_id")]
+        key: Option<PathBuf>,
+        /// Or the id of a key attestd signs or signed with (see `GET /v1/keys`), looked up in
+        /// the database of `database.url`, which remembers retired keys too.
         #[arg(long)]
-        key: PathBuf,
+        key_id: Option<String>,
         /// Rego policy files with `deny` rules (repeatable).
         #[arg(long = "policy")]
         policies: Vec<PathBuf>,
@@ -164,10 +168,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             image,
             key,
+            key_id,
             policies,
             output,
         } => {
-            return verify(settings()?, &image, &key, &policies, output == "json").await;
+            let settings = settings()?;
+            let (pem, shown) = match (key, key_id) {
+                (Some(path), _) => (
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("read {}", path.display()))?,
+                    path.display().to_string(),
+                ),
+                (None, Some(id)) => (
+                    remembered_public_key(&settings, &id).await?,
+                    format!("key {id}"),
+                ),
+                (None, None) => anyhow::bail!("give --key or --key-id"),
+            };
+            let keys = attestd::verification::trusted_keys_from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+            return verify(settings, &image, &keys, &policies, output == "json").await;
         }
         Command::Tokens(TokensCommand::Hash) => {
             let mut token = String::new();
@@ -178,18 +198,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The public key attestd remembers for `key_id` in the configured database.
+async fn remembered_public_key(settings: &Settings, key_id: &str) -> anyhow::Result<String> {
+    use secrecy::ExposeSecret;
+    let store = attestd::store::connect(
+        settings.database.url.expose_secret(),
+        1,
+        settings.database.acquire_timeout(),
+    )
+    .await
+    .context("connect to the database (database.url) to look up --key-id")?;
+    attestd::signing::keyring::remembered_public_key(store.as_ref(), key_id)
+        .await
+        .context("look up --key-id in the database (is it migrated? `attestd migrate`)")?
+        .with_context(|| format!("attestd has never signed with a key with id {key_id}"))
+}
+
 async fn verify(
     settings: Settings,
     image: &str,
-    key: &std::path::Path,
+    keys: &[attestd::verification::TrustedKey],
     policy_files: &[PathBuf],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use attestd::verification::{ImageToVerify, trusted_keys_from_pem_bundle, verify_image};
+    use attestd::verification::{ImageToVerify, verify_image};
     let target: ImageToVerify = image.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let pem = std::fs::read_to_string(key).with_context(|| format!("read {}", key.display()))?;
-    let keys = trusted_keys_from_pem_bundle(&pem)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     let policies = policy_files
         .iter()
         .map(|p| attestd::policy::Policy::from_file(p))
@@ -202,7 +235,7 @@ async fn verify(
         "registry {} is not configured ([[registries]])",
         target.image.registry
     );
-    let report = verify_image(&registries, &target, &keys, &policies)
+    let report = verify_image(&registries, &target, keys, &policies)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     if json {

@@ -1,10 +1,13 @@
-//! `GET /v1/keys`: the public keys attestd signs with, and their ids, so anyone can verify.
+//! `GET /v1/keys`: the public keys attestd signs with and those it signed with before a rotation,
+//! with their ids, so anyone can verify.
 
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 
 use crate::app::AppState;
+use crate::error::ApiError;
+use crate::signing::KeyState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -16,6 +19,10 @@ pub struct PublicKeyView {
     pub public_key_pem: String,
     /// `cosign`, `transit` or `development`.
     pub kind: String,
+    /// `current`: new attestations are signed with it; `retired`: it signed before a rotation.
+    pub state: KeyState,
+    /// The accounts that sign with this key now (empty for a retired key).
+    pub accounts: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -27,23 +34,25 @@ pub struct PublicKeys {
     get,
     path = "/v1/keys",
     tag = "keys",
-    responses((status = 200, description = "Public keys of every configured signing key that has loaded", body = PublicKeys))
+    responses(
+        (status = 200, description = "Current keys (every configured key that has loaded), then retired keys that signed before a rotation", body = PublicKeys),
+        (status = 500, description = "The store could not be read", body = crate::error::ErrorResponse),
+    )
 )]
-pub async fn list_keys(State(state): State<AppState>) -> Json<PublicKeys> {
+pub async fn list_keys(State(state): State<AppState>) -> Result<Json<PublicKeys>, ApiError> {
     let keys = state
         .keyring
-        .public_keys()
-        .await
+        .listing(&state.settings.accounts())
+        .await?
         .into_iter()
         .map(|k| PublicKeyView {
             name: k.name,
-            key_id: k.key_id.to_string(),
+            key_id: k.key_id,
             public_key_pem: k.public_key_pem,
-            kind: serde_json::to_value(k.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            kind: k.kind,
+            state: k.state,
+            accounts: k.accounts.iter().map(ToString::to_string).collect(),
         })
         .collect();
-    Json(PublicKeys { keys })
+    Ok(Json(PublicKeys { keys }))
 }

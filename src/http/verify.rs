@@ -51,13 +51,14 @@ pub async fn trusted_keys(
         (Some(pem), None) => trusted_keys_from_pem_bundle(pem)
             .map_err(|e| ApiError::Unprocessable("invalid_public_key", format!("publicKey: {e}"))),
         (None, Some(id)) => {
-            let signer = state.keyring.signer_by_key_id(id).await.ok_or_else(|| {
+            // Current keys, and retired ones remembered in the store.
+            let pem = state.keyring.public_key_pem(id).await?.ok_or_else(|| {
                 ApiError::NotFound(
                     "key_not_found",
-                    format!("attestd has no signing key with id {id}"),
+                    format!("attestd has never signed with a key with id {id}"),
                 )
             })?;
-            trusted_keys_from_pem_bundle(signer.public_key_pem()).map_err(|e| {
+            trusted_keys_from_pem_bundle(&pem).map_err(|e| {
                 ApiError::Internal(anyhow::anyhow!("public key of {id} does not parse: {e}"))
             })
         }

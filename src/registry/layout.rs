@@ -146,12 +146,28 @@ pub fn plan_att(
     }))
 }
 
-/// A Sigstore bundle v0.3 carrying `envelope` verbatim and naming the key by `key_id`.
+/// The bundle's `verificationMaterial.publicKey.hint` for the key with hex key id `key_id`: the
+/// standard (padded) base64 of the SHA-256 of the SubjectPublicKeyInfo DER, which is how cosign
+/// writes it (sigstore/cosign at d6d86c2, `internal/key/svkeypair.go` `NewSignerVerifierKeypair`:
+/// `base64.StdEncoding.EncodeToString(sha256.Sum256(x509.MarshalPKIXPublicKey(pub)))`; the same
+/// in `cmd/cosign/cli/verify/verify_bundle.go`). The key id is that same digest in hex.
+pub fn public_key_hint(key_id: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let digest = hex::decode(key_id)
+        .ok()
+        .filter(|d| d.len() == 32)
+        .ok_or_else(|| format!("key id {key_id:?} is not a hex SHA-256"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(digest))
+}
+
+/// A Sigstore bundle v0.3 carrying `envelope` verbatim and naming the key `key_id` (hex) by
+/// its cosign [`public_key_hint`]. Bundles attestd wrote before carried the hex key id as the
+/// hint; readers take only the envelope, so those still read.
 pub fn sigstore_bundle(envelope: &[u8], key_id: &str) -> Result<Vec<u8>, String> {
     let env: &RawValue = serde_json::from_slice(envelope)
         .map_err(|e| format!("the DSSE envelope is not JSON: {e}"))?;
     let material = serde_json::to_string(&json!({
-        "publicKey": { "hint": key_id },
+        "publicKey": { "hint": public_key_hint(key_id)? },
         "tlogEntries": [],
     }))
     .map_err(|e| e.to_string())?;
@@ -351,11 +367,41 @@ mod tests {
     #[test]
     fn bundle_embeds_the_envelope_bytes_unchanged() {
         let env = br#"{"payloadType":"t",  "payload":"cA==","signatures":[]}"#;
-        let b = sigstore_bundle(env, "kid").unwrap();
+        let b = sigstore_bundle(env, &"ab".repeat(32)).unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["mediaType"], SIGSTORE_BUNDLE_V03);
-        assert_eq!(v["verificationMaterial"]["publicKey"]["hint"], "kid");
         assert_eq!(envelope_from_bundle(&b).unwrap(), env.to_vec());
+        assert!(sigstore_bundle(env, "kid").is_err(), "not a key id");
+    }
+
+    #[test]
+    fn bundle_hint_is_cosigns_base64_sha256_of_the_public_key_der() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let pem = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/keys/plain-p256.pub"),
+        )
+        .unwrap();
+        let der = pem::parse(pem).unwrap().contents().to_vec();
+        let digest = sha2::Sha256::digest(&der);
+        let expected = base64::engine::general_purpose::STANDARD.encode(digest);
+        assert_eq!(expected.len(), 44, "padded standard base64: {expected}");
+        let key_id = crate::domain::KeyId::from_spki_der(&der);
+        let b = sigstore_bundle(br#"{"payloadType":"t"}"#, key_id.as_str()).unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["verificationMaterial"]["publicKey"]["hint"], expected);
+    }
+
+    #[test]
+    fn bundles_written_with_a_hex_hint_still_read() {
+        let env = br#"{"payloadType":"t","payload":"cA==","signatures":[]}"#;
+        let old = format!(
+            r#"{{"mediaType":"{SIGSTORE_BUNDLE_V03}","verificationMaterial":{{"publicKey":{{"hint":"{}"}},"tlogEntries":[]}},"dsseEnvelope":{}}}"#,
+            "ab".repeat(32),
+            std::str::from_utf8(env).unwrap()
+        );
+        assert_eq!(envelope_from_bundle(old.as_bytes()).unwrap(), env.to_vec());
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! per-account overrides, and the lifecycle of each key's material — loaded at start-up, re-read
 //! every `secrets.refresh_secs` and after a signing failure, re-decrypted only when the fetched
 //! bytes changed. A permanent key error fails start-up; an unreachable backend only delays the key.
+//! Once the store is attached ([`Keyring::with_history`]), a key is remembered there before it
+//! signs, so envelopes keep verifying by key id after the key is rotated out of the configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +22,7 @@ use crate::config::{ConfigError, KeySettings, SecretsSettings, SigningSettings};
 use crate::domain::{AccountId, KeyId};
 use crate::secrets::vault::VaultClient;
 use crate::secrets::{SecretError, SecretSource};
+use crate::store::{DynStore, NewSigningKey, Store, StoreError};
 
 /// The name the generated development key is listed under.
 pub const DEVELOPMENT_KEY_NAME: &str = "development";
@@ -36,6 +39,16 @@ pub enum KeyKind {
     Development,
 }
 
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cosign => "cosign",
+            Self::Transit => "transit",
+            Self::Development => "development",
+        }
+    }
+}
+
 /// A public key attestd signs with, as listed by `GET /v1/keys`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PublicKeyInfo {
@@ -43,6 +56,28 @@ pub struct PublicKeyInfo {
     pub key_id: KeyId,
     pub public_key_pem: String,
     pub kind: KeyKind,
+}
+
+/// Whether a key signs today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// A configured key holds it: new attestations are signed with it.
+    Current,
+    /// Remembered from an earlier configuration: it signs no more, but what it signed verifies.
+    Retired,
+}
+
+/// A key as listed by `GET /v1/keys`: current keys by name, then retired ones, oldest first.
+#[derive(Debug, Clone)]
+pub struct ListedKey {
+    pub name: String,
+    pub key_id: String,
+    pub public_key_pem: String,
+    pub kind: String,
+    pub state: KeyState,
+    /// The accounts that sign with it now (none for a retired key).
+    pub accounts: Vec<AccountId>,
 }
 
 /// Why the keyring could not start.
@@ -68,7 +103,12 @@ pub struct Keyring {
     default_key: String,
     accounts: BTreeMap<AccountId, String>,
     slots: BTreeMap<String, Arc<Slot>>,
+    /// Where loaded keys are remembered; shared with every slot.
+    history: History,
 }
+
+/// The store keys are remembered in, once attached.
+type History = Arc<OnceLock<DynStore>>;
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,6 +140,7 @@ impl Keyring {
         } else {
             None
         };
+        let history = History::default();
         let mut slots = BTreeMap::new();
         for (name, settings) in &signing.keys {
             let (kind, source) = match settings {
@@ -128,7 +169,13 @@ impl Keyring {
             };
             slots.insert(
                 name.clone(),
-                Arc::new(Slot::new(name.clone(), kind, source, refresh)),
+                Arc::new(Slot::new(
+                    name.clone(),
+                    kind,
+                    source,
+                    refresh,
+                    history.clone(),
+                )),
             );
         }
         let loads = slots.values().map(|slot| async move {
@@ -166,6 +213,7 @@ impl Keyring {
             default_key: signing.default_key.clone(),
             accounts: signing.accounts.clone(),
             slots,
+            history,
         })
     }
 
@@ -201,24 +249,54 @@ impl Keyring {
             "SIGNING WITH A DEVELOPMENT KEY: attestations are signed by a key attestd generated \
              itself, stored with an empty password; configure [signing.keys] for production"
         );
+        let history = History::default();
         let slot = Slot::new(
             DEVELOPMENT_KEY_NAME.to_owned(),
             KeyKind::Development,
             Source::Fixed,
             Duration::MAX,
+            history.clone(),
         );
         slot.install(Arc::new(signer), [0; 32]);
         Ok(Self {
             default_key: DEVELOPMENT_KEY_NAME.to_owned(),
             accounts: BTreeMap::new(),
             slots: BTreeMap::from([(DEVELOPMENT_KEY_NAME.to_owned(), Arc::new(slot))]),
+            history,
         })
     }
 
-    /// The signer for `account`: its override from `signing.accounts`, else the default key.
+    /// Remember every loaded key in `store`, and from now on every key before it first signs.
+    pub async fn with_history(self, store: DynStore) -> Result<Self, StoreError> {
+        // Set first: a key loading concurrently is then remembered by its own reload.
+        let store = self.history.get_or_init(|| store).clone();
+        for slot in self.slots.values() {
+            if let Some(signer) = slot.current() {
+                store
+                    .remember_signing_key(&slot.describe(signer.as_ref()))
+                    .await?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// The name of the key `account` signs with: its override from `signing.accounts`, else the
+    /// default key; `None` when there is neither.
+    pub fn key_name_for(&self, account: &AccountId) -> Option<&str> {
+        self.accounts
+            .get(account)
+            .or((!self.default_key.is_empty()).then_some(&self.default_key))
+            .map(String::as_str)
+    }
+
+    /// The signer for `account` (see [`Self::key_name_for`]).
     /// `SignError::Unavailable` while the key's backend cannot be reached (retry the job).
     pub async fn signer_for(&self, account: &AccountId) -> Result<Arc<dyn Signer>, SignError> {
-        let name = self.accounts.get(account).unwrap_or(&self.default_key);
+        let Some(name) = self.key_name_for(account) else {
+            return Err(SignError::Failed(format!(
+                "account {account} has no signing key: name one in [signing.accounts]"
+            )));
+        };
         match self.slots.get(name) {
             Some(slot) => slot.signer().await,
             None => Err(SignError::Failed(format!("no signing key named `{name}`"))),
@@ -257,6 +335,77 @@ impl Keyring {
             .filter_map(|slot| slot.current())
             .find(|signer| signer.key_id().as_str() == key_id)
     }
+
+    /// The public key PEM of `key_id`: a loaded key's, else a remembered (retired) key's.
+    pub async fn public_key_pem(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        if let Some(signer) = self.signer_by_key_id(key_id).await {
+            return Ok(Some(signer.public_key_pem().to_owned()));
+        }
+        match self.history.get() {
+            Some(store) => remembered_public_key(store.as_ref(), key_id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Current keys with the accounts (of `accounts`) that sign with each, then the retired keys
+    /// the store remembers.
+    pub async fn listing(
+        &self,
+        accounts: &BTreeSet<AccountId>,
+    ) -> Result<Vec<ListedKey>, StoreError> {
+        let mut listed: Vec<ListedKey> = self
+            .public_keys()
+            .await
+            .into_iter()
+            .map(|k| ListedKey {
+                accounts: accounts
+                    .iter()
+                    .filter(|a| self.key_name_for(a) == Some(k.name.as_str()))
+                    .cloned()
+                    .collect(),
+                name: k.name,
+                key_id: k.key_id.to_string(),
+                public_key_pem: k.public_key_pem,
+                kind: k.kind.as_str().to_owned(),
+                state: KeyState::Current,
+            })
+            .collect();
+        if let Some(store) = self.history.get() {
+            for r in store.signing_keys().await? {
+                if listed.iter().any(|k| k.key_id == r.key_id) {
+                    continue;
+                }
+                listed.push(ListedKey {
+                    name: r.name,
+                    key_id: r.key_id,
+                    public_key_pem: r.public_key_pem,
+                    kind: r.kind,
+                    state: KeyState::Retired,
+                    accounts: Vec::new(),
+                });
+            }
+        }
+        Ok(listed)
+    }
+}
+
+/// The public key PEM `store` remembers for `key_id`. It must hash to that key id, so a changed
+/// row cannot make another key pass for it.
+pub async fn remembered_public_key(
+    store: &dyn Store,
+    key_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let Some(record) = store.signing_key(key_id).await? else {
+        return Ok(None);
+    };
+    let matches = pem::parse(&record.public_key_pem)
+        .is_ok_and(|block| KeyId::from_spki_der(block.contents()).as_str() == key_id);
+    if !matches {
+        return Err(StoreError::Corrupt(format!(
+            "the public key remembered for key id {key_id} does not hash to that id"
+        )));
+    }
+    Ok(Some(record.public_key_pem))
 }
 
 enum Source {
@@ -310,15 +459,23 @@ struct Slot {
     reload: tokio::sync::Mutex<()>,
     /// Set by a failed signature; forces a re-read (and a secret cache flush) on next use.
     stale: Arc<AtomicBool>,
+    history: History,
 }
 
 impl Slot {
-    fn new(name: String, kind: KeyKind, source: Source, refresh: Duration) -> Self {
+    fn new(
+        name: String,
+        kind: KeyKind,
+        source: Source,
+        refresh: Duration,
+        history: History,
+    ) -> Self {
         Self {
             name,
             kind,
             source,
             refresh,
+            history,
             loaded: std::sync::Mutex::new(Loaded {
                 signer: None,
                 fingerprint: [0; 32],
@@ -326,6 +483,16 @@ impl Slot {
             }),
             reload: tokio::sync::Mutex::new(()),
             stale: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// `signer` as this slot's key, to remember in the store.
+    fn describe(&self, signer: &dyn Signer) -> NewSigningKey {
+        NewSigningKey {
+            key_id: signer.key_id().to_string(),
+            name: self.name.clone(),
+            kind: self.kind.as_str().to_owned(),
+            public_key_pem: signer.public_key_pem().to_owned(),
         }
     }
 
@@ -494,6 +661,15 @@ impl Slot {
                     .ok_or_else(|| LoadError::Permanent("development key not loaded".into()));
             }
         };
+        // Remembered before it can sign: every key id in an envelope stays verifiable.
+        if let Some(store) = self.history.get() {
+            store
+                .remember_signing_key(&self.describe(signer.as_ref()))
+                .await
+                .map_err(|e| {
+                    LoadError::Transient(format!("cannot remember the key in the store: {e}"))
+                })?;
+        }
         let previous = self.current().map(|s| s.key_id().clone());
         let signer = self.install(signer, fingerprint);
         tracing::info!(
@@ -634,6 +810,7 @@ mod tests {
     ) -> SigningSettings {
         SigningSettings {
             default_key: default.into(),
+            shared_default_key: false,
             dev_key_prefix: "unused".into(),
             accounts: accounts
                 .iter()
@@ -783,6 +960,104 @@ mod tests {
         source.down.store(true, Ordering::SeqCst);
         let kept = keyring.signer_for(&account).await.unwrap();
         assert_eq!(kept.key_id(), rotated.key_id());
+    }
+
+    /// A migrated SQLite store in `dir`.
+    async fn sqlite_store(dir: &Path) -> crate::store::SqliteStore {
+        let url = format!("sqlite:{}", dir.join("keys.db").display());
+        let store = crate::store::SqliteStore::connect(&url, 1, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn every_key_is_remembered_in_the_store_before_it_signs_including_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(sqlite_store(dir.path()).await);
+        let source = Arc::new(MemorySource::default());
+        put_fixture(&source, "cosign-p256-n15");
+        let keyring = Keyring::load(
+            &signing("k", &[("k", cosign("cosign-p256-n15"))], &[]),
+            &secrets_settings(0),
+            source.clone(),
+        )
+        .await
+        .unwrap()
+        .with_history(store.clone())
+        .await
+        .unwrap();
+        let first = pub_key_id("cosign-p256-n15");
+        let remembered = store.signing_key(&first).await.unwrap().unwrap();
+        assert_eq!(remembered.name, "k");
+        assert_eq!(remembered.kind, "cosign");
+        assert_eq!(
+            remembered.public_key_pem.as_bytes(),
+            fixture("cosign-p256-n15", "pub")
+        );
+
+        // Rotated under the same reference: re-read (refresh_secs = 0) and remembered.
+        source.put("cosign-p256-n15.key", &fixture("cosign-p256-n16", "key"));
+        source.put(
+            "cosign-p256-n15.password",
+            &fixture("cosign-p256-n16", "password"),
+        );
+        let account = "acme".parse().unwrap();
+        let rotated = keyring.signer_for(&account).await.unwrap();
+        let second = pub_key_id("cosign-p256-n16");
+        assert_eq!(rotated.key_id().as_str(), second);
+        let ids: Vec<_> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key_id)
+            .collect();
+        assert_eq!(ids, [first.clone(), second.clone()]);
+
+        // The retired key is still found by id, and listed as retired.
+        let pem = keyring.public_key_pem(&first).await.unwrap().unwrap();
+        assert_eq!(pem, remembered.public_key_pem);
+        let accounts = BTreeSet::from([account]);
+        let listed: Vec<_> = keyring
+            .listing(&accounts)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.key_id, k.state, k.accounts.len()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (second, KeyState::Current, 1),
+                (first, KeyState::Retired, 0)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_remembered_key_that_does_not_hash_to_its_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(dir.path()).await;
+        let claimed = pub_key_id("cosign-p256-n15");
+        store
+            .remember_signing_key(&NewSigningKey {
+                key_id: claimed.clone(),
+                name: "k".into(),
+                kind: "cosign".into(),
+                public_key_pem: String::from_utf8(fixture("plain-p256", "pub")).unwrap(),
+            })
+            .await
+            .unwrap();
+        let err = remembered_public_key(&store, &claimed).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert!(
+            remembered_public_key(&store, &"0".repeat(64))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]

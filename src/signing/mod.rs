@@ -8,7 +8,7 @@ pub mod transit;
 
 pub use cosign::{CosignSigner, KeyError};
 pub use keygen::{GeneratedKey, KeygenError, generate_key_pair};
-pub use keyring::{KeyKind, Keyring, KeyringError, PublicKeyInfo};
+pub use keyring::{KeyKind, KeyState, Keyring, KeyringError, ListedKey, PublicKeyInfo};
 pub use transit::TransitSigner;
 
 use std::sync::Arc;

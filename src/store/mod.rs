@@ -397,6 +397,31 @@ pub struct VerificationRecord {
     pub verified_at: OffsetDateTime,
 }
 
+/// A public key attestd loaded to sign with, to remember (see [`Store::remember_signing_key`]).
+#[derive(Debug, Clone)]
+pub struct NewSigningKey {
+    /// Lowercase hex SHA-256 of the SubjectPublicKeyInfo DER, as in envelopes.
+    pub key_id: String,
+    /// The `[signing.keys]` name (or `development`) it was loaded under.
+    pub name: String,
+    /// `cosign`, `transit` or `development`.
+    pub kind: String,
+    pub public_key_pem: String,
+}
+
+/// A remembered signing key: every key attestd ever loaded, current or retired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKeyRecord {
+    pub key_id: String,
+    /// The name it was last loaded under.
+    pub name: String,
+    pub kind: String,
+    pub public_key_pem: String,
+    /// When an attestd process first and last loaded it.
+    pub first_seen_at: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+}
+
 /// The persistence operations attestd needs, identical on every backend.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -437,6 +462,14 @@ pub trait Store: Send + Sync {
     async fn record_verification(&self, v: &NewVerification) -> Result<(), StoreError>;
     /// An execution's verification results, oldest first.
     async fn verifications(&self, id: ExecutionId) -> Result<Vec<VerificationRecord>, StoreError>;
+
+    /// Remember a key attestd is about to sign with, or note that it was loaded again. The first
+    /// public key stored for a key id is kept.
+    async fn remember_signing_key(&self, key: &NewSigningKey) -> Result<(), StoreError>;
+    /// A remembered key by its key id.
+    async fn signing_key(&self, key_id: &str) -> Result<Option<SigningKeyRecord>, StoreError>;
+    /// Every remembered key, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
     /// Lease the next runnable job (queued and due, or running with an expired lease).
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError>;

@@ -400,6 +400,36 @@ impl Store for PgStore {
             .map_err(StoreError::from)
     }
 
+    async fn remember_signing_key(&self, key: &NewSigningKey) -> Result<(), StoreError> {
+        sqlx::query(sql::REMEMBER_SIGNING_KEY)
+            .bind(&key.key_id)
+            .bind(&key.name)
+            .bind(&key.kind)
+            .bind(&key.public_key_pem)
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn signing_key(&self, key_id: &str) -> Result<Option<SigningKeyRecord>, StoreError> {
+        let row = sqlx::query(sql::SELECT_SIGNING_KEY)
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(signing_key_row).transpose()?)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_SIGNING_KEYS)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(signing_key_row)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
     async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
@@ -589,6 +619,17 @@ impl Store for PgStore {
             .await?;
         Ok(())
     }
+}
+
+fn signing_key_row(r: &sqlx::postgres::PgRow) -> Result<SigningKeyRecord, sqlx::Error> {
+    Ok(SigningKeyRecord {
+        key_id: r.try_get("key_id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        public_key_pem: r.try_get("public_key_pem")?,
+        first_seen_at: r.try_get("first_seen_at")?,
+        last_seen_at: r.try_get("last_seen_at")?,
+    })
 }
 
 /// Recompute the execution's attestation state inside the caller's transaction.

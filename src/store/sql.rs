@@ -68,6 +68,20 @@ pub const INSERT_VERIFICATION: &str = "INSERT INTO verifications (execution_id, 
 pub const SELECT_VERIFICATIONS: &str = "SELECT image, digest, verified, allowed, policies, reason_code, reason, created_at \
     FROM verifications WHERE execution_id = $1 ORDER BY id";
 
+/// Remember a signing key, keeping its first PEM and first-seen time. `$1` key id, `$2` name,
+/// `$3` kind, `$4` PEM, `$5` now.
+pub const REMEMBER_SIGNING_KEY: &str = "INSERT INTO signing_keys (key_id, name, kind, public_key_pem, first_seen_at, last_seen_at) \
+    VALUES ($1, $2, $3, $4, $5, $5) \
+    ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, last_seen_at = excluded.last_seen_at";
+
+/// One remembered key. `$1` key id.
+pub const SELECT_SIGNING_KEY: &str = "SELECT key_id, name, kind, public_key_pem, first_seen_at, last_seen_at \
+    FROM signing_keys WHERE key_id = $1";
+
+/// Every remembered key, oldest first.
+pub const SELECT_SIGNING_KEYS: &str = "SELECT key_id, name, kind, public_key_pem, first_seen_at, last_seen_at \
+    FROM signing_keys ORDER BY first_seen_at, key_id";
+
 /// Recompute an execution's attestation state from its jobs and artifacts. `$1` execution.
 pub const REFRESH_STATE: &str = "UPDATE executions SET attestation_state = CASE \
         WHEN attestation_state = 'skipped' THEN 'skipped' \

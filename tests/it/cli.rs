@@ -10,7 +10,7 @@ use crate::support::Backend;
 use crate::support::app::*;
 use crate::support::registry::TestRegistry;
 
-fn attestd(args: &[&str], cwd: &Path) -> Output {
+pub(crate) fn attestd(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attestd"))
         .args(args)
         .current_dir(cwd)

@@ -17,6 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Verifier as _;
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::support::registry::{MapSecrets, OCI_INDEX, OCI_MANIFEST, TestRegistry};
 
@@ -28,14 +29,23 @@ const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 /// A P-256 key generated per test: signs with aws-lc-rs, verifies with RustCrypto's p256.
 struct TestKey {
     pair: EcdsaKeyPair,
+    /// The SubjectPublicKeyInfo DER, encoded by p256.
+    spki_der: Vec<u8>,
+    /// Hex SHA-256 of `spki_der`, as attestd names keys.
     id: String,
 }
 
 impl TestKey {
     fn new() -> Self {
+        use p256::pkcs8::EncodePublicKey as _;
         let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("generate key");
-        let id = Digest::of(pair.public_key().as_ref()).hex().to_owned();
-        Self { pair, id }
+        let spki_der = p256::PublicKey::from_sec1_bytes(pair.public_key().as_ref())
+            .expect("p256 public key")
+            .to_public_key_der()
+            .expect("SPKI DER")
+            .into_vec();
+        let id = hex::encode(sha2::Sha256::digest(&spki_der));
+        Self { pair, spki_der, id }
     }
 
     /// A signed DSSE envelope over an in-toto statement about `image@digest`; `marker` makes
@@ -418,7 +428,11 @@ async fn referrers_format_writes_a_bundle_referrer_and_appends_to_the_fallback_i
     )
     .unwrap();
     assert_eq!(bundle["mediaType"], BUNDLE);
-    assert_eq!(bundle["verificationMaterial"]["publicKey"]["hint"], key.id);
+    assert_eq!(
+        bundle["verificationMaterial"]["publicKey"]["hint"],
+        STANDARD.encode(sha2::Sha256::digest(&key.spki_der)),
+        "cosign's hint: standard base64 of the SHA-256 of the public key's DER"
+    );
     let embedded = serde_json::to_vec(&bundle["dsseEnvelope"]).unwrap();
     assert_eq!(
         bundle["dsseEnvelope"],

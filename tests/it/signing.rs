@@ -31,6 +31,7 @@ fn account() -> AccountId {
 fn one_key(name: &str, key: KeySettings) -> SigningSettings {
     SigningSettings {
         default_key: name.into(),
+        shared_default_key: false,
         dev_key_prefix: "unused".into(),
         accounts: BTreeMap::new(),
         keys: BTreeMap::from([(name.to_owned(), key)]),

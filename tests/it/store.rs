@@ -7,8 +7,8 @@ use std::time::Duration;
 use attestd::domain::{ExecutionId, provenance};
 use attestd::ingest::parse_build_webhook;
 use attestd::store::{
-    self, AttestationState, DynStore, JobKind, NewExecution, PushRecord, PushState, Recorded,
-    StoreError,
+    self, AttestationState, DynStore, JobKind, NewExecution, NewSigningKey, PushRecord, PushState,
+    Recorded, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -25,6 +25,7 @@ backend_tests!(
     released_jobs_do_not_count_an_attempt,
     locks_are_exclusive_until_released_or_expired,
     lookup_by_digest_finds_every_execution_of_an_image,
+    signing_keys_are_remembered_once_with_their_first_public_key,
 );
 
 struct Fixture {
@@ -355,5 +356,62 @@ async fn lookup_by_digest_finds_every_execution_of_an_image(backend: Backend) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn signing_keys_are_remembered_once_with_their_first_public_key(backend: Backend) {
+    let f = fixture(backend).await;
+    let key = |id: char, name: &str, pem: &str| NewSigningKey {
+        key_id: id.to_string().repeat(64),
+        name: name.into(),
+        kind: "cosign".into(),
+        public_key_pem: pem.into(),
+    };
+    assert!(f.store.signing_keys().await.unwrap().is_empty());
+    f.store
+        .remember_signing_key(&key('a', "release", "PEM A"))
+        .await
+        .unwrap();
+    let first = f.store.signing_key(&"a".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(first.first_seen_at, first.last_seen_at);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    f.store
+        .remember_signing_key(&key('b', "release", "PEM B"))
+        .await
+        .unwrap();
+    // Loaded again, under another name: the name follows, the PEM and first sighting stay.
+    f.store
+        .remember_signing_key(&key('a', "old-release", "PEM A, re-encoded"))
+        .await
+        .unwrap();
+
+    let a = f.store.signing_key(&"a".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(a.name, "old-release");
+    assert_eq!(a.kind, "cosign");
+    assert_eq!(a.public_key_pem, "PEM A");
+    assert_eq!(a.first_seen_at, first.first_seen_at);
+    assert!(a.last_seen_at > first.last_seen_at, "{a:?}");
+    let all: Vec<_> = f
+        .store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.key_id, k.public_key_pem))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("a".repeat(64), "PEM A".to_owned()),
+            ("b".repeat(64), "PEM B".to_owned())
+        ],
+        "oldest first"
+    );
+    assert!(
+        f.store
+            .signing_key(&"c".repeat(64))
+            .await
+            .unwrap()
+            .is_none()
     );
 }

@@ -35,7 +35,7 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-fn location(resp: &reqwest::Response) -> &str {
+pub(crate) fn location(resp: &reqwest::Response) -> &str {
     resp.headers()["location"].to_str().unwrap()
 }
 
@@ -52,7 +52,7 @@ async fn post_login(app: &TestApp, token: &str) -> reqwest::Response {
 
 /// Submit a button-only form (retry, logout) with a session cookie and, like browsers do, an
 /// `Origin` header.
-async fn post_form(
+pub(crate) async fn post_form(
     app: &TestApp,
     path: &str,
     cookie: &str,
@@ -66,7 +66,7 @@ async fn post_form(
 }
 
 /// Log in through the form; the `Cookie` header value the browser would send afterwards.
-async fn log_in(app: &TestApp, token: &str) -> String {
+pub(crate) async fn log_in(app: &TestApp, token: &str) -> String {
     let resp = post_login(app, token).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&resp), "/ui/executions");

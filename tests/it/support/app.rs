@@ -29,11 +29,13 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub backend: Backend,
     pub dir: tempfile::TempDir,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 /// Settings for a test: two accounts with their own webhook sources and tokens, an admin token,
-/// no anonymous reads, the worker off (tests drive it), everything on disk in `dir`.
+/// no anonymous reads, the worker off (tests drive it), everything on disk in `dir`. Both accounts
+/// sign with the generated development key, shared on purpose (`signing.shared_default_key`):
+/// tests of per-account keys configure their own.
 pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
     let mut s = Settings::load(None).expect("default settings");
     s.database.url = db.url.clone().into();
@@ -66,6 +68,7 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
     ];
     s.webhook.dev_secret_file = dir.join("webhook.secret");
     s.signing.dev_key_prefix = dir.join("dev-cosign");
+    s.signing.shared_default_key = true;
     s.secrets.file_dir = dir.to_path_buf();
     s.worker.enabled = false;
     s.registries = vec![attestd::config::RegistrySettings {
@@ -112,6 +115,25 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
         let db = TestDatabase::new(backend).await;
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::start(backend, db, dir, configure).await
+    }
+
+    /// Stop this app and start another on the same database and directory, configured afresh
+    /// from [`test_settings`] and `configure`: what an operator's restart after a change does.
+    pub async fn restart_with(self, configure: impl FnOnce(&mut Settings)) -> Self {
+        self.app.shutdown.cancel();
+        let Self {
+            backend, dir, db, ..
+        } = self;
+        Self::start(backend, db, dir, configure).await
+    }
+
+    async fn start(
+        backend: Backend,
+        db: TestDatabase,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = test_settings(&db, dir.path());
         configure(&mut settings);
         grant_test_repositories(&mut settings);
@@ -126,8 +148,13 @@ impl TestApp {
             http: reqwest::Client::new(),
             backend,
             dir,
-            _db: db,
+            db,
         }
+    }
+
+    /// The database URL this app uses (for the CLI).
+    pub fn database_url(&self) -> &str {
+        &self.db.url
     }
 
     pub fn url(&self, path: &str) -> String {
