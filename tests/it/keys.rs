@@ -113,8 +113,7 @@ async fn per_account_keys_sign_each_accounts_executions_with_its_own_key(backend
     })
     .await;
     let acme = app.record(&webhook("run-1")).await;
-    let mut hook = webhook("run-1");
-    hook["accountId"] = json!(OTHER_ACCOUNT);
+    let hook = globex_webhook("run-1");
     let resp = app
         .post_webhook_signed(hook.to_string().as_bytes(), OTHER_SECRET)
         .await;
@@ -313,7 +312,9 @@ fn two_accounts_config(dir: &Path, port: u16, extra: &str) {
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\
              [database]\nurl = \"sqlite:{}\"\n\
              [[webhook.sources]]\nname = \"acme-ci\"\naccount = \"acme\"\nsecrets = [\"s1\"]\n\
+             builder_ids = [\"https://ci.example.com/acme\"]\n\
              [[webhook.sources]]\nname = \"globex-ci\"\naccount = \"globex\"\nsecrets = [\"s2\"]\n\
+             builder_ids = [\"https://ci.example.com/globex\"]\n\
              {extra}",
             dir.join("attestd.db").display()
         ),
