@@ -3,6 +3,7 @@
 mod api;
 mod attestation;
 mod cli;
+mod hardening;
 mod keys;
 mod query;
 mod registry;
