@@ -83,6 +83,7 @@ pub struct TokenSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    pub standard_webhooks_tolerance_secs: u64,
     pub dev_secret_file: PathBuf,
     pub dev_account: AccountId,
     pub dev_builder_ids: Vec<String>,
@@ -544,6 +545,7 @@ impl Settings {
             "webhook": {
                 "dev_secret_file": self.webhook.dev_secret_file,
                 "dev_account": self.webhook.dev_account,
+                "standard_webhooks_tolerance_secs": self.webhook.standard_webhooks_tolerance_secs,
                 "dev_builder_ids": self.webhook.dev_builder_ids,
                 "sources": self.webhook.sources.iter().map(|s| serde_json::json!({
                     "name": s.name, "account": s.account,

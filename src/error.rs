@@ -13,6 +13,8 @@ use crate::ingest::FieldError;
 pub enum ApiError {
     #[error("missing or invalid webhook signature")]
     InvalidSignature,
+    #[error("the webhook-timestamp is too far from now; a delivery cannot be replayed later")]
+    StaleWebhook,
     #[error("a bearer token is required")]
     Unauthenticated,
     #[error("{0}")]
@@ -91,7 +93,9 @@ struct ErrorDetail<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidSignature | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::InvalidSignature | Self::StaleWebhook | Self::Unauthenticated => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::AccountMismatch(_) | Self::Forbidden(..) | Self::NotAllowed(..) => {
                 StatusCode::FORBIDDEN
             }
@@ -115,6 +119,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidSignature => "invalid_signature",
+            Self::StaleWebhook => "stale_webhook",
             Self::Unauthenticated => "unauthenticated",
             Self::AccountMismatch(_) => "account_mismatch",
             Self::NotAllowed(code, ..) => code,

@@ -147,6 +147,7 @@ pub fn router(state: AppState) -> Router {
             axum::http::header::AUTHORIZATION,
             axum::http::header::COOKIE,
             HeaderName::from_static(crate::ingest::SIGNATURE_HEADER),
+            HeaderName::from_static(crate::ingest::standard_webhooks::SIGNATURE_HEADER),
         ]))
 }
 

@@ -49,11 +49,7 @@ pub async fn receive_build_webhook(
             ApiError::Malformed(e.body_text())
         }
     })?;
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let source = state
-        .sources
-        .authenticate(signature, &body)
-        .ok_or(ApiError::InvalidSignature)?;
+    let source = authenticate(&state, &headers, &body)?;
 
     require_json(&headers)?;
 
@@ -173,4 +169,31 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         current = e.source();
     }
     false
+}
+
+/// The source that signed `body`: by Standard Webhooks headers when the request has them,
+/// else by `X-Attestd-Signature-256`.
+fn authenticate<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<&'s crate::ingest::WebhookSource, ApiError> {
+    use crate::ingest::standard_webhooks::{Headers, Refused};
+    if let Some(standard) = Headers::from_request(headers) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let tolerance =
+            i64::try_from(state.settings.webhook.standard_webhooks_tolerance_secs).unwrap_or(300);
+        return state
+            .sources
+            .authenticate_standard(standard, body, now, tolerance)
+            .map_err(|refused| match refused {
+                Refused::Stale => ApiError::StaleWebhook,
+                Refused::BadSignature => ApiError::InvalidSignature,
+            });
+    }
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    state
+        .sources
+        .authenticate(signature, body)
+        .ok_or(ApiError::InvalidSignature)
 }

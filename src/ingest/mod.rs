@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod build_webhook;
 pub mod signature;
+pub mod standard_webhooks;
 
 pub use admission::Refusal;
 pub use build_webhook::{FieldError, fingerprint, parse_build_webhook};

@@ -61,6 +61,30 @@ impl WebhookSources {
     }
 }
 
+impl WebhookSources {
+    /// The source whose secret signed a [Standard Webhooks](super::standard_webhooks) delivery.
+    /// Every source is checked (no early exit); a stale timestamp is refused before any.
+    pub fn authenticate_standard(
+        &self,
+        headers: super::standard_webhooks::Headers<'_>,
+        body: &[u8],
+        now: i64,
+        tolerance_secs: i64,
+    ) -> Result<&WebhookSource, super::standard_webhooks::Refused> {
+        use super::standard_webhooks::{Refused, verify};
+        let mut found = None;
+        for source in &self.0 {
+            match verify(headers, body, &source.secrets, now, tolerance_secs) {
+                Ok(()) if found.is_none() => found = Some(source),
+                Ok(()) => {}
+                Err(Refused::Stale) => return Err(Refused::Stale),
+                Err(Refused::BadSignature) => {}
+            }
+        }
+        found.ok_or(Refused::BadSignature)
+    }
+}
+
 /// `sha256=<hex>` for `body` under `secret`; what a sender puts in the header.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.

@@ -9,6 +9,7 @@ mod query;
 mod registry;
 mod registry_auth;
 mod signing;
+mod standard_webhooks;
 mod store;
 mod support;
 mod tenancy;
