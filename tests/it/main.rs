@@ -11,3 +11,4 @@ mod store;
 mod support;
 mod tenancy;
 mod ui;
+mod verify_bounds;
