@@ -221,6 +221,29 @@ fn policy(name: &str, rego: &str) -> Value {
     json!({"name": name, "rego": rego})
 }
 
+/// A policy that allows everything, followed by a comment of `padding` bytes.
+fn padded(name: &str, padding: usize) -> Value {
+    policy(name, &format!("{ALLOW_ALL}\n# {}", "x".repeat(padding)))
+}
+
+/// `n` small policies.
+fn many(n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| policy(&format!("p{i}"), ALLOW_ALL))
+            .collect(),
+    )
+}
+
+/// The verification results recorded on execution `id`.
+async fn recorded(app: &TestApp, id: &str) -> Vec<attestd::store::VerificationRecord> {
+    app.app
+        .store
+        .verifications(id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
 fn assert_no_acme_data(body: &Value) {
     let text = body.to_string();
     for secret in ACME_DATA {
@@ -257,16 +280,18 @@ async fn another_accounts_image_is_refused_before_the_registry_is_read_and_leaks
     }
     assert!(proxy.sent() > before, "the proxy counts registry reads");
 
-    // Globex's token, with the same policy, by digest and by tag.
-    for image in [&by_digest, &by_tag] {
+    // Globex's token, with the same policy, by digest and by tag, with and without naming
+    // acme's execution.
+    let attempts = [&by_digest, &by_tag].into_iter().flat_map(|image| {
+        let plain = json!({"image": image, "keyId": key_id, "policies": echo});
+        let mut naming = plain.clone();
+        naming["executionId"] = json!(id);
+        [(image, plain), (image, naming)]
+    });
+    for (image, request) in attempts {
         let before = proxy.sent();
-        let (status, body, _) = verify(
-            &app,
-            OTHER_TOKEN,
-            &json!({"image": image, "keyId": key_id, "policies": echo, "executionId": id}),
-        )
-        .await;
-        assert_eq!(status, 403, "{image}: {body}");
+        let (status, body, _) = verify(&app, OTHER_TOKEN, &request).await;
+        assert_eq!(status, 403, "{request}: {body}");
         assert_eq!(body["error"]["code"], "repository_not_allowed", "{body}");
         assert_no_acme_data(&body);
         assert_eq!(
@@ -275,8 +300,7 @@ async fn another_accounts_image_is_refused_before_the_registry_is_read_and_leaks
             "attestd read the registry for globex's request on {image}"
         );
     }
-    let recorded = app.app.store.verifications(id.parse().unwrap()).await;
-    assert!(recorded.unwrap().is_empty(), "nothing was recorded");
+    assert!(recorded(&app, &id).await.is_empty(), "nothing was recorded");
 
     // An admin may verify in any configured registry.
     let (status, report, _) = verify(
@@ -326,9 +350,8 @@ async fn another_accounts_execution_is_unknown_and_an_image_it_did_not_build_is_
         assert_eq!(status, 422, "{image}: {body}");
         assert_eq!(body["error"]["code"], "image_not_in_execution", "{body}");
     }
-    let id = acme_execution.parse().unwrap();
     assert!(
-        app.app.store.verifications(id).await.unwrap().is_empty(),
+        recorded(&app, &acme_execution).await.is_empty(),
         "a refused verification is not recorded"
     );
 
@@ -341,7 +364,7 @@ async fn another_accounts_execution_is_unknown_and_an_image_it_did_not_build_is_
     .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["verified"], true, "{report}");
-    assert_eq!(app.app.store.verifications(id).await.unwrap().len(), 1);
+    assert_eq!(recorded(&app, &acme_execution).await.len(), 1);
 }
 
 async fn oversized_requests_are_refused_before_anything_is_parsed_or_fetched(backend: Backend) {
@@ -352,31 +375,16 @@ async fn oversized_requests_are_refused_before_anything_is_parsed_or_fetched(bac
     let image = format!("{REGISTRY}/acme/app@sha256:{}", "a1".repeat(32));
     let with = |policies: Value| json!({"image": image, "keyId": key_id, "policies": policies});
     let refusals = [
-        (
-            "1,000 policies",
-            with(Value::Array(
-                (0..1000)
-                    .map(|i| policy(&format!("p{i}"), ALLOW_ALL))
-                    .collect(),
-            )),
-            422,
-            "too_many_policies",
-        ),
+        ("1,000 policies", with(many(1000)), 422, "too_many_policies"),
         (
             "a 100 KiB policy",
-            with(json!([policy(
-                "big",
-                &format!("{ALLOW_ALL}\n# {}", "x".repeat(100 * 1024))
-            )])),
+            with(json!([padded("big", 100 * 1024)])),
             422,
             "policy_too_large",
         ),
         (
             "a policy over the request body limit",
-            with(json!([policy(
-                "huge",
-                &format!("{ALLOW_ALL}\n# {}", "x".repeat(130 * 1024))
-            )])),
+            with(json!([padded("huge", 130 * 1024)])),
             413,
             "payload_too_large",
         ),
@@ -494,21 +502,14 @@ async fn policy_bombs_fail_within_their_limits_while_healthz_keeps_answering(bac
         ),
         (
             "a 10 MB policy",
-            json!([policy(
-                "huge",
-                &format!("{ALLOW_ALL}\n# {}", "x".repeat(10_000_000))
-            )]),
+            json!([padded("huge", 10_000_000)]),
             422,
             "policy_too_large",
             "bytes",
         ),
         (
             "1,000 policies",
-            Value::Array(
-                (0..1000)
-                    .map(|i| policy(&format!("p{i}"), ALLOW_ALL))
-                    .collect(),
-            ),
+            many(1000),
             422,
             "too_many_policies",
             "1000 policies",
@@ -573,17 +574,12 @@ async fn policy_bombs_fail_within_their_limits_while_healthz_keeps_answering(bac
         "/healthz took {slowest:?} while the bombs ran"
     );
     // The policy failures were recorded on the execution like any other result.
-    let recorded = app
-        .app
-        .store
-        .verifications(id.parse().unwrap())
-        .await
-        .unwrap();
-    let errors = recorded
+    let results = recorded(&app, &id).await;
+    let errors = results
         .iter()
         .filter(|v| v.reason_code.as_deref() == Some("policy_error"))
         .count();
-    assert_eq!(errors, 4, "{recorded:?}");
+    assert_eq!(errors, 4, "{results:?}");
 }
 
 /// Put an `.att` manifest with these DSSE layers (blob, declared size) on `digest`.
@@ -718,8 +714,7 @@ async fn verify_button_verifies_only_what_the_reader_may_see(backend: Backend) {
     let resp = press(OTHER_TOKEN).await.unwrap();
     assert_eq!(resp.status(), 404, "globex cannot even see the execution");
     assert_no_acme_data(&Value::String(resp.text().await.unwrap()));
-    let executions = app.app.store.verifications(id.parse().unwrap());
-    assert!(executions.await.unwrap().is_empty());
+    assert!(recorded(&app, &id).await.is_empty());
 
     let resp = press(TOKEN).await.unwrap();
     assert_eq!(resp.status(), 303);
@@ -727,14 +722,9 @@ async fn verify_button_verifies_only_what_the_reader_may_see(backend: Backend) {
         resp.headers()["location"].to_str().unwrap(),
         format!("/ui/executions/{id}?verified=1")
     );
-    let recorded = app
-        .app
-        .store
-        .verifications(id.parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(recorded.len(), 1);
-    assert!(recorded[0].verified && recorded[0].allowed, "{recorded:?}");
+    let results = recorded(&app, &id).await;
+    assert_eq!(results.len(), 1);
+    assert!(results[0].verified && results[0].allowed, "{results:?}");
 }
 
 #[test]
