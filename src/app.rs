@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::scope::{RepositoryPattern, RepositoryScope};
-use crate::http::auth::Tokens;
+use crate::http::auth::{Reader, Tokens};
 use crate::ingest::{WebhookSource, WebhookSources};
+use crate::policy::isolated::Evaluator;
 use crate::registry::Registries;
 use crate::secrets::SecretSource;
 use crate::signing::keyring::Keyring;
@@ -32,6 +33,8 @@ pub struct App {
     pub keyring: Keyring,
     /// The registries attestations may be pushed to (and only those).
     pub registries: Registries,
+    /// Runs verification policies in isolated child processes.
+    pub policy_evaluator: Evaluator,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
     /// Wakes the worker when new jobs were queued.
@@ -76,7 +79,10 @@ impl App {
             .context("remember the signing keys in the store")?;
         warn_if_accounts_share_a_key(&settings);
         let registries = Registries::new(&settings.registries, secrets.clone())
-            .map_err(|e| anyhow::anyhow!("configure registries ([[registries]]): {e}"))?;
+            .map_err(|e| anyhow::anyhow!("configure registries ([[registries]]): {e}"))?
+            .with_fetch_limits(settings.verify.fetch_limits());
+        let policy_evaluator = Evaluator::new(&settings.verify)
+            .context("find the policy evaluator program (verify.evaluator_program)")?;
         let public_url = if settings.server.public_url.is_empty() {
             format!("http://{}", settings.server.listen)
         } else {
@@ -111,6 +117,7 @@ impl App {
             secrets,
             keyring,
             registries,
+            policy_evaluator,
             public_url,
             jobs_queued: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -120,6 +127,29 @@ impl App {
     /// Whether attestations may be pushed to `host` (only configured registries).
     pub fn registry_allowed(&self, host: &str) -> bool {
         self.registries.is_allowed(host)
+    }
+
+    /// The repositories `reader` may verify images in: for an account, the union of the
+    /// `repositories` of the webhook sources bound to it; for an admin, every configured
+    /// registry; for an anonymous reader, none.
+    pub fn attestable_by(&self, reader: &Reader) -> RepositoryScope {
+        match reader {
+            Reader::Admin => RepositoryScope::new(
+                self.settings
+                    .registries
+                    .iter()
+                    .map(|r| RepositoryPattern::whole_registry(&r.host))
+                    .collect(),
+            ),
+            Reader::Account(account) => RepositoryScope::new(
+                self.sources
+                    .iter()
+                    .filter(|s| &s.account == account)
+                    .flat_map(|s| s.repositories.patterns().iter().cloned())
+                    .collect(),
+            ),
+            Reader::Anonymous => RepositoryScope::default(),
+        }
     }
 
     /// Claim and run every due job now; returns how many ran. For tests and `attestd` tools that

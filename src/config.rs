@@ -26,6 +26,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub secrets: SecretsSettings,
     pub signing: SigningSettings,
+    pub verify: VerifySettings,
     #[serde(default)]
     pub registries: Vec<RegistrySettings>,
 }
@@ -203,6 +204,91 @@ pub struct RegistrySettings {
     /// Reference in the secret backend.
     #[serde(default)]
     pub password: Option<String>,
+}
+
+/// Caps on what one verification may ask of attestd, and how policies are evaluated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySettings {
+    pub max_policies: usize,
+    pub max_policy_bytes: usize,
+    pub max_attestation_layers: usize,
+    pub max_layer_bytes: u64,
+    pub max_deny_messages: usize,
+    pub max_deny_message_bytes: usize,
+    pub policy_timeout_ms: u64,
+    pub evaluator_deadline_ms: u64,
+    pub evaluator_memory_bytes: u64,
+    pub evaluator_concurrency: usize,
+    /// Empty: this attestd binary.
+    pub evaluator_program: PathBuf,
+}
+
+impl VerifySettings {
+    /// What one policy evaluation may use and return.
+    pub fn eval_limits(&self) -> crate::policy::EvalLimits {
+        crate::policy::EvalLimits {
+            timeout_ms: self.policy_timeout_ms,
+            max_messages: self.max_deny_messages,
+            max_message_bytes: self.max_deny_message_bytes,
+        }
+    }
+
+    /// What reading one image's attestations may fetch.
+    pub fn fetch_limits(&self) -> crate::registry::FetchLimits {
+        crate::registry::FetchLimits {
+            max_attestations: self.max_attestation_layers,
+            max_blob_bytes: self.max_layer_bytes,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("verify.max_policies", self.max_policies as u64),
+            ("verify.max_policy_bytes", self.max_policy_bytes as u64),
+            (
+                "verify.max_attestation_layers",
+                self.max_attestation_layers as u64,
+            ),
+            ("verify.max_layer_bytes", self.max_layer_bytes),
+            ("verify.max_deny_messages", self.max_deny_messages as u64),
+            (
+                "verify.max_deny_message_bytes",
+                self.max_deny_message_bytes as u64,
+            ),
+            ("verify.policy_timeout_ms", self.policy_timeout_ms),
+            ("verify.evaluator_deadline_ms", self.evaluator_deadline_ms),
+            (
+                "verify.evaluator_concurrency",
+                self.evaluator_concurrency as u64,
+            ),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(
+                (*key).to_owned(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_deny_message_bytes < 64 {
+            return Err(ConfigError::Invalid(
+                "verify.max_deny_message_bytes".into(),
+                "must be at least 64".into(),
+            ));
+        }
+        if self.policy_timeout_ms > self.evaluator_deadline_ms {
+            return Err(ConfigError::Invalid(
+                "verify.policy_timeout_ms".into(),
+                "must not exceed verify.evaluator_deadline_ms".into(),
+            ));
+        }
+        if self.evaluator_memory_bytes < 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "verify.evaluator_memory_bytes".into(),
+                "must be at least 67108864 (64 MiB): the evaluator is the attestd binary".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A service-level secret given in configuration: `env:NAME`, `file:/path`, or the literal value.
@@ -485,7 +571,7 @@ impl Settings {
                 );
             }
         }
-        Ok(())
+        self.verify.validate()
     }
 
     /// Every account this configuration serves: those of the webhook sources (the development
@@ -587,6 +673,19 @@ impl Settings {
                         "type": "transit", "mount": mount, "key": key,
                     }),
                 })).collect::<serde_json::Map<_, _>>(),
+            },
+            "verify": {
+                "max_policies": self.verify.max_policies,
+                "max_policy_bytes": self.verify.max_policy_bytes,
+                "max_attestation_layers": self.verify.max_attestation_layers,
+                "max_layer_bytes": self.verify.max_layer_bytes,
+                "max_deny_messages": self.verify.max_deny_messages,
+                "max_deny_message_bytes": self.verify.max_deny_message_bytes,
+                "policy_timeout_ms": self.verify.policy_timeout_ms,
+                "evaluator_deadline_ms": self.verify.evaluator_deadline_ms,
+                "evaluator_memory_bytes": self.verify.evaluator_memory_bytes,
+                "evaluator_concurrency": self.verify.evaluator_concurrency,
+                "evaluator_program": self.verify.evaluator_program,
             },
             "registries": self.registries.iter().map(|r| serde_json::json!({
                 "host": r.host, "format": r.format, "insecure_http": r.insecure_http,
@@ -858,6 +957,24 @@ mod tests {
             redact_database_url("sqlite:data/attestd.db"),
             "sqlite:data/attestd.db"
         );
+    }
+
+    #[test]
+    fn verify_defaults_are_the_limits_code_falls_back_to() {
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        assert_eq!(s.verify.eval_limits(), crate::policy::EvalLimits::default());
+        assert_eq!(
+            s.verify.fetch_limits(),
+            crate::registry::FetchLimits::default()
+        );
+        let err = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[verify]\nmax_policies = 0"))
+            .extract::<Settings>()
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("verify.max_policies"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ enum Command {
     Migrate,
     /// Print the effective configuration with secrets redacted.
     PrintConfig,
+    /// Internal: the server's Rego evaluator process (a request on stdin, events on stdout).
+    #[command(hide = true)]
+    PolicyEval,
     /// Read tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -95,10 +98,18 @@ fn init_tracing() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PolicyEval = cli.command {
+        // No runtime, no logging, no configuration: the child only reads stdin and writes stdout.
+        return attestd::policy::run_child();
+    }
     init_tracing();
+    run_main(cli)
+}
+
+#[tokio::main]
+async fn run_main(cli: Cli) -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -189,6 +200,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
             return verify(settings, &image, &keys, &policies, output == "json").await;
         }
+        // `main` runs it before any runtime exists; this arm only completes the match.
+        Command::PolicyEval => {
+            return Ok(attestd::policy::run_child());
+        }
         Command::Tokens(TokensCommand::Hash) => {
             let mut token = String::new();
             std::io::stdin().read_line(&mut token)?;
@@ -223,19 +238,35 @@ async fn verify(
 ) -> anyhow::Result<ExitCode> {
     use attestd::verification::{ImageToVerify, verify_image};
     let target: ImageToVerify = image.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let mut sizes = Vec::with_capacity(policy_files.len());
+    for path in policy_files {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("read {}", path.display()))?
+            .len();
+        sizes.push((attestd::policy::name_of_file(path), len));
+    }
+    attestd::policy::check_bounds(
+        sizes.iter().map(|(name, len)| (name.as_str(), *len)),
+        settings.verify.max_policies,
+        settings.verify.max_policy_bytes,
+    )
+    .context("[verify] limits")?;
+    // The user's own process: policies are evaluated in it, within the same limits per policy.
     let policies = policy_files
         .iter()
         .map(|p| attestd::policy::Policy::from_file(p))
         .collect::<Result<Vec<_>, _>>()?;
     let secrets = attestd::secrets::from_settings(&settings.secrets)?;
     let registries = attestd::registry::Registries::new(&settings.registries, secrets)
-        .map_err(|e| anyhow::anyhow!("configure registries: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("configure registries: {e}"))?
+        .with_fetch_limits(settings.verify.fetch_limits());
     anyhow::ensure!(
         registries.is_allowed(&target.image.registry),
         "registry {} is not configured ([[registries]])",
         target.image.registry
     );
-    let report = verify_image(&registries, &target, keys, &policies)
+    let limits = settings.verify.eval_limits();
+    let report = verify_image(&registries, &target, keys, &policies, &limits)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     if json {

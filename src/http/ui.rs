@@ -363,7 +363,8 @@ pub async fn verify_execution_page(
             },
             digest: Some(a.digest.clone()),
         };
-        crate::http::verify::run_verification(&state, &target, &keys, &[], Some(e.id)).await?;
+        crate::http::verify::run_verification(&state, &reader, &target, &keys, &[], Some(&e))
+            .await?;
         verified += 1;
     }
     Ok(Redirect::to(&format!(

@@ -18,7 +18,14 @@
 //!   `subject`, `predicateType`, `predicate`); every other policy sees the statement as `input`.
 //!   [`Policy::with_input_shape`] overrides the detection. Policies are never run against both
 //!   shapes: a `not input.x` test would then deny on the shape the author did not mean.
+//! - Bounds: [`check_bounds`] (count, size, name) before anything is parsed; [`EvalLimits`] per
+//!   evaluation (regorus' timer, deny messages capped). The server parses and evaluates only in a
+//!   child process ([`isolated`]), because regorus can abort the process (allocation failure) or
+//!   overflow its stack in ways nothing in-process can catch.
 
+mod child;
+pub mod isolated;
+mod protocol;
 mod shape;
 
 use std::num::NonZeroU32;
@@ -26,12 +33,86 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regorus::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub use child::run_child;
 pub use shape::InputShape;
 
-/// How long one policy may run on one statement before it is reported as failing to evaluate.
-const EVALUATION_LIMIT: Duration = Duration::from_secs(2);
+/// Longest policy name, in bytes; names appear in every result and message.
+pub const MAX_POLICY_NAME_BYTES: usize = 128;
+
+/// What one evaluation of one policy on one statement may use and return; the defaults are
+/// `config/default.toml`'s `[verify]` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalLimits {
+    /// regorus' execution timer, in milliseconds.
+    pub timeout_ms: u64,
+    /// Most deny messages kept, counting the one that says how many more were left out.
+    pub max_messages: usize,
+    /// Longest deny message kept, in bytes, counting the mark of a cut one.
+    pub max_message_bytes: usize,
+}
+
+impl Default for EvalLimits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 2000,
+            max_messages: 20,
+            max_message_bytes: 1024,
+        }
+    }
+}
+
+/// A policy as a caller gives it: not parsed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySource {
+    pub name: String,
+    pub rego: String,
+}
+
+/// Why a set of policies is refused before anything is parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoundsError {
+    #[error("{count} policies given; at most {max} are evaluated per verification")]
+    TooMany { count: usize, max: usize },
+    #[error("policy {policy:?} is {bytes} bytes; at most {max} are accepted")]
+    TooLarge {
+        policy: String,
+        bytes: u64,
+        max: usize,
+    },
+    #[error("policy names must be 1 to {MAX_POLICY_NAME_BYTES} bytes")]
+    BadName,
+}
+
+/// The cheap checks, before any policy is read whole or parsed: how many, each one's size (as
+/// given: a file's length, a request's string) and its name.
+pub fn check_bounds<'a>(
+    policies: impl ExactSizeIterator<Item = (&'a str, u64)>,
+    max_policies: usize,
+    max_policy_bytes: usize,
+) -> Result<(), BoundsError> {
+    if policies.len() > max_policies {
+        return Err(BoundsError::TooMany {
+            count: policies.len(),
+            max: max_policies,
+        });
+    }
+    for (name, bytes) in policies {
+        if name.is_empty() || name.len() > MAX_POLICY_NAME_BYTES {
+            return Err(BoundsError::BadName);
+        }
+        if bytes > max_policy_bytes as u64 {
+            return Err(BoundsError::TooLarge {
+                policy: name.to_owned(),
+                bytes,
+                max: max_policy_bytes,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Why a policy could not be loaded or evaluated; always names the policy.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +151,7 @@ pub struct Policy {
 }
 
 /// The outcome of one policy on one statement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyResult {
     pub policy: String,
@@ -107,11 +188,7 @@ impl Policy {
             path: path.to_owned(),
             source,
         })?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        Self::from_source(name, source)
+        Self::from_source(name_of_file(path), source)
     }
 
     /// Uses `shape` for `input` instead of the detected one.
@@ -136,22 +213,31 @@ impl Policy {
         self.rego_version
     }
 
-    /// This policy's verdict on `statement`.
+    /// This policy's verdict on `statement`, with the default [`EvalLimits`].
     pub fn evaluate(&self, statement: &serde_json::Value) -> Result<PolicyResult, PolicyError> {
+        self.evaluate_with(statement, &EvalLimits::default())
+    }
+
+    /// This policy's verdict on `statement` within `limits`.
+    pub fn evaluate_with(
+        &self,
+        statement: &serde_json::Value,
+        limits: &EvalLimits,
+    ) -> Result<PolicyResult, PolicyError> {
         let failed = |reason: String| PolicyError::Evaluate {
             policy: self.name.clone(),
-            reason,
+            reason: truncate(reason, limits.max_message_bytes),
         };
         let mut engine = self.engine.clone();
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-            limit: EVALUATION_LIMIT,
+            limit: Duration::from_millis(limits.timeout_ms),
             check_interval: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
         });
         engine.set_input(regorus::Value::from(self.input_shape.input_for(statement)));
         let deny = engine
             .eval_rule(self.deny_rule.clone())
             .map_err(|e| failed(format!("{e:#}")))?;
-        let messages = deny_messages(&deny).map_err(failed)?;
+        let messages = cap_messages(deny_messages(&deny).map_err(failed)?, limits);
         Ok(PolicyResult {
             policy: self.name.clone(),
             allowed: messages.is_empty(),
@@ -161,12 +247,76 @@ impl Policy {
     }
 }
 
-/// Every policy's verdict on `statement`, in the order given.
+/// A policy file's name: the file name without `.rego`.
+pub fn name_of_file(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Every policy's verdict on `statement`, in the order given, with the default [`EvalLimits`].
 pub fn evaluate(
     policies: &[Policy],
     statement: &serde_json::Value,
 ) -> Result<Vec<PolicyResult>, PolicyError> {
-    policies.iter().map(|p| p.evaluate(statement)).collect()
+    evaluate_with(policies, statement, &EvalLimits::default())
+}
+
+/// Every policy's verdict on `statement`, in the order given; stops at the first that fails to
+/// evaluate.
+pub fn evaluate_with(
+    policies: &[Policy],
+    statement: &serde_json::Value,
+    limits: &EvalLimits,
+) -> Result<Vec<PolicyResult>, PolicyError> {
+    policies
+        .iter()
+        .map(|p| p.evaluate_with(statement, limits))
+        .collect()
+}
+
+/// What marks a cut message.
+const TRUNCATED: &str = "… [truncated]";
+
+/// At most `max_messages` messages (when some are left out, the last one says how many) of at
+/// most `max_message_bytes` each (a cut message ends in "… [truncated]"). Applying it again
+/// changes nothing, so the server re-applies it to what its evaluator child returns. A denial
+/// stays a denial: some message always remains.
+pub fn cap_messages(mut messages: Vec<String>, limits: &EvalLimits) -> Vec<String> {
+    let max = limits.max_messages.max(1);
+    let left_out = if messages.len() > max {
+        let left_out = messages.len() - (max - 1);
+        messages.truncate(max - 1);
+        Some(left_out)
+    } else {
+        None
+    };
+    let mut messages: Vec<String> = messages
+        .into_iter()
+        .map(|m| truncate(m, limits.max_message_bytes))
+        .collect();
+    if let Some(n) = left_out {
+        messages.push(truncate(
+            format!("… and {n} more deny messages not shown"),
+            limits.max_message_bytes,
+        ));
+    }
+    messages
+}
+
+/// `text` in at most `max` bytes: cut at a character boundary and marked, if it was longer.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let marker = if max > TRUNCATED.len() { TRUNCATED } else { "" };
+    let mut end = max - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(marker);
+    text
 }
 
 /// Parses as Rego v1, then v0; returns the engine, the package path (`data.x.y`) and the syntax.

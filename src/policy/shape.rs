@@ -1,10 +1,10 @@
 //! Which `input` document a policy is written against, and building that document from a
 //! statement. The choice is made once, from the policy text, so it never depends on the data.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The shape of `input` a policy sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum InputShape {
     /// `input` is the in-toto statement itself: `input.predicate.buildDefinition...`.

@@ -265,3 +265,65 @@ fn policies_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Policy>();
 }
+
+#[test]
+fn regorus_timer_ends_a_spinning_policy_with_a_clear_reason() {
+    let policy = Policy::from_source(
+        "spin",
+        "package spin\ndeny contains \"d\" if { count({x | some a in numbers.range(0, 100000); some b in numbers.range(0, 100000); x := a * b}) > 0 }",
+    )
+    .unwrap();
+    let limits = EvalLimits {
+        timeout_ms: 200,
+        ..EvalLimits::default()
+    };
+    let started = std::time::Instant::now();
+    let err = policy
+        .evaluate_with(&statement("r", "main"), &limits)
+        .unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert!(err.to_string().contains("exceeded time limit"), "{err}");
+}
+
+#[test]
+fn deny_messages_are_capped_and_capping_twice_changes_nothing() {
+    let limits = EvalLimits {
+        max_messages: 3,
+        max_message_bytes: 64,
+        ..EvalLimits::default()
+    };
+    // Multi-byte characters around the cut.
+    let messages: Vec<String> = (0..5).map(|i| format!("{i} {}", "é".repeat(60))).collect();
+    let capped = cap_messages(messages, &limits);
+    assert_eq!(capped.len(), 3);
+    for m in &capped[..2] {
+        assert!(m.len() <= 64 && m.ends_with("… [truncated]"), "{m}");
+    }
+    assert_eq!(capped[2], "… and 3 more deny messages not shown");
+    assert_eq!(cap_messages(capped.clone(), &limits), capped);
+    let few = vec!["short".to_owned()];
+    assert_eq!(cap_messages(few.clone(), &limits), few);
+}
+
+#[test]
+fn bounds_are_checked_before_anything_is_parsed() {
+    let ok = [("a", 10u64), ("b", 64)];
+    assert_eq!(check_bounds(ok.into_iter(), 2, 64), Ok(()));
+    assert!(matches!(
+        check_bounds(ok.into_iter(), 1, 64),
+        Err(BoundsError::TooMany { count: 2, max: 1 })
+    ));
+    assert!(matches!(
+        check_bounds([("big", 65u64)].into_iter(), 2, 64),
+        Err(BoundsError::TooLarge { bytes: 65, .. })
+    ));
+    let long = "n".repeat(MAX_POLICY_NAME_BYTES + 1);
+    assert_eq!(
+        check_bounds([("", 1u64)].into_iter(), 2, 64),
+        Err(BoundsError::BadName)
+    );
+    assert_eq!(
+        check_bounds([(long.as_str(), 1u64)].into_iter(), 2, 64),
+        Err(BoundsError::BadName)
+    );
+}

@@ -322,20 +322,45 @@ impl Session {
             .map_err(|e| RegistryError::from_oci(what, &e))
     }
 
+    /// A blob's bytes, streamed and refused as soon as it is known to exceed `max_bytes` (from
+    /// `Content-Length`, or counting); oci-client checks the digest as the stream ends.
     pub async fn pull_blob(
         &self,
         reference: &Reference,
         digest: &str,
+        max_bytes: u64,
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
+        use futures::StreamExt as _;
         self.client
             .store_auth_if_needed(reference.resolve_registry(), &self.auth)
             .await;
-        let mut out = Vec::new();
-        self.client
-            .pull_blob(reference, digest, &mut out)
+        let too_large = || {
+            RegistryError::permanent(
+                ErrorCode::AttestationTooLarge,
+                format!(
+                    "{what}: blob {digest} is larger than {max_bytes} bytes (verify.max_layer_bytes)"
+                ),
+            )
+        };
+        let mut stream = self
+            .client
+            .pull_blob_stream(reference, digest)
             .await
             .map_err(|e| RegistryError::from_oci(what, &e))?;
+        if stream.content_length.is_some_and(|n| n > max_bytes) {
+            return Err(too_large());
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                RegistryError::from_oci(what, &oci_client::errors::OciDistributionError::IoError(e))
+            })?;
+            if (out.len() + chunk.len()) as u64 > max_bytes {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
         Ok(out)
     }
 

@@ -14,8 +14,11 @@ pub enum ErrorCode {
     ImageNotFound,
     /// The registry refused our credentials (401/403). Retryable: the password may be mid-rotation.
     Unauthorized,
-    /// The `.att` manifest already holds the maximum number of layers.
+    /// The `.att` manifest already holds the maximum number of layers (push), or an image has
+    /// more attestations than `verify.max_attestation_layers` (read).
     TooManyLayers,
+    /// An attestation blob is larger than `verify.max_layer_bytes`.
+    AttestationTooLarge,
     /// The registry rejected a request for a reason retrying will not fix.
     Rejected,
     /// Content in the registry (or given to us) is malformed.
@@ -39,6 +42,7 @@ impl ErrorCode {
             Self::ImageNotFound => "image_not_found",
             Self::Unauthorized => "registry_unauthorized",
             Self::TooManyLayers => "too_many_attestations",
+            Self::AttestationTooLarge => "attestation_too_large",
             Self::Rejected => "registry_rejected",
             Self::InvalidContent => "invalid_registry_content",
             Self::Unavailable => "registry_unavailable",

@@ -66,9 +66,29 @@ pub struct FetchedAttestation {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// What reading one image's attestations may fetch; the defaults are `config/default.toml`'s
+/// `[verify]` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// Attestations (`.att` layers plus referrer bundles) read per image.
+    pub max_attestations: usize,
+    /// Largest attestation blob, in bytes.
+    pub max_blob_bytes: u64,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        Self {
+            max_attestations: 32,
+            max_blob_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 /// The registries attestd may talk to, built from configuration.
 pub struct Registries {
     by_host: HashMap<String, Connection>,
+    fetch_limits: FetchLimits,
 }
 
 impl std::fmt::Debug for Registries {
@@ -90,7 +110,16 @@ impl Registries {
         for s in settings {
             by_host.insert(s.host.clone(), Connection::new(s, secrets.clone())?);
         }
-        Ok(Self { by_host })
+        Ok(Self {
+            by_host,
+            fetch_limits: FetchLimits::default(),
+        })
+    }
+
+    /// Read attestations within `limits` instead of the defaults.
+    pub fn with_fetch_limits(mut self, limits: FetchLimits) -> Self {
+        self.fetch_limits = limits;
+        self
     }
 
     /// Whether `host` (as written in image names, with `:port`) is configured.
@@ -182,7 +211,9 @@ impl Registries {
     }
 
     /// Every DSSE envelope published for `digest`: the `.att` layers, then (for registries
-    /// configured with the referrers format) the Sigstore bundles among its referrers.
+    /// configured with the referrers format) the Sigstore bundles among its referrers. More
+    /// attestations than the fetch limits allow, or a larger blob, is an error, found before the
+    /// blob (or the rest of it) is downloaded.
     pub async fn fetch_attestations(
         &self,
         image: &ImageRef,
@@ -201,6 +232,7 @@ impl Registries {
         digest: &Digest,
     ) -> Result<Vec<FetchedAttestation>, RegistryError> {
         let (host, repo) = (&image.registry, &image.repository);
+        let limits = self.fetch_limits;
         let mut out = Vec::new();
 
         let tag = s.reference(host, repo, &layout::att_tag(digest));
@@ -209,14 +241,21 @@ impl Registries {
             let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
                 RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
             })?;
-            for layer in manifest["layers"].as_array().into_iter().flatten() {
-                if layer["mediaType"] != layout::DSSE_LAYER {
-                    continue;
-                }
+            let layers: Vec<&Value> = manifest["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["mediaType"] == layout::DSSE_LAYER)
+                .collect();
+            check_count(layers.len(), &limits, &what)?;
+            for layer in layers {
                 let Some(blob) = layout::digest_of(layer) else {
                     continue;
                 };
-                let envelope = s.pull_blob(&tag, blob, &what).await?;
+                check_size(layer, &limits, &what)?;
+                let envelope = s
+                    .pull_blob(&tag, blob, limits.max_blob_bytes, &what)
+                    .await?;
                 out.push(FetchedAttestation {
                     source: AttestationSource::AttTag,
                     blob_digest: blob.to_owned(),
@@ -228,10 +267,13 @@ impl Registries {
 
         if conn.format != PushFormat::Att {
             let what = format!("read the referrers of {host}/{repo}@{digest}");
-            for entry in list_referrers(conn, s, image, digest, &what).await? {
-                if entry["artifactType"] != layout::SIGSTORE_BUNDLE_V03 {
-                    continue;
-                }
+            let bundles: Vec<Value> = list_referrers(conn, s, image, digest, &what)
+                .await?
+                .into_iter()
+                .filter(|entry| entry["artifactType"] == layout::SIGSTORE_BUNDLE_V03)
+                .collect();
+            check_count(out.len() + bundles.len(), &limits, &what)?;
+            for entry in bundles {
                 let Some(manifest_digest) = layout::digest_of(&entry) else {
                     continue;
                 };
@@ -249,7 +291,11 @@ impl Registries {
                     let Some(blob) = layout::digest_of(layer) else {
                         continue;
                     };
-                    let bundle = s.pull_blob(&by_digest, blob, &what).await?;
+                    check_count(out.len() + 1, &limits, &what)?;
+                    check_size(layer, &limits, &what)?;
+                    let bundle = s
+                        .pull_blob(&by_digest, blob, limits.max_blob_bytes, &what)
+                        .await?;
                     let envelope = layout::envelope_from_bundle(&bundle).map_err(|e| {
                         RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
                     })?;
@@ -533,6 +579,34 @@ async fn push_referrer(
         manifest_digest: manifest_digest.to_string(),
         already_present: false,
     })
+}
+
+/// `count` attestations are more than `limits` lets one image have.
+fn check_count(count: usize, limits: &FetchLimits, what: &str) -> Result<(), RegistryError> {
+    if count > limits.max_attestations {
+        return Err(RegistryError::permanent(
+            ErrorCode::TooManyLayers,
+            format!(
+                "{what}: the image has more than {max} attestations; attestd reads at most {max} per image (verify.max_attestation_layers)",
+                max = limits.max_attestations
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A descriptor whose declared `size` is over the limit is refused before its blob is fetched.
+fn check_size(descriptor: &Value, limits: &FetchLimits, what: &str) -> Result<(), RegistryError> {
+    match descriptor["size"].as_u64() {
+        Some(size) if size > limits.max_blob_bytes => Err(RegistryError::permanent(
+            ErrorCode::AttestationTooLarge,
+            format!(
+                "{what}: an attestation of {size} bytes is larger than {} bytes (verify.max_layer_bytes)",
+                limits.max_blob_bytes
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn annotations(descriptor: &Value) -> BTreeMap<String, String> {

@@ -4,9 +4,9 @@
 
 use std::str::FromStr;
 
-use super::{CandidateEnvelope, TrustedKey, VerificationReport, verify};
+use super::{CandidateEnvelope, TrustedKey, VerificationReport, verify_with};
 use crate::domain::{Digest, ImageRef};
-use crate::policy::Policy;
+use crate::policy::{EvalLimits, Policy};
 use crate::registry::{AttestationSource, Registries, RegistryError};
 
 /// An image to verify: `registry/repo@sha256:<hex>` or `registry/repo:tag`.
@@ -41,22 +41,26 @@ impl FromStr for ImageToVerify {
     }
 }
 
-/// Fetch `target`'s attestations and verify them with `keys` and `policies`.
-pub async fn verify_image(
+/// The digest `target` names, resolving its tag in the registry if it gives no digest.
+pub async fn resolve(
     registries: &Registries,
     target: &ImageToVerify,
-    keys: &[TrustedKey],
-    policies: &[Policy],
-) -> Result<VerificationReport, RegistryError> {
-    let digest = match &target.digest {
-        Some(d) => d.clone(),
-        None => registries.resolve(&target.image).await?,
-    };
-    let name = target.image.name();
-    let fetched = registries
-        .fetch_attestations(&target.image, &digest)
-        .await?;
-    let candidates: Vec<CandidateEnvelope> = fetched
+) -> Result<Digest, RegistryError> {
+    match &target.digest {
+        Some(d) => Ok(d.clone()),
+        None => registries.resolve(&target.image).await,
+    }
+}
+
+/// Every attestation published for `image@digest`, within the registries' fetch limits.
+pub async fn fetch_candidates(
+    registries: &Registries,
+    image: &ImageRef,
+    digest: &Digest,
+) -> Result<Vec<CandidateEnvelope>, RegistryError> {
+    let name = image.name();
+    let fetched = registries.fetch_attestations(image, digest).await?;
+    Ok(fetched
         .into_iter()
         .enumerate()
         .map(|(i, f)| CandidateEnvelope {
@@ -71,8 +75,21 @@ pub async fn verify_image(
             annotations: f.annotations,
             bytes: f.envelope,
         })
-        .collect();
-    Ok(verify(&digest, &candidates, keys, policies))
+        .collect())
+}
+
+/// Fetch `target`'s attestations and verify them with `keys`, evaluating `policies` in this
+/// process within `limits` (the CLI's way: it is the user's own process).
+pub async fn verify_image(
+    registries: &Registries,
+    target: &ImageToVerify,
+    keys: &[TrustedKey],
+    policies: &[Policy],
+    limits: &EvalLimits,
+) -> Result<VerificationReport, RegistryError> {
+    let digest = resolve(registries, target).await?;
+    let candidates = fetch_candidates(registries, &target.image, &digest).await?;
+    Ok(verify_with(&digest, &candidates, keys, policies, limits))
 }
 
 #[cfg(test)]

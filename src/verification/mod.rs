@@ -11,7 +11,9 @@
 //! - The image is `verified` when at least one attestation passes every check up to and including
 //!   `subject`. It is `allowed` when at least one verified attestation passes every policy by
 //!   itself: policies are never satisfied by combining different attestations. Policies run only
-//!   on verified statements; a policy that fails to evaluate fails the check (`policy_error`).
+//!   on verified statements, in this process ([`verify`]) or wherever the caller evaluates them
+//!   ([`check`], then [`Checked::finish`]); a policy that fails to evaluate fails the check
+//!   (`policy_error`).
 
 mod image;
 mod key;
@@ -27,7 +29,7 @@ use crate::domain::provenance::{SLSA_PROVENANCE_V1, STATEMENT_TYPE};
 use crate::domain::{Digest, KeyId};
 use crate::policy::{self, Policy, PolicyResult};
 
-pub use image::{ImageToVerify, verify_image};
+pub use image::{ImageToVerify, fetch_candidates, resolve, verify_image};
 pub use key::{KeyError, TrustedKey, trusted_key_from_pem, trusted_keys_from_pem_bundle};
 pub use report::{
     AttestationCheck, Check, CheckName, Outcome, Reason, ReasonCode, VerificationReport,
@@ -47,30 +49,127 @@ pub struct CandidateEnvelope {
     pub bytes: Vec<u8>,
 }
 
-/// Checks every candidate envelope for `image` and gives the verdict.
+/// Checks every candidate envelope for `image` and gives the verdict, running `policies` here
+/// with the default [`EvalLimits`](crate::policy::EvalLimits).
 pub fn verify(
     image: &Digest,
     candidates: &[CandidateEnvelope],
     keys: &[TrustedKey],
     policies: &[Policy],
 ) -> VerificationReport {
-    let attestations: Vec<AttestationCheck> = candidates
+    verify_with(
+        image,
+        candidates,
+        keys,
+        policies,
+        &crate::policy::EvalLimits::default(),
+    )
+}
+
+/// [`verify`], with policies evaluated here within `limits`.
+pub fn verify_with(
+    image: &Digest,
+    candidates: &[CandidateEnvelope],
+    keys: &[TrustedKey],
+    policies: &[Policy],
+    limits: &crate::policy::EvalLimits,
+) -> VerificationReport {
+    let mut checked = check(image, candidates, keys);
+    let verdicts = checked
+        .take_statements()
         .iter()
-        .map(|c| check_attestation(image, c, keys, policies))
+        .map(|s| policy::evaluate_with(policies, s, limits))
         .collect();
-    let verified = attestations.iter().any(|a| a.verified);
-    let allowed = attestations.iter().any(|a| a.allowed);
-    let reason = if allowed {
-        None
-    } else {
-        Some(overall_reason(&attestations))
-    };
-    VerificationReport {
+    checked.finish(policies.len(), verdicts)
+}
+
+/// Every check up to and including `subject` on every candidate; policies come next, run by
+/// whoever holds them (here, or in an isolated evaluator).
+pub fn check(image: &Digest, candidates: &[CandidateEnvelope], keys: &[TrustedKey]) -> Checked {
+    let attestations = candidates
+        .iter()
+        .map(|c| {
+            let mut progress = Progress::default();
+            let outcome = run_checks(&mut progress, image, &c.bytes, keys);
+            let (statement, failure) = match outcome {
+                Ok(statement) => (Some(statement), None),
+                Err(reason) => (None, Some(reason)),
+            };
+            Pending {
+                source: c.source.clone(),
+                annotations: c.annotations.clone(),
+                progress,
+                verified: failure.is_none(),
+                statement,
+                failure,
+            }
+        })
+        .collect();
+    Checked {
         image: image.clone(),
-        verified,
-        allowed,
-        reason,
         attestations,
+    }
+}
+
+/// Candidates checked up to `subject`; [`Checked::finish`] adds the policy verdicts.
+pub struct Checked {
+    image: Digest,
+    attestations: Vec<Pending>,
+}
+
+struct Pending {
+    source: String,
+    annotations: BTreeMap<String, String>,
+    progress: Progress,
+    verified: bool,
+    /// The verified statement, until it is handed to the policies.
+    statement: Option<serde_json::Value>,
+    failure: Option<Reason>,
+}
+
+impl Checked {
+    /// The verified statements, in candidate order: one policy verdict is expected for each.
+    pub fn take_statements(&mut self) -> Vec<serde_json::Value> {
+        self.attestations
+            .iter_mut()
+            .filter_map(|a| a.statement.take())
+            .collect()
+    }
+
+    /// The report, given each verified statement's policy verdict in the order of
+    /// [`Checked::take_statements`].
+    pub fn finish(
+        self,
+        policy_count: usize,
+        verdicts: Vec<Result<Vec<PolicyResult>, policy::PolicyError>>,
+    ) -> VerificationReport {
+        let mut verdicts = verdicts.into_iter();
+        let attestations: Vec<AttestationCheck> = self
+            .attestations
+            .into_iter()
+            .map(|a| {
+                let mut progress = a.progress;
+                let result = match a.failure {
+                    Some(reason) => Err(reason),
+                    None => judge(&mut progress, policy_count, verdicts.next()),
+                };
+                conclude(a.source, a.annotations, a.verified, progress, result)
+            })
+            .collect();
+        let verified = attestations.iter().any(|a| a.verified);
+        let allowed = attestations.iter().any(|a| a.allowed);
+        let reason = if allowed {
+            None
+        } else {
+            Some(overall_reason(&attestations))
+        };
+        VerificationReport {
+            image: self.image,
+            verified,
+            allowed,
+            reason,
+            attestations,
+        }
     }
 }
 
@@ -129,19 +228,13 @@ impl Progress {
     }
 }
 
-fn check_attestation(
-    image: &Digest,
-    candidate: &CandidateEnvelope,
-    keys: &[TrustedKey],
-    policies: &[Policy],
+fn conclude(
+    source: String,
+    annotations: BTreeMap<String, String>,
+    verified: bool,
+    mut progress: Progress,
+    result: Result<(), Reason>,
 ) -> AttestationCheck {
-    let mut progress = Progress::default();
-    let result = run_checks(&mut progress, image, &candidate.bytes, keys, policies);
-    // Checks stop at the first failure, so a passed `subject` means every earlier one passed.
-    let verified = progress
-        .checks
-        .iter()
-        .any(|c| c.name == CheckName::Subject && c.outcome == Outcome::Passed);
     let allowed = result.is_ok();
     let done = progress.checks.len();
     for name in CheckName::ALL.into_iter().skip(done) {
@@ -153,8 +246,8 @@ fn check_attestation(
         });
     }
     AttestationCheck {
-        source: candidate.source.clone(),
-        annotations: candidate.annotations.clone(),
+        source,
+        annotations,
         verified,
         allowed,
         key_id: progress.key_id,
@@ -164,13 +257,49 @@ fn check_attestation(
     }
 }
 
+/// The policy check of a verified statement, from its verdict.
+fn judge(
+    p: &mut Progress,
+    policy_count: usize,
+    verdict: Option<Result<Vec<PolicyResult>, policy::PolicyError>>,
+) -> Result<(), Reason> {
+    use CheckName as N;
+    use ReasonCode as C;
+    if policy_count == 0 {
+        p.pass(N::Policy, "no policies configured".into());
+        return Ok(());
+    }
+    let results = match verdict {
+        Some(Ok(results)) => results,
+        Some(Err(e)) => return Err(p.fail(N::Policy, C::PolicyError, e.to_string())),
+        None => {
+            return Err(p.fail(
+                N::Policy,
+                C::PolicyError,
+                "the policies were not evaluated".into(),
+            ));
+        }
+    };
+    let denials: Vec<String> = results
+        .iter()
+        .filter(|r| !r.allowed)
+        .map(|r| format!("policy {:?} denied: {}", r.policy, r.messages.join("; ")))
+        .collect();
+    p.policies = results;
+    if !denials.is_empty() {
+        return Err(p.fail(N::Policy, C::PolicyDenied, denials.join("; ")));
+    }
+    p.pass(N::Policy, format!("{policy_count} policies allow it"));
+    Ok(())
+}
+
+/// Every check through `subject`; the verified statement.
 fn run_checks(
     p: &mut Progress,
     image: &Digest,
     bytes: &[u8],
     keys: &[TrustedKey],
-    policies: &[Policy],
-) -> Result<(), Reason> {
+) -> Result<serde_json::Value, Reason> {
     use CheckName as N;
     use ReasonCode as C;
 
@@ -248,24 +377,7 @@ fn run_checks(
     let message = subject_for(&statement, image)
         .map_err(|message| p.fail(N::Subject, C::SubjectMismatch, message))?;
     p.pass(N::Subject, message);
-
-    if policies.is_empty() {
-        p.pass(N::Policy, "no policies configured".into());
-        return Ok(());
-    }
-    let results = policy::evaluate(policies, &statement)
-        .map_err(|e| p.fail(N::Policy, C::PolicyError, e.to_string()))?;
-    let denials: Vec<String> = results
-        .iter()
-        .filter(|r| !r.allowed)
-        .map(|r| format!("policy {:?} denied: {}", r.policy, r.messages.join("; ")))
-        .collect();
-    p.policies = results;
-    if !denials.is_empty() {
-        return Err(p.fail(N::Policy, C::PolicyDenied, denials.join("; ")));
-    }
-    p.pass(N::Policy, format!("{} policies allow it", policies.len()));
-    Ok(())
+    Ok(statement)
 }
 
 /// DSSE allows standard or URL-safe base64; padding is not required.

@@ -14,3 +14,4 @@ mod store;
 mod support;
 mod tenancy;
 mod ui;
+mod verify_bounds;

@@ -71,6 +71,8 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
     s.signing.shared_default_key = true;
     s.secrets.file_dir = dir.to_path_buf();
     s.worker.enabled = false;
+    // Integration tests run the app inside the test binary: policies go to the real attestd.
+    s.verify.evaluator_program = env!("CARGO_BIN_EXE_attestd").into();
     s.registries = vec![attestd::config::RegistrySettings {
         host: REGISTRY.into(),
         format: Default::default(),
