@@ -370,7 +370,15 @@ async fn image_pushed_after_the_webhook_is_attested_on_a_later_attempt(backend: 
 async fn registry_outage_is_retried_until_the_registry_is_back(backend: Backend) {
     let mut reg = TestRegistry::anonymous().await;
     let digest = reg.push_image(REPO, "1.4.0").await;
-    let app = spawn_with_registry(backend, &reg).await;
+    let settings = reg.settings(PushFormat::Att);
+    // A backoff long enough that the failed attempt cannot come due again inside the same
+    // `run_pending_jobs` pass (with 20 ms and full jitter it sometimes did: attempts = 2).
+    let app = TestApp::spawn_with(backend, move |s| {
+        s.registries = vec![settings];
+        s.worker.backoff_base_ms = 500;
+        s.worker.backoff_max_secs = 1;
+    })
+    .await;
     reg.stop();
     let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     app.app.run_pending_jobs().await.unwrap();

@@ -437,9 +437,9 @@ async fn policy_bombs_fail_within_their_limits_while_healthz_keeps_answering(bac
     let reg = TestRegistry::anonymous().await;
     let app = spawn_for(backend, reg.settings(PushFormat::Att), |s| {
         s.verify.evaluator_deadline_ms = DEADLINE_MS;
-        // regorus' own timer beyond the deadline (start-up validation refuses this; tests build
-        // settings directly), so only the server's kill can end a spinning policy.
-        s.verify.policy_timeout_ms = 10 * DEADLINE_MS;
+        // regorus' own timer as late as validation allows (equal to the deadline), so the
+        // server's kill is what ends a spinning policy.
+        s.verify.policy_timeout_ms = DEADLINE_MS;
         // Let a 10 MB policy through the body limit, so the policy size cap is what refuses it.
         s.server.body_limit_bytes = 16 * 1024 * 1024;
     })
