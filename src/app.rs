@@ -229,6 +229,7 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
         );
         return Ok(WebhookSources::new(vec![WebhookSource {
             name: "development".into(),
+            kind: crate::ingest::adapters::SourceKind::Attestd,
             account: settings.webhook.dev_account.clone(),
             secrets: vec![secret],
             repositories: RepositoryScope::new(
@@ -263,6 +264,7 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
         }
         sources.push(WebhookSource {
             name: s.name.clone(),
+            kind: s.kind,
             account: s.account.clone(),
             secrets,
             repositories: RepositoryScope::new(repositories),

@@ -95,6 +95,9 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSourceSettings {
     pub name: String,
+    /// The webhook dialect: attestd's schema, or a CI's own events.
+    #[serde(default)]
+    pub kind: crate::ingest::adapters::SourceKind,
     pub account: AccountId,
     pub secrets: Vec<SecretRef>,
     /// `host[:port]/repository` patterns this source may attest (see `domain::scope`); none
@@ -418,10 +421,19 @@ impl Settings {
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.webhook.sources.iter().enumerate() {
-            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+            let name_ok = !s.name.is_empty()
+                && s.name != "build"
+                && s.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !name_ok || !names.insert(s.name.as_str()) {
                 return invalid(
                     &format!("webhook.sources[{i}].name"),
-                    format!("'{}' must be non-empty and unique", s.name),
+                    format!(
+                        "'{}' must be unique, made of letters, digits, '-', '_' and '.', and not \
+                         'build' (it names the route /v1/webhooks/<name>)",
+                        s.name
+                    ),
                 );
             }
             if s.secrets.is_empty() || s.secrets.len() > 2 {
@@ -634,7 +646,7 @@ impl Settings {
                 "standard_webhooks_tolerance_secs": self.webhook.standard_webhooks_tolerance_secs,
                 "dev_builder_ids": self.webhook.dev_builder_ids,
                 "sources": self.webhook.sources.iter().map(|s| serde_json::json!({
-                    "name": s.name, "account": s.account,
+                    "name": s.name, "kind": s.kind, "account": s.account,
                     "repositories": s.repositories, "builder_ids": s.builder_ids,
                     "secrets": s.secrets.iter().map(SecretRef::redacted).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),

@@ -29,6 +29,12 @@ pub struct BuildCompleted {
     pub finished_on: OffsetDateTime,
     pub status: BuildStatus,
     pub artifacts: Vec<Artifact>,
+    /// The SLSA `buildType` of the webhook kind that reported the build.
+    pub build_type: String,
+    /// The CI's own identifier of the run (its URL where it has one): `invocationId`.
+    pub invocation_id: String,
+    /// The CI's delivery id (e.g. `X-GitHub-Delivery`), when it sends one.
+    pub delivery_id: Option<String>,
 }
 
 /// How the build ended. Only `Succeeded` builds are attested.

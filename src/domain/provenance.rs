@@ -95,6 +95,9 @@ pub struct InternalParameters {
     /// so a policy can require one. Absent from statements written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_source: Option<String>,
+    /// The CI's delivery id, when it sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +144,23 @@ fn git_ref(branch: &str) -> String {
     }
 }
 
+/// The source checkout, when the CI named both the repository and the commit (Harness
+/// notifications name neither).
+fn resolved_dependencies(build: &BuildCompleted) -> Vec<ResourceDescriptor> {
+    if build.repository_url.is_empty() || build.commit_sha.is_empty() {
+        return Vec::new();
+    }
+    let uri = if build.branch.is_empty() {
+        format!("git+{}", build.repository_url)
+    } else {
+        format!("git+{}@{}", build.repository_url, git_ref(&build.branch))
+    };
+    vec![ResourceDescriptor {
+        uri,
+        digest: BTreeMap::from([("gitCommit".to_owned(), build.commit_sha.clone())]),
+    }]
+}
+
 /// The SLSA v1 provenance statement for `build`.
 pub fn statement(build: &BuildCompleted) -> Statement {
     let subject = build
@@ -165,7 +185,7 @@ pub fn statement(build: &BuildCompleted) -> Statement {
         predicate_type: SLSA_PROVENANCE_V1.to_owned(),
         predicate: Provenance {
             build_definition: BuildDefinition {
-                build_type: BUILD_TYPE.to_owned(),
+                build_type: build.build_type.clone(),
                 external_parameters: ExternalParameters {
                     code_metadata: CodeMetadata {
                         repository_url: build.repository_url.clone(),
@@ -189,11 +209,9 @@ pub fn statement(build: &BuildCompleted) -> Statement {
                     account_id: build.account.to_string(),
                     pipeline_identifier: build.pipeline_identifier.clone(),
                     webhook_source: Some(build.source.clone()),
+                    delivery_id: build.delivery_id.clone(),
                 },
-                resolved_dependencies: vec![ResourceDescriptor {
-                    uri: format!("git+{}@{}", build.repository_url, git_ref(&build.branch)),
-                    digest: BTreeMap::from([("gitCommit".to_owned(), build.commit_sha.clone())]),
-                }],
+                resolved_dependencies: resolved_dependencies(build),
             },
             run_details: RunDetails {
                 builder: Builder {
@@ -201,7 +219,7 @@ pub fn statement(build: &BuildCompleted) -> Statement {
                     version: build.builder_version.clone(),
                 },
                 metadata: BuildRunMetadata {
-                    invocation_id: build.pipeline_execution_id.clone(),
+                    invocation_id: build.invocation_id.clone(),
                     started_on: rfc3339(build.started_on),
                     finished_on: rfc3339(build.finished_on),
                 },
@@ -248,6 +266,9 @@ mod tests {
                     digest: format!("sha256:{}", "cd".repeat(32)).parse().unwrap(),
                 },
             ],
+            build_type: BUILD_TYPE.into(),
+            invocation_id: "exec-42".into(),
+            delivery_id: None,
         }
     }
 

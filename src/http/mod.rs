@@ -69,6 +69,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(webhooks::receive_build_webhook))
+        .routes(routes!(webhooks::receive_source_webhook))
         .routes(routes!(executions::list_executions))
         .routes(routes!(executions::get_execution))
         .routes(routes!(executions::get_provenance))
@@ -148,6 +149,8 @@ pub fn router(state: AppState) -> Router {
             axum::http::header::COOKIE,
             HeaderName::from_static(crate::ingest::SIGNATURE_HEADER),
             HeaderName::from_static(crate::ingest::standard_webhooks::SIGNATURE_HEADER),
+            HeaderName::from_static(crate::ingest::adapters::github::SIGNATURE_HEADER),
+            HeaderName::from_static(crate::ingest::adapters::gitlab::TOKEN_HEADER),
         ]))
 }
 

@@ -1,19 +1,26 @@
-//! `POST /v1/webhooks/build`: authenticate the raw body, then parse, then record — in that
-//! order, so an unauthenticated body is never parsed and a rejected one never written.
+//! Build webhooks: `POST /v1/webhooks/build` (attestd's schema, any attestd-kind source) and
+//! `POST /v1/webhooks/{source}` (one configured source, in its CI's own dialect). Authenticate
+//! the raw body, then parse, then check the source's grants, then record — in that order, so an
+//! unauthenticated body is never parsed and a refused one never written.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::views::ExecutionView;
 use crate::app::AppState;
-use crate::domain::{ExecutionId, provenance};
+use crate::domain::{BuildCompleted, BuildStatus, ExecutionId, provenance};
 use crate::error::ApiError;
-use crate::ingest::build_webhook::WebhookError;
-use crate::ingest::{FieldError, Refusal, SIGNATURE_HEADER, fingerprint, parse_build_webhook};
+use crate::ingest::adapters::{self, Event, SourceKind};
+use crate::ingest::build_webhook::{WebhookError, parse_json};
+use crate::ingest::standard_webhooks;
+use crate::ingest::{
+    FieldError, Refusal, SIGNATURE_HEADER, WebhookSource, fingerprint, parse_build_webhook,
+};
 use crate::store::{NewExecution, Recorded};
 
 #[utoipa::path(
@@ -21,17 +28,16 @@ use crate::store::{NewExecution, Recorded};
     path = "/v1/webhooks/build",
     tag = "webhooks",
     request_body(content = String, content_type = "application/json", description = "A build webhook, schema version 1 (see the README)"),
-    params(("X-Attestd-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the raw body with the source's secret>")),
+    params(("X-Attestd-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the raw body with the source's secret>; or the Standard Webhooks headers webhook-id, webhook-timestamp, webhook-signature")),
     responses(
         (status = 202, description = "Recorded; signing and pushing follow in the background", body = ExecutionView),
         (status = 200, description = "A redelivery of an execution already recorded", body = ExecutionView),
-        (status = 400, description = "Not JSON", body = crate::error::ErrorResponse),
-        (status = 401, description = "Missing or wrong signature", body = crate::error::ErrorResponse),
-        (status = 400, description = "Duplicate JSON keys (`duplicate_key`)", body = crate::error::ErrorResponse),
+        (status = 400, description = "Not JSON (`malformed_json`) or duplicate keys (`duplicate_key`)", body = crate::error::ErrorResponse),
+        (status = 401, description = "Missing or wrong signature (`invalid_signature`), or a Standard Webhooks timestamp outside the tolerance (`stale_webhook`)", body = crate::error::ErrorResponse),
         (status = 403, description = "Outside the source's grants: another account (`account_mismatch`), an unlisted builder (`builder_not_allowed`) or repository (`repository_not_allowed`)", body = crate::error::ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
         (status = 409, description = "Same pipeline execution, different content", body = crate::error::ErrorResponse),
         (status = 413, description = "Body over server.body_limit_bytes", body = crate::error::ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
         (status = 422, description = "Invalid fields, unsupported schema version or unlisted registry", body = crate::error::ErrorResponse),
     )
 )]
@@ -40,7 +46,48 @@ pub async fn receive_build_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
+    let body = read_body(&state, body)?;
+    let source = authenticate_attestd(&state, &headers, &body)?;
+    ingest(&state, source, &headers, &body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{source}",
+    tag = "webhooks",
+    request_body(content = String, content_type = "application/json", description = "The CI's own webhook body (GitHub, GitLab, Tekton CloudEvent, Harness notification) or attestd's schema, per the source's `kind`"),
+    params(("source" = String, Path, description = "The `name` of a configured `[[webhook.sources]]` entry")),
+    responses(
+        (status = 202, description = "Recorded (an execution), or ignored (`{\"ignored\": reason}`: not a finished build), nothing stored", body = ExecutionView),
+        (status = 200, description = "A redelivery, or a ping", body = ExecutionView),
+        (status = 400, description = "Not JSON, duplicate keys, or a required CI header missing", body = crate::error::ErrorResponse),
+        (status = 401, description = "Not authenticated by the source's scheme", body = crate::error::ErrorResponse),
+        (status = 403, description = "Outside the source's grants", body = crate::error::ErrorResponse),
+        (status = 404, description = "No source of that name (`unknown_source`)", body = crate::error::ErrorResponse),
+        (status = 409, description = "Same execution key, different content", body = crate::error::ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
+        (status = 422, description = "A field the build needs is missing or invalid", body = crate::error::ErrorResponse),
+    )
+)]
+pub async fn receive_source_webhook(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, body)?;
+    let source = state.sources.named(&name).ok_or_else(|| {
+        ApiError::NotFound(
+            "unknown_source",
+            format!("no webhook source is named '{name}'"),
+        )
+    })?;
+    authenticate_source(&state, source, &headers, &body)?;
+    ingest(&state, source, &headers, &body).await
+}
+
+fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(state.settings.server.body_limit_bytes)
         } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
@@ -48,17 +95,80 @@ pub async fn receive_build_webhook(
         } else {
             ApiError::Malformed(e.body_text())
         }
+    })
+}
+
+/// Parse an authenticated body in its source's dialect, check the source's grants, record.
+async fn ingest(
+    state: &AppState,
+    source: &WebhookSource,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    require_json(headers)?;
+    let (mut build, problems) = match source.kind {
+        SourceKind::Attestd => {
+            let mut build = parse_build_webhook(body).map_err(webhook_error)?;
+            build.delivery_id = headers
+                .get(standard_webhooks::ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (build, Vec::new())
+        }
+        kind => {
+            let value = parse_json(body).map_err(webhook_error)?;
+            let received = time::OffsetDateTime::now_utc();
+            match adapters::interpret(kind, headers, &value, &source.account, received)
+                .map_err(webhook_error)?
+            {
+                Event::Ping => {
+                    return Ok((StatusCode::OK, Json(json!({"pong": true}))).into_response());
+                }
+                Event::Ignored(reason) => {
+                    tracing::info!(webhook.source = %source.name, reason = %reason, "webhook ignored");
+                    return Ok(ignored(reason, &[]));
+                }
+                Event::Build { build, problems } => (*build, problems),
+            }
+        }
+    };
+    if !problems.is_empty() {
+        tracing::warn!(webhook.source = %source.name, problems = ?problems, "outputs that cannot be attested");
+    }
+    if build.status == BuildStatus::Succeeded && build.artifacts.is_empty() {
+        return Ok(ignored(
+            "the build reported no image with a valid digest, so there is nothing to attest".into(),
+            &problems,
+        ));
+    }
+    check_registries(state, &build)?;
+    source.admit(&mut build).map_err(|refusal| {
+        tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, refusal = ?refusal, "webhook outside its source's grants");
+        refused(source, refusal)
     })?;
-    let source = authenticate(&state, &headers, &body)?;
+    record(state, build, &problems).await
+}
 
-    require_json(&headers)?;
+/// `202 {"ignored": reason}`: not a finished build attestd acts on; nothing stored.
+fn ignored(reason: String, problems: &[FieldError]) -> Response {
+    let mut body = json!({ "ignored": reason });
+    if !problems.is_empty() {
+        body["problems"] = json!(problems);
+    }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
 
-    let mut build = parse_build_webhook(&body).map_err(|e| match e {
+fn webhook_error(e: WebhookError) -> ApiError {
+    match e {
         WebhookError::Malformed(m) => ApiError::Malformed(m),
         WebhookError::DuplicateKey(m) => ApiError::BadRequest("duplicate_key", m),
         WebhookError::UnsupportedVersion(m) => ApiError::UnsupportedSchema(m),
         WebhookError::Invalid(fields) => ApiError::Validation(fields),
-    })?;
+    }
+}
+
+/// Every artifact's registry must be configured (`422`): credentials only go to those.
+fn check_registries(state: &AppState, build: &BuildCompleted) -> Result<(), ApiError> {
     let refused: Vec<FieldError> = build
         .artifacts
         .iter()
@@ -72,36 +182,49 @@ pub async fn receive_build_webhook(
             ),
         })
         .collect();
-    if !refused.is_empty() {
-        return Err(ApiError::Validation(refused));
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(refused))
     }
-    source.admit(&mut build).map_err(|refusal| {
-        tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, refusal = ?refusal, "webhook outside its source's grants");
-        match refusal {
-            Refusal::AccountMismatch(m) => ApiError::AccountMismatch(m),
-            Refusal::BuilderNotAllowed(m) => ApiError::NotAllowed(
-                "builder_not_allowed",
-                m,
-                vec![FieldError {
-                    field: "builderId".into(),
-                    message: "is not one of this source's builder_ids".into(),
-                }],
-            ),
-            Refusal::RepositoryNotAllowed(fields) => ApiError::NotAllowed(
-                "repository_not_allowed",
-                format!(
-                    "webhook source '{}' may not attest {}",
-                    source.name,
-                    fields.iter().map(|f| f.field.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-                fields,
-            ),
-        }
-    })?;
+}
 
+fn refused(source: &WebhookSource, refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::AccountMismatch(m) => ApiError::AccountMismatch(m),
+        Refusal::BuilderNotAllowed(m) => ApiError::NotAllowed(
+            "builder_not_allowed",
+            m,
+            vec![FieldError {
+                field: "builderId".into(),
+                message: "is not one of this source's builder_ids".into(),
+            }],
+        ),
+        Refusal::RepositoryNotAllowed(fields) => ApiError::NotAllowed(
+            "repository_not_allowed",
+            format!(
+                "webhook source '{}' may not attest {}",
+                source.name,
+                fields
+                    .iter()
+                    .map(|f| f.field.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            fields,
+        ),
+    }
+}
+
+/// Record an admitted build: the execution, its statement and a sign job in one transaction.
+async fn record(
+    state: &AppState,
+    build: BuildCompleted,
+    problems: &[FieldError],
+) -> Result<Response, ApiError> {
     let request_sha256 = fingerprint(&build);
-    let statement = (build.status == crate::domain::BuildStatus::Succeeded)
-        .then(|| provenance::statement_bytes(&build));
+    let statement =
+        (build.status == BuildStatus::Succeeded).then(|| provenance::statement_bytes(&build));
     let id = ExecutionId::new();
     let recorded = state
         .store
@@ -126,7 +249,12 @@ pub async fn receive_build_webhook(
     };
     let view = ExecutionView::new(&execution, &state.public_url);
     let location = view.url.clone();
-    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+    if problems.is_empty() {
+        return Ok((status, [(header::LOCATION, location)], Json(view)).into_response());
+    }
+    let mut body = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?;
+    body["problems"] = json!(problems);
+    Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
 /// `415` unless the body is declared as JSON (`application/json` or `application/<x>+json`,
@@ -171,29 +299,58 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     false
 }
 
-/// The source that signed `body`: by Standard Webhooks headers when the request has them,
-/// else by `X-Attestd-Signature-256`.
-fn authenticate<'s>(
+/// The current time for Standard Webhooks, and the configured tolerance.
+fn standard_clock(state: &AppState) -> (i64, i64) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let tolerance =
+        i64::try_from(state.settings.webhook.standard_webhooks_tolerance_secs).unwrap_or(300);
+    (now, tolerance)
+}
+
+fn standard_refused(refused: standard_webhooks::Refused) -> ApiError {
+    match refused {
+        standard_webhooks::Refused::Stale => ApiError::StaleWebhook,
+        standard_webhooks::Refused::BadSignature => ApiError::InvalidSignature,
+    }
+}
+
+/// The attestd-kind source that signed `body`: by Standard Webhooks headers when the request
+/// has them, else by `X-Attestd-Signature-256`.
+fn authenticate_attestd<'s>(
     state: &'s AppState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<&'s crate::ingest::WebhookSource, ApiError> {
-    use crate::ingest::standard_webhooks::{Headers, Refused};
-    if let Some(standard) = Headers::from_request(headers) {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let tolerance =
-            i64::try_from(state.settings.webhook.standard_webhooks_tolerance_secs).unwrap_or(300);
+) -> Result<&'s WebhookSource, ApiError> {
+    if let Some(standard) = standard_webhooks::Headers::from_request(headers) {
+        let (now, tolerance) = standard_clock(state);
         return state
             .sources
             .authenticate_standard(standard, body, now, tolerance)
-            .map_err(|refused| match refused {
-                Refused::Stale => ApiError::StaleWebhook,
-                Refused::BadSignature => ApiError::InvalidSignature,
-            });
+            .map_err(standard_refused);
     }
     let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     state
         .sources
         .authenticate(signature, body)
         .ok_or(ApiError::InvalidSignature)
+}
+
+/// Whether `source` sent `body`: Standard Webhooks when the request has its headers, else the
+/// source kind's own scheme.
+fn authenticate_source(
+    state: &AppState,
+    source: &WebhookSource,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    if let Some(standard) = standard_webhooks::Headers::from_request(headers) {
+        let (now, tolerance) = standard_clock(state);
+        return standard_webhooks::verify(standard, body, &source.secrets, now, tolerance)
+            .map_err(standard_refused);
+    }
+    if adapters::authenticate(source.kind, headers, body, &source.secrets) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidSignature)
+    }
 }

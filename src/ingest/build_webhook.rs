@@ -144,7 +144,7 @@ fn timestamp(s: &str) -> Result<OffsetDateTime, String> {
 /// JSON into a [`Value`], refusing an object that names the same key twice (at any depth):
 /// `serde_json` would keep the last one silently, and a signer and a checker that disagree on
 /// which one counts is how parser-differential attacks start.
-fn parse_json_strictly(body: &[u8]) -> Result<Value, String> {
+pub fn parse_json_strictly(body: &[u8]) -> Result<Value, String> {
     use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
 
     struct Strict(Value);
@@ -232,19 +232,24 @@ fn no_whitespace(s: &str) -> Result<String, &'static str> {
     }
 }
 
+/// JSON with no duplicate keys ([`parse_json_strictly`]), or why not.
+pub fn parse_json(body: &[u8]) -> Result<Value, WebhookError> {
+    parse_json_strictly(body).map_err(|e| {
+        if e.starts_with("duplicate key") {
+            WebhookError::DuplicateKey(format!("body is refused: {e}"))
+        } else {
+            WebhookError::Malformed(format!("body is not valid JSON: {e}"))
+        }
+    })
+}
+
 /// Parse and validate a webhook body. All field problems are reported together. The build's
 /// `builder_id` is what the webhook claimed (empty when it claimed none) and its `source` is
 /// empty: the authenticated source fills both in ([`WebhookSource::admit`]).
 ///
 /// [`WebhookSource::admit`]: crate::ingest::WebhookSource::admit
 pub fn parse_build_webhook(body: &[u8]) -> Result<BuildCompleted, WebhookError> {
-    let value = parse_json_strictly(body).map_err(|e| {
-        if e.starts_with("duplicate key") {
-            WebhookError::DuplicateKey(format!("body is refused: {e}"))
-        } else {
-            WebhookError::Malformed(format!("body is not valid JSON: {e}"))
-        }
-    })?;
+    let value = parse_json(body)?;
     let Value::Object(obj) = &value else {
         return Err(WebhookError::Malformed("body must be a JSON object".into()));
     };
@@ -431,6 +436,7 @@ pub fn parse_build_webhook(body: &[u8]) -> Result<BuildCompleted, WebhookError> 
     if !errors.is_empty() {
         return Err(WebhookError::Invalid(errors));
     }
+    let pipeline_execution_id_for_invocation = pipeline_execution_id.clone();
     Ok(BuildCompleted {
         account,
         source: String::new(),
@@ -447,6 +453,9 @@ pub fn parse_build_webhook(body: &[u8]) -> Result<BuildCompleted, WebhookError> 
         finished_on,
         status,
         artifacts,
+        build_type: crate::domain::provenance::BUILD_TYPE.to_owned(),
+        invocation_id: pipeline_execution_id_for_invocation,
+        delivery_id: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Webhook ingest: authenticate the raw body against the configured sources, then parse and
 //! validate it into a [`BuildCompleted`](crate::domain::BuildCompleted).
 
+pub mod adapters;
 pub mod admission;
 pub mod build_webhook;
 pub mod signature;

@@ -6,6 +6,7 @@ use hmac::{KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
+use super::adapters::SourceKind;
 use crate::domain::AccountId;
 use crate::domain::scope::RepositoryScope;
 
@@ -17,6 +18,8 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 /// operator lets it attest (see [`WebhookSource::admit`](crate::ingest::admission)).
 pub struct WebhookSource {
     pub name: String,
+    /// The webhook dialect it speaks.
+    pub kind: SourceKind,
     pub account: AccountId,
     pub secrets: Vec<SecretString>,
     /// Repositories whose images this source may attest.
@@ -38,26 +41,22 @@ impl WebhookSources {
         self.0.iter()
     }
 
-    /// The source whose secret produced `header` over `body`, if any. Every secret is checked
-    /// (no early exit on the first mismatch) so timing does not reveal which source matched.
+    /// The source of kind attestd whose secret produced `header` over `body`, if any. Every
+    /// secret is checked (no early exit on the first match) so timing does not reveal which
+    /// source matched.
     pub fn authenticate(&self, header: Option<&str>, body: &[u8]) -> Option<&WebhookSource> {
-        let provided = header
-            .and_then(|h| h.trim().strip_prefix("sha256="))
-            .and_then(|h| hex::decode(h).ok())?;
         let mut found = None;
-        for source in &self.0 {
-            for secret in &source.secrets {
-                let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
-                else {
-                    continue;
-                };
-                mac.update(body);
-                if mac.verify_slice(&provided).is_ok() && found.is_none() {
-                    found = Some(source);
-                }
+        for source in self.0.iter().filter(|s| s.kind == SourceKind::Attestd) {
+            if verify_hex_hmac(header, body, &source.secrets) && found.is_none() {
+                found = Some(source);
             }
         }
         found
+    }
+
+    /// The source configured under `name`.
+    pub fn named(&self, name: &str) -> Option<&WebhookSource> {
+        self.0.iter().find(|s| s.name == name)
     }
 }
 
@@ -85,6 +84,26 @@ impl WebhookSources {
     }
 }
 
+/// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of `secrets`; every
+/// secret is tried, each comparison constant time.
+pub fn verify_hex_hmac(header: Option<&str>, body: &[u8], secrets: &[SecretString]) -> bool {
+    let Some(provided) = header
+        .and_then(|h| h.trim().strip_prefix("sha256="))
+        .and_then(|h| hex::decode(h).ok())
+    else {
+        return false;
+    };
+    let mut ok = false;
+    for secret in secrets {
+        let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose_secret().as_bytes()) else {
+            continue;
+        };
+        mac.update(body);
+        ok |= mac.verify_slice(&provided).is_ok();
+    }
+    ok
+}
+
 /// `sha256=<hex>` for `body` under `secret`; what a sender puts in the header.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
@@ -102,6 +121,7 @@ mod tests {
         WebhookSources::new(vec![
             WebhookSource {
                 name: "a".into(),
+                kind: SourceKind::Attestd,
                 account: "acme".parse().unwrap(),
                 secrets: vec!["old".into(), "new".into()],
                 repositories: Default::default(),
@@ -109,6 +129,7 @@ mod tests {
             },
             WebhookSource {
                 name: "b".into(),
+                kind: SourceKind::Attestd,
                 account: "other".parse().unwrap(),
                 secrets: vec!["bsecret".into()],
                 repositories: Default::default(),

@@ -50,6 +50,7 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
     s.webhook.sources = vec![
         WebhookSourceSettings {
             name: "acme-ci".into(),
+            kind: Default::default(),
             account: ACCOUNT.parse().unwrap(),
             secrets: vec![SECRET.to_owned().into()],
             repositories: vec![format!("{REGISTRY}/acme/**")],
@@ -60,6 +61,7 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
         },
         WebhookSourceSettings {
             name: "globex-ci".into(),
+            kind: Default::default(),
             account: OTHER_ACCOUNT.parse().unwrap(),
             secrets: vec![OTHER_SECRET.to_owned().into()],
             repositories: vec![format!("{REGISTRY}/globex/*")],
