@@ -72,13 +72,27 @@ async fn stats_count_by_day_status_and_state_and_time_to_attest(backend: Backend
     app.post_webhook(&webhook("ok-0")).await;
     let store = &app.app.store;
     let sign = store
-        .claim_job("t", Duration::from_secs(60))
+        .claim_job(
+            "t",
+            &attestd::store::Leasing {
+                lease: Duration::from_secs(60),
+                max_reclaims: 3,
+                max_attempts: 8,
+            },
+        )
         .await
         .unwrap()
         .unwrap();
     store.complete_sign(&sign, b"{}", "k").await.unwrap();
     let push = store
-        .claim_job("t", Duration::from_secs(60))
+        .claim_job(
+            "t",
+            &attestd::store::Leasing {
+                lease: Duration::from_secs(60),
+                max_reclaims: 3,
+                max_attempts: 8,
+            },
+        )
         .await
         .unwrap()
         .unwrap();

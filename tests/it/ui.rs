@@ -382,13 +382,17 @@ async fn invalid_filter_is_shown_on_the_list_page_as_html(backend: Backend) {
 async fn seed_dead_push(app: &TestApp) -> String {
     let id = seed(app, &webhook("run-dead")).await;
     let store = &app.app.store;
-    let lease = Duration::from_secs(60);
-    let sign = store.claim_job("test", lease).await.unwrap().unwrap();
+    let lease = attestd::store::Leasing {
+        lease: Duration::from_secs(60),
+        max_reclaims: 3,
+        max_attempts: 8,
+    };
+    let sign = store.claim_job("test", &lease).await.unwrap().unwrap();
     store
         .complete_sign(&sign, br#"{"payloadType":"x"}"#, "test-key-1")
         .await
         .unwrap();
-    let push = store.claim_job("test", lease).await.unwrap().unwrap();
+    let push = store.claim_job("test", &lease).await.unwrap().unwrap();
     store
         .fail_job(&push, "registry said <b>no</b>", None)
         .await

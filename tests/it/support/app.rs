@@ -29,7 +29,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub backend: Backend,
     pub dir: tempfile::TempDir,
-    _db: TestDatabase,
+    pub db: TestDatabase,
 }
 
 /// Settings for a test: two accounts with their own webhook sources and tokens, an admin token,
@@ -126,7 +126,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             backend,
             dir,
-            _db: db,
+            db,
         }
     }
 
