@@ -234,18 +234,27 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Renew the job's lease every third of `lease` while it runs. Returns, saying why, as soon as a
-/// renewal fails, is refused (the job was taken over) or takes longer than that third, which is
-/// still before the lease could expire.
+/// Renew the job's lease every third of `lease` while it runs; see [`heartbeat`].
 async fn keep_leased(app: &App, job: &Job, lease: Duration) -> String {
-    let every = lease / 3;
+    heartbeat(lease, "its lease", || app.store.renew_lease(job, lease)).await
+}
+
+/// Call `renew` every third of `period` (a lease or lock lifetime). Returns, saying why, as soon
+/// as a renewal fails, is refused (`what` changed hands) or takes longer than that third: the
+/// caller gives up while `what` is still its own.
+async fn heartbeat<F, Fut>(period: Duration, what: &str, renew: F) -> String
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<bool, StoreError>>,
+{
+    let every = period / 3;
     loop {
         tokio::time::sleep(every).await;
-        match tokio::time::timeout(every, app.store.renew_lease(job, lease)).await {
+        match tokio::time::timeout(every, renew()).await {
             Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return "another worker took it over".into(),
-            Ok(Err(e)) => return format!("renewing its lease failed ({e})"),
-            Err(_) => return format!("renewing its lease took longer than {every:?}"),
+            Ok(Ok(false)) => return format!("another worker took over {what}"),
+            Ok(Err(e)) => return format!("renewing {what} failed ({e})"),
+            Err(_) => return format!("renewing {what} took longer than {every:?}"),
         }
     }
 }
@@ -439,24 +448,10 @@ impl WriteFence for Fence<'_> {
     }
 }
 
-/// Renew the tag lock every third of `ttl` during a push. Returns, saying why, as soon as a
-/// renewal fails, is refused (the lock changed hands) or takes longer than that third.
+/// Renew the tag lock every third of `ttl` during a push; see [`heartbeat`].
 async fn keep_locked(app: &App, lock: &Lock, ttl: Duration) -> String {
-    let every = ttl / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        match tokio::time::timeout(every, app.store.renew_lock(lock, ttl)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return format!("another worker took over the lock on {}", lock.name),
-            Ok(Err(e)) => return format!("renewing the lock on {} failed ({e})", lock.name),
-            Err(_) => {
-                return format!(
-                    "renewing the lock on {} took longer than {every:?}",
-                    lock.name
-                );
-            }
-        }
-    }
+    let what = format!("the lock on {}", lock.name);
+    heartbeat(ttl, &what, || app.store.renew_lock(lock, ttl)).await
 }
 
 /// How a failed push attempt (1-based `attempt`) counts. A missing image is retried

@@ -225,11 +225,7 @@ fn unresponsive_registry() -> (std::net::SocketAddr, std::thread::JoinHandle<()>
 async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, _holder) = unresponsive_registry();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let db = dir.path().join("attestd.db");
     std::fs::write(
         dir.path().join("attestd.toml"),
@@ -242,40 +238,12 @@ async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_attestd"))
-        .args(["--config", "attestd.toml", "serve"])
-        .current_dir(dir.path())
-        .env("ATTESTD_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve(dir.path(), &base).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while http.get(format!("{base}/readyz")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attestd did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let secret = std::fs::read_to_string(dir.path().join("data/webhook.secret")).unwrap();
-    let mut hook = webhook("run-1");
-    hook["accountId"] = json!("default");
-    // The development source signs its own builder id.
-    hook.as_object_mut().unwrap().remove("builderId");
-    hook["artifacts"] = json!([{"image": format!("{registry}/acme/app:1.0"), "digest": format!("sha256:{}", "c".repeat(64))}]);
-    let body = hook.to_string();
-    let resp = http
-        .post(format!("{base}/v1/webhooks/build"))
-        .header("content-type", "application/json")
-        .header(
-            "x-attestd-signature-256",
-            attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let image = format!("{registry}/acme/app:1.0");
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let resp = post_dev_webhook(dir.path(), &base, &image, &digest).await;
     assert_eq!(resp.status(), 202);
 
     // Wait until the push job is leased (and hanging on the registry).
@@ -299,11 +267,11 @@ async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
     }
 
     let killed = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let exit = tokio::task::spawn_blocking(move || server.wait())
+    let exit = tokio::task::spawn_blocking(move || server.0.wait())
         .await
         .unwrap()
         .unwrap();
@@ -318,6 +286,37 @@ async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
 
 async fn open_sqlite(path: &Path) -> sqlx::SqlitePool {
     sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=ro", path.display()))
+        .await
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// POST run-1 of account `default` for `image@digest`, signed with the development secret the
+/// server in `dir` generated.
+async fn post_dev_webhook(dir: &Path, base: &str, image: &str, digest: &str) -> reqwest::Response {
+    let secret = std::fs::read_to_string(dir.join("data/webhook.secret")).unwrap();
+    let mut hook = webhook("run-1");
+    hook["accountId"] = json!("default");
+    // The development source signs its own builder id.
+    hook.as_object_mut().unwrap().remove("builderId");
+    hook["artifacts"] = json!([{"image": image, "digest": digest}]);
+    let body = hook.to_string();
+    reqwest::Client::new()
+        .post(format!("{base}/v1/webhooks/build"))
+        .header("content-type", "application/json")
+        .header(
+            "x-attestd-signature-256",
+            attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
         .await
         .unwrap()
 }
@@ -363,11 +362,7 @@ async fn a_push_killed_mid_flight_is_counted_on_reclaim_and_its_lock_taken_over_
     proxy.blackhole();
     let db = TestDatabase::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // Short lease and lock TTL so the test takes seconds; the push deadline (6 s) is longer
     // than it takes to kill the process mid-push.
     std::fs::write(
@@ -385,29 +380,14 @@ async fn a_push_killed_mid_flight_is_counted_on_reclaim_and_its_lock_taken_over_
     let base = format!("http://127.0.0.1:{port}");
     let mut first = serve(dir.path(), &base).await;
 
-    let secret = std::fs::read_to_string(dir.path().join("data/webhook.secret")).unwrap();
-    let mut hook = webhook("run-1");
-    hook["accountId"] = json!("default");
-    hook.as_object_mut().unwrap().remove("builderId");
-    hook["artifacts"] =
-        json!([{"image": format!("{}/acme/app:1.0", proxy.host()), "digest": digest.as_str()}]);
-    let body = hook.to_string();
-    let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{base}/v1/webhooks/build"))
-        .header("content-type", "application/json")
-        .header(
-            "x-attestd-signature-256",
-            attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
+    let image = format!("{}/acme/app:1.0", proxy.host());
+    let created: Value = post_dev_webhook(dir.path(), &base, &image, digest.as_str())
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
 
     // Wait until the push holds its job lease and tag lock, hanging on the registry.
     let push_job = "SELECT state || ':' || attempts FROM jobs WHERE kind = 'push'";

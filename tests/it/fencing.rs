@@ -45,6 +45,21 @@ async fn spawn_behind(
     .await
 }
 
+/// Drive the worker in the background until a push holds its tag lock and stalls uploading its
+/// layer; the task ends when the worker has nothing left to do.
+async fn run_until_a_push_stalls(
+    app: &TestApp,
+    proxy: &FaultProxy,
+) -> tokio::task::JoinHandle<usize> {
+    proxy.stall_next(&format!("POST /v2/{REPO}/blobs/uploads/"));
+    let worker = tokio::spawn({
+        let app = app.app.clone();
+        async move { app.run_pending_jobs().await.unwrap() }
+    });
+    proxy.stalled(Duration::from_secs(20)).await;
+    worker
+}
+
 async fn retry(app: &TestApp, id: &str) {
     let resp = app
         .http
@@ -86,12 +101,7 @@ async fn a_worker_whose_lock_was_taken_over_mid_push_writes_nothing_and_its_retr
     let second = &app.record(&hook_for("run-2", &proxy.host(), &digest)).await;
 
     // Worker A signs both, then stalls in run-1's push while uploading its layer.
-    proxy.stall_next(&format!("POST /v2/{REPO}/blobs/uploads/"));
-    let a = tokio::spawn({
-        let app = app.app.clone();
-        async move { app.run_pending_jobs().await.unwrap() }
-    });
-    proxy.stalled(Duration::from_secs(20)).await;
+    let a = run_until_a_push_stalls(&app, &proxy).await;
 
     // A's lock runs out on the database's clock; worker B takes it over and delivers run-2.
     let past = app.db.seconds_ago(1);
@@ -161,12 +171,7 @@ async fn a_push_stops_as_soon_as_renewing_its_tag_lock_fails(backend: Backend) {
     })
     .await;
     let id = &app.record(&hook_for("run-1", &proxy.host(), &digest)).await;
-    proxy.stall_next(&format!("POST /v2/{REPO}/blobs/uploads/"));
-    let worker = tokio::spawn({
-        let app = app.app.clone();
-        async move { app.run_pending_jobs().await.unwrap() }
-    });
-    proxy.stalled(Duration::from_secs(20)).await;
+    let worker = run_until_a_push_stalls(&app, &proxy).await;
     let started = tokio::time::Instant::now();
 
     // Another replica takes the lock over (as if it had found it expired).

@@ -13,7 +13,7 @@ use attestd::store::{
 
 use crate::backend_tests;
 use crate::support::app::webhook;
-use crate::support::{Backend, TestDatabase};
+use crate::support::{Backend, LEASING, TestDatabase};
 
 backend_tests!(
     recording_is_idempotent_by_account_and_pipeline_execution,
@@ -61,11 +61,6 @@ fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution 
 }
 
 const LEASE: Duration = Duration::from_secs(60);
-const LEASING: Leasing = Leasing {
-    lease: LEASE,
-    max_reclaims: 3,
-    max_attempts: 8,
-};
 
 async fn recording_is_idempotent_by_account_and_pipeline_execution(backend: Backend) {
     let f = fixture(backend).await;
@@ -416,12 +411,7 @@ async fn a_renewed_lease_keeps_the_job_and_a_taken_over_lease_cannot_be_renewed(
         f.store.claim_job("b", &LEASING).await.unwrap().is_none(),
         "the renewed lease holds past the first one"
     );
-    let past = f.db.seconds_ago(1);
-    f.db.execute(&format!(
-        "UPDATE jobs SET lease_expires_at = {past} WHERE id = {}",
-        job.id
-    ))
-    .await;
+    expire_lease(&f, &job).await;
     let taken = f
         .store
         .claim_job("b", &LEASING)
@@ -431,6 +421,19 @@ async fn a_renewed_lease_keeps_the_job_and_a_taken_over_lease_cannot_be_renewed(
     assert_eq!(taken.id, job.id);
     assert!(!f.store.renew_lease(&job, LEASE).await.unwrap());
     assert!(f.store.renew_lease(&taken, LEASE).await.unwrap());
+}
+
+/// Record a new one-artifact execution.
+async fn created(f: &Fixture, pipeline_execution_id: &str) -> attestd::store::Execution {
+    match f
+        .store
+        .record_build(new_execution(pipeline_execution_id, 1))
+        .await
+        .unwrap()
+    {
+        Recorded::Created(e) => e,
+        other => panic!("expected Created, got {other:?}"),
+    }
 }
 
 /// Let the job's lease run out, as a worker killed mid-job leaves it.
@@ -447,14 +450,7 @@ async fn expire_lease(f: &Fixture, job: &attestd::store::Job) {
 
 async fn a_push_whose_worker_keeps_stopping_is_dead_with_the_reason(backend: Backend) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 1))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let e = created(&f, "run-1").await;
     let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     f.store.complete_sign(&sign, b"env", "k").await.unwrap();
     let mut push = f.store.claim_job("w0", &LEASING).await.unwrap().unwrap();
@@ -506,14 +502,7 @@ async fn a_push_whose_worker_keeps_stopping_is_dead_with_the_reason(backend: Bac
 
 async fn a_job_whose_worker_stops_during_its_last_attempt_is_dead(backend: Backend) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 1))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let e = created(&f, "run-1").await;
     let two = Leasing {
         max_attempts: 2,
         ..LEASING
@@ -538,15 +527,7 @@ async fn pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_
     let f = fixture(backend).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let Recorded::Created(e) = f
-            .store
-            .record_build(new_execution(&format!("run-{i}"), 1))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
-        ids.push(e.id);
+        ids.push(created(&f, &format!("run-{i}")).await.id);
     }
     // run-0: signed and pushed (2 done jobs); run-1: signed, push waiting to retry (1 done);
     // run-2: signing dead. All of it two hours ago. Then run-3: signed just now.
@@ -580,15 +561,7 @@ async fn pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_
         ))
         .await;
     assert_eq!(backdated, 4);
-    let Recorded::Created(run3) = f
-        .store
-        .record_build(new_execution("run-3", 1))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    ids.push(run3.id);
+    ids.push(created(&f, "run-3").await.id);
     let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     assert_eq!(sign.execution_id, ids[3]);
     f.store.complete_sign(&sign, b"env", "k").await.unwrap();

@@ -11,6 +11,13 @@ pub mod registry;
 
 use std::path::PathBuf;
 
+/// How tests that drive the store themselves lease jobs: the default limits, a 60 s lease.
+pub const LEASING: attestd::store::Leasing = attestd::store::Leasing {
+    lease: std::time::Duration::from_secs(60),
+    max_reclaims: 3,
+    max_attempts: 8,
+};
+
 /// Which store a test runs against. Every store and API test runs on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -136,22 +143,10 @@ impl TestDatabase {
 
     /// `SELECT COUNT(*) ...` as a number.
     pub async fn count(&self, sql: &str) -> i64 {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
-        let result = match self.backend() {
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
-                let r = sqlx::query_scalar(sql).fetch_one(&pool).await;
-                pool.close().await;
-                r
-            }
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
-                let r = sqlx::query_scalar(sql).fetch_one(&pool).await;
-                pool.close().await;
-                r
-            }
-        };
-        result.unwrap_or_else(|e| panic!("{e}"))
+        self.text(&format!("SELECT CAST(({sql}) AS TEXT)"))
+            .await
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a count: {sql}"))
     }
 }
 
