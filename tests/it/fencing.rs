@@ -26,16 +26,17 @@ backend_tests!(
     the_worker_prunes_done_jobs_past_their_age_and_the_execution_stays_attested,
 );
 
-/// An app whose registry is reached through `proxy`. A failed push is retried 1–2 s later, so
-/// the attempt that called `run_pending_jobs` ends with it and leaves it for the test to see.
-async fn spawn_behind(
+/// An app whose registry `reg` is reached at `host` (its own, or a proxy's). A failed push is
+/// retried 1–2 s later, so the `run_pending_jobs` that failed it returns and leaves it for the
+/// test to see.
+async fn spawn_at(
     backend: Backend,
     reg: &TestRegistry,
-    proxy: &FaultProxy,
+    host: String,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let mut registry = reg.settings(PushFormat::Att);
-    registry.host = proxy.host();
+    registry.host = host;
     TestApp::spawn_with(backend, move |s| {
         s.registries = vec![registry];
         s.worker.backoff_base_ms = 2000;
@@ -92,7 +93,7 @@ async fn a_worker_whose_lock_was_taken_over_mid_push_writes_nothing_and_its_retr
     let proxy = FaultProxy::start(&reg.host()).await;
     // A long lock TTL: its heartbeat does not come round during the test, so only the fencing
     // token check before the manifest write can notice the take-over.
-    let app = spawn_behind(backend, &reg, &proxy, |s| {
+    let app = spawn_at(backend, &reg, proxy.host(), |s| {
         s.worker.lock_ttl_secs = 60;
         s.worker.push_deadline_secs = 40;
     })
@@ -165,7 +166,7 @@ async fn a_push_stops_as_soon_as_renewing_its_tag_lock_fails(backend: Backend) {
     let digest = reg.push_image(REPO, "1.4.0").await;
     let proxy = FaultProxy::start(&reg.host()).await;
     // Renewed every 2 s; the deadline would only cut the push after 5 s.
-    let app = spawn_behind(backend, &reg, &proxy, |s| {
+    let app = spawn_at(backend, &reg, proxy.host(), |s| {
         s.worker.lock_ttl_secs = 6;
         s.worker.push_deadline_secs = 5;
     })
@@ -224,12 +225,8 @@ async fn a_panic_inside_a_push_counts_an_attempt_and_releases_the_job_and_its_lo
 ) {
     let reg = TestRegistry::anonymous().await;
     let digest = reg.push_image(REPO, "1.4.0").await;
-    let registry = reg.settings(PushFormat::Att);
     // A lock left behind would hold the retry for a minute.
-    let app = TestApp::spawn_with(backend, move |s| {
-        s.registries = vec![registry];
-        s.worker.backoff_base_ms = 2000;
-        s.worker.backoff_max_secs = 2;
+    let app = spawn_at(backend, &reg, reg.host(), |s| {
         s.worker.lock_ttl_secs = 60;
         s.worker.push_deadline_secs = 40;
     })
@@ -266,8 +263,7 @@ async fn a_job_whose_worker_keeps_stopping_is_dead_with_the_reason_and_retry_red
 ) {
     let reg = TestRegistry::anonymous().await;
     let digest = reg.push_image(REPO, "1.4.0").await;
-    let registry = reg.settings(PushFormat::Att);
-    let app = TestApp::spawn_with(backend, move |s| s.registries = vec![registry]).await;
+    let app = spawn_at(backend, &reg, reg.host(), |_| {}).await;
     let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     let w = &app.app.settings.worker;
     assert_eq!(w.max_reclaims, 3, "the default in config/default.toml");
@@ -314,9 +310,7 @@ async fn the_worker_prunes_done_jobs_past_their_age_and_the_execution_stays_atte
 ) {
     let reg = TestRegistry::anonymous().await;
     let digest = reg.push_image(REPO, "1.4.0").await;
-    let registry = reg.settings(PushFormat::Att);
-    let app = TestApp::spawn_with(backend, move |s| {
-        s.registries = vec![registry];
+    let app = spawn_at(backend, &reg, reg.host(), |s| {
         s.worker.enabled = true;
         s.worker.prune_interval_secs = 1;
     })
