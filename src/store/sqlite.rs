@@ -284,19 +284,22 @@ impl Store for SqliteStore {
         .await?;
 
         let push_state = if succeeded { "pending" } else { "skipped" };
-        let mut artifacts = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
-        );
-        artifacts.push_values(b.artifacts.iter().enumerate(), |mut row, (i, a)| {
-            row.push_bind(new.id.0)
-                .push_bind(i as i32)
-                .push_bind(a.image.registry.clone())
-                .push_bind(a.image.repository.clone())
-                .push_bind(a.image.tag.clone())
-                .push_bind(a.digest.to_string())
-                .push_bind(push_state);
-        });
-        artifacts.build().execute(&mut *tx).await?;
+        // A CI's failed run may name no image at all; an empty VALUES list is not SQL.
+        if !b.artifacts.is_empty() {
+            let mut artifacts = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
+            );
+            artifacts.push_values(b.artifacts.iter().enumerate(), |mut row, (i, a)| {
+                row.push_bind(new.id.0)
+                    .push_bind(i as i32)
+                    .push_bind(a.image.registry.clone())
+                    .push_bind(a.image.repository.clone())
+                    .push_bind(a.image.tag.clone())
+                    .push_bind(a.digest.to_string())
+                    .push_bind(push_state);
+            });
+            artifacts.build().execute(&mut *tx).await?;
+        }
         if succeeded {
             sqlx::query(
                 "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \

@@ -2,6 +2,7 @@
 
 mod api;
 mod attestation;
+mod ci_webhooks;
 mod cli;
 mod fencing;
 mod hardening;

@@ -11,6 +11,7 @@
 //!   digests. Any other package or action is ignored.
 
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use super::{Context, Event, check_times, invalid, required, rfc3339, text};
 use crate::domain::{Artifact, BuildStatus, Digest, ImageRef};
@@ -159,20 +160,42 @@ fn package(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError> {
     build.triggered_by = text(body, &["sender", "login"])
         .unwrap_or_default()
         .to_owned();
-    // Published packages often carry the zero time (0001-01-01): the receipt time is used then.
-    for (field, slot) in [
-        ("created_at", &mut build.started_on),
-        ("updated_at", &mut build.finished_on),
-    ] {
-        if let Some(t) = text(version, &[field]) {
-            let t = rfc3339(t, &format!("package_version.{field}"))?;
-            if t.year() > 1970 {
-                *slot = t;
-            }
+    // Published versions carry the zero time (0001-01-01) in GitHub's samples; times must be the
+    // same on every delivery of the version (they are part of its fingerprint), so they come from
+    // the image's `created` label and the package's own times, never from the receipt.
+    let time_of = |v: Option<&str>, field: &str| -> Result<Option<OffsetDateTime>, WebhookError> {
+        match v {
+            Some(t) => Ok(Some(rfc3339(t, field)?).filter(|t| t.year() > 1970)),
+            None => Ok(None),
         }
-    }
-    if build.finished_on < build.started_on {
-        build.finished_on = build.started_on.max(build.finished_on);
+    };
+    let started = [
+        time_of(
+            label("org.opencontainers.image.created"),
+            "container_metadata.labels",
+        )?,
+        time_of(text(version, &["created_at"]), "package_version.created_at")?,
+        time_of(
+            text(package, &["created_at"]),
+            "registry_package.created_at",
+        )?,
+    ]
+    .into_iter()
+    .flatten()
+    .next();
+    let finished = [
+        time_of(text(version, &["updated_at"]), "package_version.updated_at")?,
+        time_of(
+            text(package, &["updated_at"]),
+            "registry_package.updated_at",
+        )?,
+    ]
+    .into_iter()
+    .flatten()
+    .next();
+    if let Some(started) = started.or(finished) {
+        build.started_on = started;
+        build.finished_on = finished.unwrap_or(started).max(started);
     }
     build.build_type = PACKAGE_BUILD_TYPE.to_owned();
     build.invocation_id = text(version, &["html_url"])
