@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/login", get(ui::show_login_page).post(ui::log_in))
         .route("/ui/logout", post(ui::log_out))
         .route("/ui/executions", get(ui::list_executions_page))
+        .route("/ui/dashboard", get(ui::dashboard_page))
         .route("/ui/executions/{execution_id}", get(ui::show_execution_page))
         .route("/ui/executions/{execution_id}/retry", post(ui::retry_execution_page))
         .route("/ui/executions/{execution_id}/verify", post(ui::verify_execution_page))

@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{AttestationState, PushState};
 
+mod charts;
 mod pretty;
 mod session;
 mod templates;
@@ -371,6 +372,78 @@ pub async fn verify_execution_page(
         "/ui/executions/{}?verified={verified}",
         e.id
     )))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DashboardParams {
+    /// The window: the last `days` UTC days, today included (7, 14, 30 or 90).
+    days: Option<u32>,
+}
+
+/// The windows the dashboard offers.
+const DASHBOARD_WINDOWS: &[u32] = &[7, 14, 30, 90];
+
+/// `/ui/dashboard`: executions per day by attestation state, time-to-attest percentiles per
+/// day, the current backlog and failures by reason — SVG drawn on the server, the numbers in
+/// tables beside them and in `GET /v1/stats` (linked) for the same window.
+pub async fn dashboard_page(
+    State(state): State<AppState>,
+    PageReader(reader): PageReader,
+    query: Result<Query<DashboardParams>, QueryRejection>,
+) -> Result<Response, HtmlError> {
+    let Query(params) = query.map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))?;
+    let days = params.days.unwrap_or(14);
+    if !DASHBOARD_WINDOWS.contains(&days) {
+        return Err(ApiError::BadRequest(
+            "invalid_query",
+            format!("`days` must be one of {DASHBOARD_WINDOWS:?}"),
+        )
+        .into());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let first = now.date() - time::Duration::days(i64::from(days) - 1);
+    let from = first.midnight().assume_utc();
+    let account = executions::scoped_account(&reader, None)?;
+    let stats = state.store.stats(account.as_ref(), from, now).await?;
+    let day_count = days as usize;
+    let per_day = charts::executions_per_day(&stats, first, day_count);
+    let latency = charts::time_to_attest(&stats, first, day_count);
+    let backlog_rows: Vec<(String, i64)> = stats
+        .backlog
+        .iter()
+        .map(|b| (format!("{} {}", b.kind, b.state), b.count))
+        .collect();
+    let failure_rows: Vec<(String, i64)> = stats
+        .failures
+        .iter()
+        .map(|f| (f.reason.clone(), f.count))
+        .collect();
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let stats_url = format!(
+        "/v1/stats?from={}&to={}",
+        percent_encode(&rfc3339(from)),
+        percent_encode(&rfc3339(now))
+    );
+    Ok(page(
+        StatusCode::OK,
+        "dashboard.html",
+        context! {
+            signed_in => true,
+            admin => reader.sees_all_accounts(),
+            days,
+            windows => DASHBOARD_WINDOWS,
+            states => charts::STATES.iter().map(|(s, l)| context! { state => s, label => l }).collect::<Vec<_>>(),
+            per_day,
+            latency,
+            backlog => charts::rows(&backlog_rows, "backlog"),
+            failures => charts::rows(&failure_rows, "failure"),
+            stats => minijinja::Value::from_serialize(&stats),
+            stats_url,
+        },
+    ))
 }
 
 /// The stored statement, exactly as the API serves it; errors as HTML.

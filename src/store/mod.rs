@@ -411,6 +411,39 @@ pub struct TimeToAttest {
 pub struct Stats {
     pub daily: Vec<DailyCount>,
     pub time_to_attest: TimeToAttest,
+    /// Time-to-attest percentiles of the executions received on each UTC day.
+    pub time_to_attest_daily: Vec<DailyTimeToAttest>,
+    /// Executions in the window whose attestation failed, by the code their error starts with.
+    pub failures: Vec<FailureCount>,
+    /// Jobs waiting or running now (not limited to the window), by kind and state.
+    pub backlog: Vec<BacklogCount>,
+}
+
+/// Time-to-attest percentiles of one UTC day's executions.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyTimeToAttest {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    #[serde(flatten)]
+    pub time_to_attest: TimeToAttest,
+}
+
+/// Failed attestations with one reason code (`image_not_found`, `registry_unauthorized`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureCount {
+    pub reason: String,
+    pub count: i64,
+}
+
+/// Jobs of one kind in one state (`queued` or `running`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogCount {
+    pub kind: String,
+    pub state: String,
+    pub count: i64,
 }
 
 /// The outcome of verifying one of an execution's images in its registry.
@@ -598,6 +631,40 @@ fn split_policies(s: String) -> Vec<String> {
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Per-day percentiles from `(day, seconds)` rows.
+fn time_to_attest_by_day(rows: Vec<(String, f64)>) -> Vec<DailyTimeToAttest> {
+    let mut days: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for (day, seconds) in rows {
+        days.entry(day).or_default().push(seconds);
+    }
+    days.into_iter()
+        .map(|(day, seconds)| DailyTimeToAttest {
+            day,
+            time_to_attest: time_to_attest(seconds),
+        })
+        .collect()
+}
+
+/// Failure counts by the code an error message starts with (`code: message`).
+fn failures_by_reason(errors: Vec<Option<String>>) -> Vec<FailureCount> {
+    let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+    for error in errors {
+        let reason = error
+            .as_deref()
+            .and_then(|e| e.split_once(':').map(|(code, _)| code.trim()))
+            .filter(|code| !code.is_empty() && !code.contains(' '))
+            .unwrap_or("other")
+            .to_owned();
+        *counts.entry(reason).or_default() += 1;
+    }
+    let mut out: Vec<FailureCount> = counts
+        .into_iter()
+        .map(|(reason, count)| FailureCount { reason, count })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    out
 }
 
 /// Nearest-rank percentiles of `seconds` (sorted here).

@@ -388,6 +388,37 @@ impl Store for PgStore {
         .bind(account.map(AccountId::as_str))
         .fetch_one(&self.pool)
         .await?;
+        let per_day: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), \
+             EXTRACT(EPOCH FROM (attested_at - received_at))::float8 FROM executions \
+             WHERE id >= $1 AND id < $2 AND ($3::text IS NULL OR account_id = $3) \
+             AND attested_at IS NOT NULL",
+        )
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        let errors: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT last_error FROM executions WHERE id >= $1 AND id < $2 \
+             AND ($3::text IS NULL OR account_id = $3) AND attestation_state = 'failed'",
+        )
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        let backlog = sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT j.kind, j.state, COUNT(*) FROM jobs j JOIN executions e ON e.id = j.execution_id \
+             WHERE j.state IN ('queued', 'running') AND ($1::text IS NULL OR e.account_id = $1) \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(kind, state, count)| super::BacklogCount { kind, state, count })
+        .collect();
         Ok(Stats {
             daily,
             time_to_attest: TimeToAttest {
@@ -397,6 +428,9 @@ impl Store for PgStore {
                 p99,
                 max,
             },
+            time_to_attest_daily: super::time_to_attest_by_day(per_day),
+            failures: super::failures_by_reason(errors),
+            backlog,
         })
     }
 

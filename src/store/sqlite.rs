@@ -453,8 +453,8 @@ impl Store for SqliteStore {
         .into_iter()
         .map(|(day, status, attestation, count)| DailyCount { day, status, attestation, count })
         .collect();
-        let millis: Vec<i64> = sqlx::query_scalar(
-            "SELECT attested_at - received_at FROM executions \
+        let per_day: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT date(received_at / 1000, 'unixepoch'), attested_at - received_at FROM executions \
              WHERE id >= $1 AND id < $2 AND ($3 IS NULL OR account_id = $3) \
              AND attested_at IS NOT NULL",
         )
@@ -463,11 +463,36 @@ impl Store for SqliteStore {
         .bind(account.map(AccountId::as_str))
         .fetch_all(&self.reader)
         .await?;
+        let errors: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT last_error FROM executions WHERE id >= $1 AND id < $2 \
+             AND ($3 IS NULL OR account_id = $3) AND attestation_state = 'failed'",
+        )
+        .bind(ExecutionId::lower_bound(from))
+        .bind(ExecutionId::lower_bound(to))
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        let backlog = sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT j.kind, j.state, COUNT(*) FROM jobs j JOIN executions e ON e.id = j.execution_id \
+             WHERE j.state IN ('queued', 'running') AND ($1 IS NULL OR e.account_id = $1) \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|(kind, state, count)| super::BacklogCount { kind, state, count })
+        .collect();
+        let per_day: Vec<(String, f64)> = per_day
+            .into_iter()
+            .map(|(day, ms)| (day, ms as f64 / 1000.0))
+            .collect();
         Ok(Stats {
             daily,
-            time_to_attest: super::time_to_attest(
-                millis.into_iter().map(|m| m as f64 / 1000.0).collect(),
-            ),
+            time_to_attest: super::time_to_attest(per_day.iter().map(|(_, s)| *s).collect()),
+            time_to_attest_daily: super::time_to_attest_by_day(per_day),
+            failures: super::failures_by_reason(errors),
+            backlog,
         })
     }
 

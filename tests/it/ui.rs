@@ -568,3 +568,84 @@ async fn headless_chromium_renders_seeded_data_and_hostile_values_as_text() {
         )
         .await;
 }
+
+/// The dashboard in headless Chromium: every chart has one mark per seeded data point, and a
+/// screenshot is saved for humans (target/test-artifacts/ui-dashboard.png).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_renders_the_dashboard_charts_for_seeded_data() {
+    let chromium = Chromium::find();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.auth.anonymous_reads_on_loopback = true;
+        s.auth.tokens.clear();
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(seed(&app, &webhook(&format!("dash-ok-{i}"))).await);
+    }
+    for i in 0..2 {
+        let mut hook = webhook(&format!("dash-failed-{i}"));
+        hook["status"] = json!("failed");
+        seed(&app, &hook).await;
+    }
+    // Two attested 3 s and 5 s after receipt, one failed for a missing image; their sign jobs
+    // stay queued, which is the backlog.
+    for (id, ms) in [(&ids[0], 3000), (&ids[1], 5000)] {
+        app.db
+            .execute(&format!(
+                "UPDATE executions SET attestation_state = 'attested', attested_at = received_at + {ms} \
+                 WHERE id = x'{}'",
+                id.replace('-', "")
+            ))
+            .await;
+    }
+    app.db
+        .execute(&format!(
+            "UPDATE executions SET attestation_state = 'failed', \
+             last_error = 'image_not_found: sha256:… is not in the registry' WHERE id = x'{}'",
+            ids[2].replace('-', "")
+        ))
+        .await;
+
+    let api: Value = app
+        .http
+        .get(app.url("/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["timeToAttest"]["count"], 2, "{api}");
+    assert_eq!(api["failures"][0]["reason"], "image_not_found", "{api}");
+    assert_eq!(api["backlog"][0]["kind"], "sign", "{api}");
+
+    let dom = chromium.dump_dom(&app.url("/ui/dashboard?days=7")).await;
+    assert!(dom.contains("<h1>Dashboard</h1>"), "{dom}");
+    let count = |needle: &str| dom.matches(needle).count();
+    // Today: attested 2, failed 1, build not successful 2 → three stacked segments.
+    assert_eq!(count("class=\"bar state-"), 3, "{dom}");
+    // p50, p90 and p99 for the one day with attestations.
+    assert_eq!(count("<circle class=\"point"), 3, "{dom}");
+    assert_eq!(count("class=\"bar failure\""), 1, "{dom}");
+    assert_eq!(count("class=\"bar backlog\""), 1, "{dom}");
+    // Seven days on the axis, today last.
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert!(dom.contains(&format!(">{}<", &today[5..])), "{dom}");
+    assert!(!dom.contains("<script"), "no script on the page");
+
+    let shot = artifacts_dir().join("ui-dashboard.png");
+    chromium
+        .screenshot(&app.url("/ui/dashboard?days=7"), &shot, (1280, 1400))
+        .await;
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10 * 1024);
+
+    let bad = app
+        .http
+        .get(app.url("/ui/dashboard?days=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

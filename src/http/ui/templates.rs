@@ -22,6 +22,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "execution.html",
         include_str!("../../../templates/execution.html"),
     ),
+    (
+        "dashboard.html",
+        include_str!("../../../templates/dashboard.html"),
+    ),
 ];
 
 /// The stylesheet served at `/ui/static/attestd.css`.
