@@ -89,12 +89,21 @@ pub(crate) async fn dev_public_key(app: &TestApp) -> (String, String) {
 
 /// The DSSE layers under the image's `.att` tag, as (layer descriptor, blob) pairs.
 pub(crate) async fn att_layers(reg: &TestRegistry, digest: &Digest) -> Vec<(Value, Vec<u8>)> {
+    att_layers_in(reg, REPO, digest).await
+}
+
+/// [`att_layers`] of an image in another repository than [`REPO`].
+pub(crate) async fn att_layers_in(
+    reg: &TestRegistry,
+    repo: &str,
+    digest: &Digest,
+) -> Vec<(Value, Vec<u8>)> {
     let manifest = reg
-        .manifest_json(REPO, &format!("sha256-{}.att", digest.hex()))
+        .manifest_json(repo, &format!("sha256-{}.att", digest.hex()))
         .await;
     let mut out = Vec::new();
     for layer in manifest["layers"].as_array().unwrap() {
-        let blob = reg.blob(REPO, layer["digest"].as_str().unwrap()).await;
+        let blob = reg.blob(repo, layer["digest"].as_str().unwrap()).await;
         out.push((layer.clone(), blob));
     }
     out

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::attestation::{REPO, dev_public_key, drive_until, python_verifies};
+use crate::attestation::{REPO, att_layers_in, dev_public_key, drive_until, python_verifies};
 use crate::backend_tests;
 use crate::ci_webhooks::{
     GITHUB_SECRET, GITLAB_TOKEN, HARNESS_TOKEN, assert_attested, github_headers, payload, post,
@@ -108,18 +108,6 @@ async fn push_multi_arch(reg: &TestRegistry, repo: &str, tag: &str) -> Digest {
     Digest::of(&index)
 }
 
-/// The DSSE layers under `repo`'s `.att` tag for `digest`.
-async fn att_blobs(reg: &TestRegistry, repo: &str, digest: &Digest) -> Vec<Vec<u8>> {
-    let manifest = reg
-        .manifest_json(repo, &format!("sha256-{}.att", digest.hex()))
-        .await;
-    let mut blobs = Vec::new();
-    for layer in manifest["layers"].as_array().unwrap() {
-        blobs.push(reg.blob(repo, layer["digest"].as_str().unwrap()).await);
-    }
-    blobs
-}
-
 async fn github_run_whose_multi_arch_image_lands_seconds_after_the_webhook_is_attested_by_its_index_digest(
     backend: Backend,
 ) {
@@ -197,14 +185,15 @@ async fn github_run_whose_multi_arch_image_lands_seconds_after_the_webhook_is_at
     );
 
     // The registry holds the envelope next to the index, and it verifies.
-    let blobs = att_blobs(&reg, repo, &digest).await;
-    assert_eq!(blobs.len(), 1);
-    assert_eq!(blobs[0], app.attestation(&id).await);
+    let layers = att_layers_in(&reg, repo, &digest).await;
+    assert_eq!(layers.len(), 1);
+    let blob = &layers[0].1;
+    assert_eq!(*blob, app.attestation(&id).await);
     let (_, pem) = dev_public_key(&app).await;
-    assert!(python_verifies(&blobs[0], &pem), "the .att does not verify");
+    assert!(python_verifies(blob, &pem), "the .att does not verify");
 
     // What is signed is the stored statement, with the resolved digest as its subject.
-    let envelope: Value = serde_json::from_slice(&blobs[0]).unwrap();
+    let envelope: Value = serde_json::from_slice(blob).unwrap();
     use base64::Engine as _;
     let signed = base64::engine::general_purpose::STANDARD
         .decode(envelope["payload"].as_str().unwrap())
@@ -289,6 +278,11 @@ async fn gitlab_pipeline_whose_tag_never_appears_fails_clearly_and_retry_redrive
     let resp = post(&app, "acme-gitlab", &gitlab_headers(), &body).await;
     assert_eq!(resp.status(), 200, "a redelivery is the same execution");
     assert_eq!(resp.json::<Value>().await.unwrap()["id"], id.as_str());
+    let mut changed: Value = serde_json::from_str(&body).unwrap();
+    changed["object_attributes"]["finished_at"] = json!("2016-08-12 15:27:00 UTC");
+    let resp = post(&app, "acme-gitlab", &gitlab_headers(), &changed.to_string()).await;
+    assert_eq!(resp.status(), 409, "the same pipeline with other content");
+    assert_eq!(app.execution_count().await, 1);
 
     let e = drive_until(&app, &id, |e| e["attestation"]["state"] != "resolving").await;
     assert_eq!(e["attestation"]["state"], "failed", "{e}");
