@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::scope::{RepositoryPattern, RepositoryScope};
+use crate::domain::template::ImageTemplate;
 use crate::http::auth::{Reader, Tokens};
 use crate::ingest::{WebhookSource, WebhookSources};
 use crate::policy::isolated::Evaluator;
@@ -243,6 +244,7 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
                     .collect(),
             ),
             builder_ids: settings.webhook.dev_builder_ids.clone(),
+            images: Vec::new(),
         }]));
     }
     let mut sources = Vec::new();
@@ -259,6 +261,12 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
             .map(|p| p.parse::<RepositoryPattern>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("webhook.sources[{i}].repositories: {e}"))?;
+        let images = s
+            .images
+            .iter()
+            .map(|t| t.parse::<ImageTemplate>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("webhook.sources[{i}].images: {e}"))?;
         if repositories.is_empty() {
             tracing::warn!(
                 webhook.source = %s.name,
@@ -272,6 +280,7 @@ fn webhook_sources(settings: &Settings) -> anyhow::Result<WebhookSources> {
             secrets,
             repositories: RepositoryScope::new(repositories),
             builder_ids: s.builder_ids.clone(),
+            images,
         });
     }
     Ok(WebhookSources::new(sources))

@@ -11,7 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::AccountId;
-use crate::domain::scope::RepositoryPattern;
+use crate::domain::scope::{RepositoryPattern, RepositoryScope};
+use crate::domain::template::ImageTemplate;
 
 /// The embedded defaults; also the reference documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -107,6 +108,10 @@ pub struct WebhookSourceSettings {
     /// The builder identities this source may claim; the first is used when a webhook names none.
     #[serde(default)]
     pub builder_ids: Vec<String>,
+    /// Image templates (`registry.example.com/{repository}:{sha}`, see `domain::template`) for
+    /// successful builds whose webhook names no image; their digests are resolved by the worker.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -482,6 +487,7 @@ impl Settings {
                     ConfigError::Invalid(format!("webhook.sources[{i}].builder_ids[{j}]"), m)
                 })?;
             }
+            let mut patterns = Vec::new();
             for (j, pattern) in s.repositories.iter().enumerate() {
                 let key = format!("webhook.sources[{i}].repositories[{j}]");
                 let pattern: RepositoryPattern = pattern
@@ -500,7 +506,9 @@ impl Settings {
                         ),
                     );
                 }
+                patterns.push(pattern);
             }
+            self.validate_images(i, s, &RepositoryScope::new(patterns))?;
         }
         for (j, id) in self.webhook.dev_builder_ids.iter().enumerate() {
             check_builder_id(id)
@@ -612,6 +620,49 @@ impl Settings {
         self.verify.validate()
     }
 
+    /// A source's image templates: known variables, a literal registry host that is configured,
+    /// an image reference when rendered with typical values, and — when the repository is written
+    /// out — one of the source's `repositories`. Only kinds whose webhooks may name no image.
+    fn validate_images(
+        &self,
+        i: usize,
+        s: &WebhookSourceSettings,
+        grants: &RepositoryScope,
+    ) -> Result<(), ConfigError> {
+        if !s.images.is_empty() && s.kind == crate::ingest::adapters::SourceKind::Attestd {
+            return Err(ConfigError::Invalid(
+                format!("webhook.sources[{i}].images"),
+                "sources of kind attestd name their images (with digests) in the webhook; \
+                 images templates are for the CI kinds"
+                    .into(),
+            ));
+        }
+        for (j, text) in s.images.iter().enumerate() {
+            let key = format!("webhook.sources[{i}].images[{j}]");
+            let invalid = |m: String| Err(ConfigError::Invalid(key.clone(), m));
+            let template: ImageTemplate = match text.parse() {
+                Ok(t) => t,
+                Err(m) => return invalid(m),
+            };
+            if !self.registries.iter().any(|r| r.host == template.host()) {
+                return invalid(format!(
+                    "registry '{}' is not listed under [[registries]]",
+                    template.host()
+                ));
+            }
+            if template.has_literal_repository()
+                && let Ok(image) = template.sample()
+                && !grants.allows(&image)
+            {
+                return invalid(format!(
+                    "repository '{}' is not one of this source's repositories",
+                    image.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every account this configuration serves: those of the webhook sources (the development
     /// source's when none is configured), of the read tokens, and of `signing.accounts`.
     pub fn accounts(&self) -> BTreeSet<AccountId> {
@@ -674,6 +725,7 @@ impl Settings {
                 "sources": self.webhook.sources.iter().map(|s| serde_json::json!({
                     "name": s.name, "kind": s.kind, "account": s.account,
                     "repositories": s.repositories, "builder_ids": s.builder_ids,
+                    "images": s.images,
                     "secrets": s.secrets.iter().map(SecretRef::redacted).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             },
@@ -991,6 +1043,46 @@ mod tests {
         assert!(err.contains("repositories[0]"), "{err}");
         with("builder_ids = [\"https://ci.example.com/b\"]\nrepositories = [\"localhost:5000/acme/*\"]")
             .unwrap();
+    }
+
+    #[test]
+    fn image_templates_are_checked_at_start_up_naming_the_key() {
+        let with = |kind: &str, images: &str| {
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string(&format!(
+                    "[[registries]]\nhost = \"registry.example.com\"\n\
+                     [[webhook.sources]]\nname = \"gh\"\nkind = \"{kind}\"\naccount = \"acme\"\n\
+                     secrets = [\"s\"]\nbuilder_ids = [\"https://ci.example.com/gh\"]\n\
+                     repositories = [\"registry.example.com/acme/**\"]\nimages = {images}\n"
+                )))
+                .extract::<Settings>()
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        with(
+            "github",
+            r#"["registry.example.com/acme/{repository}:{sha}", "registry.example.com/acme/app:{branch}-{sha}"]"#,
+        )
+        .unwrap();
+        for (images, says) in [
+            (r#"["registry.example.com/acme/app:{commit}"]"#, "{commit}"),
+            (r#"["ghcr.io/acme/app:{sha}"]"#, "ghcr.io"),
+            (r#"["{repository}:{sha}"]"#, "registry host"),
+            (r#"["registry.example.com/acme/app"]"#, "no tag"),
+            (
+                r#"["registry.example.com/globex/app:{sha}"]"#,
+                "not one of this source's repositories",
+            ),
+        ] {
+            let err = with("github", images).unwrap_err();
+            assert!(
+                err.contains("webhook.sources[0].images[0]") && err.contains(says),
+                "{images}: {err}"
+            );
+        }
+        let err = with("attestd", r#"["registry.example.com/acme/app:{sha}"]"#).unwrap_err();
+        assert!(err.contains("webhook.sources[0].images"), "{err}");
     }
 
     #[test]

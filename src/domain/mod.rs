@@ -6,6 +6,7 @@ pub mod dsse;
 pub mod ids;
 pub mod provenance;
 pub mod scope;
+pub mod template;
 
 pub use build::{Artifact, BuildCompleted, BuildStatus, ImageRef};
 pub use ids::{AccountId, Digest, ExecutionId, KeyId};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::build::BuildCompleted;
+use super::build::{Artifact, BuildCompleted};
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
@@ -163,25 +163,16 @@ fn resolved_dependencies(build: &BuildCompleted) -> Vec<ResourceDescriptor> {
 
 /// The SLSA v1 provenance statement for `build`.
 pub fn statement(build: &BuildCompleted) -> Statement {
-    let subject = build
-        .artifacts
-        .iter()
-        .map(|a| Subject {
-            name: a.image.name(),
-            digest: BTreeMap::from([("sha256".to_owned(), a.digest.hex().to_owned())]),
-        })
-        .collect();
-    let artifacts: Vec<ArtifactParameter> = build
-        .artifacts
-        .iter()
-        .map(|a| ArtifactParameter {
-            image: a.image.to_string(),
-            digest: a.digest.to_string(),
-        })
-        .collect();
+    with_subjects(template(build), &build.artifacts)
+}
+
+/// The statement for `build` before its images are known: no subjects, no artifacts. Stored for a
+/// build whose images come from templates, and completed by [`with_subjects`] once their digests
+/// are resolved; the result is what [`statement`] gives for the build with those artifacts.
+pub fn template(build: &BuildCompleted) -> Statement {
     Statement {
         type_: STATEMENT_TYPE.to_owned(),
-        subject,
+        subject: Vec::new(),
         predicate_type: SLSA_PROVENANCE_V1.to_owned(),
         predicate: Provenance {
             build_definition: BuildDefinition {
@@ -197,11 +188,8 @@ pub fn statement(build: &BuildCompleted) -> Statement {
                         triggered_by: build.triggered_by.clone(),
                     },
                     build_metadata: BuildMetadata {
-                        image: artifacts
-                            .first()
-                            .map(|a| a.image.clone())
-                            .unwrap_or_default(),
-                        artifacts,
+                        image: String::new(),
+                        artifacts: Vec::new(),
                     },
                 },
                 internal_parameters: InternalParameters {
@@ -228,19 +216,51 @@ pub fn statement(build: &BuildCompleted) -> Statement {
     }
 }
 
+/// `statement` with one subject per artifact (replacing any), and the artifacts listed in
+/// `buildMetadata`, the first as its `image`.
+pub fn with_subjects(mut statement: Statement, artifacts: &[Artifact]) -> Statement {
+    statement.subject = artifacts
+        .iter()
+        .map(|a| Subject {
+            name: a.image.name(),
+            digest: BTreeMap::from([("sha256".to_owned(), a.digest.hex().to_owned())]),
+        })
+        .collect();
+    let listed: Vec<ArtifactParameter> = artifacts
+        .iter()
+        .map(|a| ArtifactParameter {
+            image: a.image.to_string(),
+            digest: a.digest.to_string(),
+        })
+        .collect();
+    let metadata = &mut statement
+        .predicate
+        .build_definition
+        .external_parameters
+        .build_metadata;
+    metadata.image = listed.first().map(|a| a.image.clone()).unwrap_or_default();
+    metadata.artifacts = listed;
+    statement
+}
+
 /// The statement for `build`, serialized once. These bytes are what gets stored and signed.
 pub fn statement_bytes(build: &BuildCompleted) -> Vec<u8> {
+    to_bytes(&statement(build))
+}
+
+/// A statement serialized: the statement that is signed is serialized exactly once, by this.
+pub fn to_bytes(statement: &Statement) -> Vec<u8> {
     // Serializing plain structs of strings and maps into a Vec cannot fail.
-    serde_json::to_vec(&statement(build)).unwrap_or_default()
+    serde_json::to_vec(statement).unwrap_or_default()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::domain::{Artifact, BuildStatus};
+    use crate::domain::BuildStatus;
     use time::macros::datetime;
 
-    fn build() -> BuildCompleted {
+    pub(crate) fn build() -> BuildCompleted {
         BuildCompleted {
             account: "acme".parse().unwrap(),
             source: "acme-ci".into(),
@@ -338,6 +358,21 @@ mod tests {
                 .internal_parameters
                 .webhook_source,
             None
+        );
+    }
+
+    #[test]
+    fn a_template_completed_with_the_artifacts_is_the_statement_of_the_build_with_them() {
+        let full = build();
+        let mut without = full.clone();
+        without.artifacts.clear();
+        let stored = serde_json::to_vec(&template(&without)).unwrap();
+        let template: Statement = serde_json::from_slice(&stored).unwrap();
+        assert!(template.subject.is_empty());
+        assert_eq!(
+            to_bytes(&with_subjects(template, &full.artifacts)),
+            statement_bytes(&full),
+            "byte for byte"
         );
     }
 }

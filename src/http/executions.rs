@@ -31,7 +31,7 @@ pub struct ListParams {
     pub commit: Option<String>,
     /// succeeded | failed | aborted
     pub status: Option<String>,
-    /// skipped | pending | pushing | attested | failed
+    /// skipped | resolving | pending | pushing | attested | failed
     pub attestation: Option<String>,
     pub started_after: Option<String>,
     pub started_before: Option<String>,
@@ -115,7 +115,7 @@ impl ListParams {
                     AttestationState::parse(s).ok_or_else(|| {
                         bad(
                             "attestation",
-                            "must be skipped, pending, pushing, attested or failed",
+                            "must be skipped, resolving, pending, pushing, attested or failed",
                         )
                     })
                 })

@@ -362,7 +362,7 @@ pub async fn verify_execution_page(
                 repository: a.repository.clone(),
                 tag: None,
             },
-            digest: Some(a.digest.clone()),
+            digest: a.digest.clone(),
         };
         crate::http::verify::run_verification(&state, &reader, &target, &keys, &[], Some(&e))
             .await?;

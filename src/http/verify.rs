@@ -155,7 +155,7 @@ pub async fn run_verification(
         && !e.artifacts.iter().any(|a| {
             a.registry.eq_ignore_ascii_case(&target.image.registry)
                 && a.repository == target.image.repository
-                && a.digest == digest
+                && a.digest.as_ref() == Some(&digest)
         })
     {
         return Err(ApiError::Unprocessable(

@@ -52,7 +52,12 @@ pub struct AttestationView {
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactView {
     pub image: String,
-    pub digest: String,
+    /// `null` while the tag of an image from a template is being resolved.
+    pub digest: Option<String>,
+    /// When the digest was resolved from the tag (images from templates); `null` when the
+    /// webhook named the digest.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub resolved_at: Option<OffsetDateTime>,
     pub push: PushView,
 }
 
@@ -86,7 +91,8 @@ impl ArtifactView {
         }
         Self {
             image,
-            digest: a.digest.to_string(),
+            digest: a.digest.as_ref().map(ToString::to_string),
+            resolved_at: a.resolved_at,
             push: PushView {
                 state: a.push_state,
                 attempts: a.push_attempts,

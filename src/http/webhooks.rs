@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::views::ExecutionView;
 use crate::app::AppState;
-use crate::domain::{BuildCompleted, BuildStatus, ExecutionId, provenance};
+use crate::domain::{BuildCompleted, BuildStatus, ExecutionId, ImageRef, provenance};
 use crate::error::ApiError;
 use crate::ingest::adapters::{self, Event, SourceKind};
 use crate::ingest::build_webhook::{WebhookError, parse_json};
@@ -21,7 +21,7 @@ use crate::ingest::standard_webhooks;
 use crate::ingest::{
     FieldError, Refusal, SIGNATURE_HEADER, WebhookSource, fingerprint, parse_build_webhook,
 };
-use crate::store::{NewExecution, Recorded};
+use crate::store::{NewExecution, Recorded, Signing};
 
 #[utoipa::path(
     post,
@@ -58,7 +58,7 @@ pub async fn receive_build_webhook(
     request_body(content = String, content_type = "application/json", description = "The CI's own webhook body (GitHub, GitLab, Tekton CloudEvent, Harness notification) or attestd's schema, per the source's `kind`"),
     params(("source" = String, Path, description = "The `name` of a configured `[[webhook.sources]]` entry")),
     responses(
-        (status = 202, description = "Recorded (an execution), or ignored (`{\"ignored\": reason}`: not a finished build), nothing stored", body = ExecutionView),
+        (status = 202, description = "Recorded (an execution; `resolving` while the digests of images from the source's templates are looked up), or ignored (`{\"ignored\": reason}`: not a finished build, or a successful one naming no image from a source without `images`), nothing stored", body = ExecutionView),
         (status = 200, description = "A redelivery, or a ping", body = ExecutionView),
         (status = 400, description = "Not JSON, duplicate keys, or a required CI header missing", body = crate::error::ErrorResponse),
         (status = 401, description = "Not authenticated by the source's scheme", body = crate::error::ErrorResponse),
@@ -66,7 +66,7 @@ pub async fn receive_build_webhook(
         (status = 404, description = "No source of that name (`unknown_source`)", body = crate::error::ErrorResponse),
         (status = 409, description = "Same execution key, different content", body = crate::error::ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
-        (status = 422, description = "A field the build needs is missing or invalid", body = crate::error::ErrorResponse),
+        (status = 422, description = "A field the build needs is missing or invalid, or an image template cannot be rendered for it (`images[i]`: a variable the build lacks, or not an image reference)", body = crate::error::ErrorResponse),
     )
 )]
 pub async fn receive_source_webhook(
@@ -106,14 +106,14 @@ async fn ingest(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     require_json(headers)?;
-    let (mut build, problems) = match source.kind {
+    let (mut build, problems, repository) = match source.kind {
         SourceKind::Attestd => {
             let mut build = parse_build_webhook(body).map_err(webhook_error)?;
             build.delivery_id = headers
                 .get(standard_webhooks::ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            (build, Vec::new())
+            (build, Vec::new(), None)
         }
         kind => {
             let value = parse_json(body).map_err(webhook_error)?;
@@ -128,25 +128,45 @@ async fn ingest(
                     tracing::info!(webhook.source = %source.name, reason = %reason, "webhook ignored");
                     return Ok(ignored(reason, &[]));
                 }
-                Event::Build { build, problems } => (*build, problems),
+                Event::Build {
+                    build,
+                    problems,
+                    repository,
+                } => (*build, problems, repository),
             }
         }
     };
     if !problems.is_empty() {
         tracing::warn!(webhook.source = %source.name, problems = ?problems, "outputs that cannot be attested");
     }
+    // A successful build whose webhook names no image is attested with the source's image
+    // templates, if it has any; the worker resolves their digests.
+    let mut images = Vec::new();
     if build.status == BuildStatus::Succeeded && build.artifacts.is_empty() {
-        return Ok(ignored(
-            "the build reported no image with a valid digest, so there is nothing to attest".into(),
-            &problems,
-        ));
+        if source.images.is_empty() {
+            return Ok(ignored(
+                "the build reported no image with a valid digest, so there is nothing to attest"
+                    .into(),
+                &problems,
+            ));
+        }
+        images = source
+            .render_images(&build, repository.as_deref())
+            .map_err(|fields| {
+                tracing::warn!(webhook.source = %source.name, problems = ?fields, "image templates cannot be rendered for this build");
+                ApiError::Validation(fields)
+            })?;
     }
-    check_registries(state, &build)?;
-    source.admit(&mut build).map_err(|refusal| {
-        tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, refusal = ?refusal, "webhook outside its source's grants");
-        refused(source, refusal)
-    })?;
-    record(state, build, &problems).await
+    check_registries(state, &build, &images)?;
+    source
+        .admit(&mut build)
+        .and_then(|()| source.admit_images(&images))
+        .map_err(|refusal| {
+            tracing::warn!(webhook.source = %source.name, account.claimed = %build.account, refusal = ?refusal, "webhook outside its source's grants");
+            refused(source, refusal)
+        })?;
+    let images = images.into_iter().map(|(_, image)| image).collect();
+    record(state, build, images, &problems).await
 }
 
 /// `202 {"ignored": reason}`: not a finished build attestd acts on; nothing stored.
@@ -167,18 +187,29 @@ fn webhook_error(e: WebhookError) -> ApiError {
     }
 }
 
-/// Every artifact's registry must be configured (`422`): credentials only go to those.
-fn check_registries(state: &AppState, build: &BuildCompleted) -> Result<(), ApiError> {
-    let refused: Vec<FieldError> = build
+/// Every artifact's (and templated image's) registry must be configured (`422`): credentials
+/// only go to those.
+fn check_registries(
+    state: &AppState,
+    build: &BuildCompleted,
+    images: &[(usize, ImageRef)],
+) -> Result<(), ApiError> {
+    let named = build
         .artifacts
         .iter()
         .enumerate()
-        .filter(|(_, a)| !state.registry_allowed(&a.image.registry))
-        .map(|(i, a)| FieldError {
-            field: format!("artifacts[{i}].image"),
+        .map(|(i, a)| (format!("artifacts[{i}].image"), &a.image));
+    let templated = images
+        .iter()
+        .map(|(i, image)| (format!("images[{i}]"), image));
+    let refused: Vec<FieldError> = named
+        .chain(templated)
+        .filter(|(_, image)| !state.registry_allowed(&image.registry))
+        .map(|(field, image)| FieldError {
+            field,
             message: format!(
                 "registry '{}' is not configured for this server",
-                a.image.registry
+                image.registry
             ),
         })
         .collect();
@@ -216,15 +247,24 @@ fn refused(source: &WebhookSource, refusal: Refusal) -> ApiError {
     }
 }
 
-/// Record an admitted build: the execution, its statement and a sign job in one transaction.
+/// Record an admitted build in one transaction: the execution with its statement and a sign job,
+/// or — for `images` from templates — with the statement template and a resolve job.
 async fn record(
     state: &AppState,
     build: BuildCompleted,
+    images: Vec<ImageRef>,
     problems: &[FieldError],
 ) -> Result<Response, ApiError> {
-    let request_sha256 = fingerprint(&build);
-    let statement =
-        (build.status == BuildStatus::Succeeded).then(|| provenance::statement_bytes(&build));
+    let request_sha256 = fingerprint_with_images(&build, &images);
+    let signing = if build.status != BuildStatus::Succeeded {
+        Signing::Nothing
+    } else if images.is_empty() {
+        Signing::Statement(provenance::statement_bytes(&build))
+    } else {
+        let template = serde_json::to_vec(&provenance::template(&build))
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Signing::Resolve { images, template }
+    };
     let id = ExecutionId::new();
     let recorded = state
         .store
@@ -232,7 +272,7 @@ async fn record(
             id,
             build,
             request_sha256,
-            statement,
+            signing,
             received_at: id.created_at(),
         })
         .await?;
@@ -255,6 +295,21 @@ async fn record(
     let mut body = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?;
     body["problems"] = json!(problems);
     Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+/// The build's fingerprint, and for images from templates, the images too: a redelivery that
+/// renders other images (the templates changed) is a conflict, not the same execution.
+fn fingerprint_with_images(build: &BuildCompleted, images: &[ImageRef]) -> String {
+    use sha2::Digest as _;
+    let build = fingerprint(build);
+    if images.is_empty() {
+        return build;
+    }
+    let canonical = json!([
+        build,
+        images.iter().map(ToString::to_string).collect::<Vec<_>>()
+    ]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
 }
 
 /// `415` unless the body is declared as JSON (`application/json` or `application/<x>+json`,

@@ -4,7 +4,8 @@
 
 use super::FieldError;
 use super::signature::WebhookSource;
-use crate::domain::BuildCompleted;
+use crate::domain::template::TemplateVars;
+use crate::domain::{BuildCompleted, ImageRef};
 
 /// Why an authenticated, well-formed build was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,24 +42,80 @@ impl WebhookSource {
             )));
         };
         build.builder_id = builder.clone();
-        let refused: Vec<FieldError> = build
-            .artifacts
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| !self.repositories.allows(&a.image))
-            .map(|(i, a)| FieldError {
-                field: format!("artifacts[{i}].image"),
-                message: format!(
-                    "webhook source '{}' may not attest images of repository '{}'",
-                    self.name,
-                    a.image.name()
-                ),
-            })
-            .collect();
+        let refused = self.outside_repositories(
+            build
+                .artifacts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("artifacts[{i}].image"), &a.image)),
+        );
         if !refused.is_empty() {
             return Err(Refusal::RepositoryNotAllowed(refused));
         }
         build.source = self.name.clone();
         Ok(())
+    }
+
+    /// Render this source's `images` templates for a successful `build` whose webhook named no
+    /// image; `repository` is the repository path its CI named. Each image comes with the index
+    /// of its template (an image two templates render is kept once); each problem names its
+    /// template (`images[i]`).
+    pub fn render_images(
+        &self,
+        build: &BuildCompleted,
+        repository: Option<&str>,
+    ) -> Result<Vec<(usize, ImageRef)>, Vec<FieldError>> {
+        let vars = TemplateVars::of(build, repository);
+        let mut images: Vec<(usize, ImageRef)> = Vec::new();
+        let mut problems = Vec::new();
+        for (i, template) in self.images.iter().enumerate() {
+            match template.render(&vars) {
+                Ok(image) if !images.iter().any(|(_, seen)| *seen == image) => {
+                    images.push((i, image))
+                }
+                Ok(_) => {}
+                Err(message) => problems.push(FieldError {
+                    field: format!("images[{i}]"),
+                    message,
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(images)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Check images rendered from this source's templates ([`render_images`](Self::render_images))
+    /// against its `repositories`.
+    pub fn admit_images(&self, images: &[(usize, ImageRef)]) -> Result<(), Refusal> {
+        let refused = self.outside_repositories(
+            images
+                .iter()
+                .map(|(i, image)| (format!("images[{i}]"), image)),
+        );
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::RepositoryNotAllowed(refused))
+        }
+    }
+
+    fn outside_repositories<'a>(
+        &self,
+        images: impl Iterator<Item = (String, &'a ImageRef)>,
+    ) -> Vec<FieldError> {
+        images
+            .filter(|(_, image)| !self.repositories.allows(image))
+            .map(|(field, image)| FieldError {
+                field,
+                message: format!(
+                    "webhook source '{}' may not attest images of repository '{}'",
+                    self.name,
+                    image.name()
+                ),
+            })
+            .collect()
     }
 }

@@ -9,6 +9,7 @@ use sha2::Sha256;
 use super::adapters::SourceKind;
 use crate::domain::AccountId;
 use crate::domain::scope::RepositoryScope;
+use crate::domain::template::ImageTemplate;
 
 pub const SIGNATURE_HEADER: &str = "x-attestd-signature-256";
 
@@ -26,6 +27,8 @@ pub struct WebhookSource {
     pub repositories: RepositoryScope,
     /// Builder identities this source may claim; never empty, the first is the default.
     pub builder_ids: Vec<String>,
+    /// The images of its successful builds whose webhook names none.
+    pub images: Vec<ImageTemplate>,
 }
 
 /// All configured sources.
@@ -126,6 +129,7 @@ mod tests {
                 secrets: vec!["old".into(), "new".into()],
                 repositories: Default::default(),
                 builder_ids: vec!["https://ci.example.com/a".into()],
+                images: Vec::new(),
             },
             WebhookSource {
                 name: "b".into(),
@@ -134,6 +138,7 @@ mod tests {
                 secrets: vec!["bsecret".into()],
                 repositories: Default::default(),
                 builder_ids: vec!["https://ci.example.com/b".into()],
+                images: Vec::new(),
             },
         ])
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId};
+use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId, ImageRef};
 
 pub mod postgres;
 pub mod sqlite;
@@ -59,16 +59,93 @@ fn is_shutdown_code(code: Option<&str>) -> bool {
     code.is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
-/// A build to record, with its statement already serialized (absent for unsuccessful builds).
+/// A build to record, with what the worker is to sign for it.
 #[derive(Debug, Clone)]
 pub struct NewExecution {
     pub id: ExecutionId,
     pub build: BuildCompleted,
     /// SHA-256 of the normalized webhook; equal for redeliveries, different for a changed body.
     pub request_sha256: String,
-    pub statement: Option<Vec<u8>>,
+    pub signing: Signing,
     /// `id.created_at()`: the receipt time is the id's own timestamp, so id ranges are time ranges.
     pub received_at: OffsetDateTime,
+}
+
+/// What the worker signs for a new execution.
+#[derive(Debug, Clone)]
+pub enum Signing {
+    /// The build did not succeed: nothing is signed.
+    Nothing,
+    /// The statement over the build's artifacts, serialized once at ingest; a `sign` job is queued.
+    Statement(Vec<u8>),
+    /// The build's images come from templates: their digests are resolved first (a `resolve` job
+    /// is queued, the artifacts wait in `resolving`), then `template` — the statement without
+    /// subjects — is completed with them, serialized once, stored and signed.
+    Resolve {
+        images: Vec<ImageRef>,
+        template: Vec<u8>,
+    },
+}
+
+/// One artifact row as `record_build` writes it.
+struct NewArtifact<'a> {
+    image: &'a ImageRef,
+    /// `None` until resolved; stored as `''` (the column predates resolving and stays NOT NULL).
+    digest: Option<&'a Digest>,
+}
+
+impl NewExecution {
+    /// The execution's attestation state, its artifacts' push state and its first job.
+    fn initial_states(&self) -> (AttestationState, PushState, Option<JobKind>) {
+        match self.signing {
+            Signing::Nothing => (AttestationState::Skipped, PushState::Skipped, None),
+            Signing::Statement(_) => (
+                AttestationState::Pending,
+                PushState::Pending,
+                Some(JobKind::Sign),
+            ),
+            Signing::Resolve { .. } => (
+                AttestationState::Resolving,
+                PushState::Resolving,
+                Some(JobKind::Resolve),
+            ),
+        }
+    }
+
+    fn new_artifacts(&self) -> Vec<NewArtifact<'_>> {
+        match &self.signing {
+            Signing::Resolve { images, .. } => images
+                .iter()
+                .map(|image| NewArtifact {
+                    image,
+                    digest: None,
+                })
+                .collect(),
+            _ => self
+                .build
+                .artifacts
+                .iter()
+                .map(|a| NewArtifact {
+                    image: &a.image,
+                    digest: Some(&a.digest),
+                })
+                .collect(),
+        }
+    }
+
+    fn statement(&self) -> Option<&[u8]> {
+        match &self.signing {
+            Signing::Statement(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    fn statement_template(&self) -> Option<&[u8]> {
+        match &self.signing {
+            Signing::Resolve { template, .. } => Some(template),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +161,9 @@ pub enum Recorded {
 pub enum AttestationState {
     /// The build did not succeed; nothing to attest.
     Skipped,
+    /// Its images came from templates: their digests are being resolved in the registry; the
+    /// statement is written once they all are.
+    Resolving,
     /// Waiting to be signed.
     Pending,
     /// Signed; pushes to registries under way or retrying.
@@ -98,6 +178,7 @@ impl AttestationState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Skipped => "skipped",
+            Self::Resolving => "resolving",
             Self::Pending => "pending",
             Self::Pushing => "pushing",
             Self::Attested => "attested",
@@ -108,6 +189,7 @@ impl AttestationState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "skipped" => Self::Skipped,
+            "resolving" => Self::Resolving,
             "pending" => Self::Pending,
             "pushing" => Self::Pushing,
             "attested" => Self::Attested,
@@ -123,6 +205,8 @@ impl AttestationState {
 pub enum PushState {
     /// Nothing to push (unsuccessful build).
     Skipped,
+    /// The digest of the image's tag is not known yet (an image from a template).
+    Resolving,
     /// Waiting for the signature or its first attempt.
     Pending,
     Pushed,
@@ -136,6 +220,7 @@ impl PushState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Skipped => "skipped",
+            Self::Resolving => "resolving",
             Self::Pending => "pending",
             Self::Pushed => "pushed",
             Self::Retrying => "retrying",
@@ -146,6 +231,7 @@ impl PushState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "skipped" => Self::Skipped,
+            "resolving" => Self::Resolving,
             "pending" => Self::Pending,
             "pushed" => Self::Pushed,
             "retrying" => Self::Retrying,
@@ -185,7 +271,7 @@ impl Execution {
     /// The record exactly as `record_build` has just stored it, without reading it back.
     fn recorded(new: &NewExecution) -> Self {
         let b = &new.build;
-        let succeeded = b.status == BuildStatus::Succeeded;
+        let (attestation, push_state, _) = new.initial_states();
         Self {
             id: new.id,
             account: b.account.clone(),
@@ -202,30 +288,23 @@ impl Execution {
             finished_on: b.finished_on,
             status: b.status,
             received_at: new.received_at,
-            attestation: if succeeded {
-                AttestationState::Pending
-            } else {
-                AttestationState::Skipped
-            },
+            attestation,
             key_id: None,
             signed_at: None,
             attested_at: None,
             last_error: None,
-            artifacts: b
-                .artifacts
-                .iter()
+            artifacts: new
+                .new_artifacts()
+                .into_iter()
                 .enumerate()
                 .map(|(i, a)| ArtifactRecord {
                     position: i as i32,
                     registry: a.image.registry.clone(),
                     repository: a.image.repository.clone(),
                     tag: a.image.tag.clone(),
-                    digest: a.digest.clone(),
-                    push_state: if succeeded {
-                        PushState::Pending
-                    } else {
-                        PushState::Skipped
-                    },
+                    digest: a.digest.cloned(),
+                    resolved_at: None,
+                    push_state,
                     push_attempts: 0,
                     next_attempt_at: None,
                     last_error: None,
@@ -245,13 +324,25 @@ fn conflict(b: &BuildCompleted) -> StoreError {
     ))
 }
 
+/// A resolve job's results that cannot be recorded: an image left unresolved, or a statement
+/// already stored. The transaction is dropped; the job fails and is retried.
+fn unresolvable(job: &Job, unresolved: i64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "execution {}: {unresolved} image(s) still unresolved, or its statement was already written",
+        job.execution_id
+    ))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArtifactRecord {
     pub position: i32,
     pub registry: String,
     pub repository: String,
     pub tag: Option<String>,
-    pub digest: Digest,
+    /// `None` while the tag of an image from a template is being resolved.
+    pub digest: Option<Digest>,
+    /// When the digest was resolved from the tag (images from templates only).
+    pub resolved_at: Option<OffsetDateTime>,
     pub push_state: PushState,
     pub push_attempts: i32,
     pub next_attempt_at: Option<OffsetDateTime>,
@@ -287,6 +378,9 @@ pub struct ExecutionFilter {
 /// What a worker is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
+    /// Resolve the tags of the execution's images from templates to digests, then write the
+    /// statement and queue the sign job.
+    Resolve,
     /// Sign the execution's statement into a DSSE envelope.
     Sign,
     /// Push the envelope for one artifact to its registry.
@@ -296,6 +390,7 @@ pub enum JobKind {
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Resolve => "resolve",
             Self::Sign => "sign",
             Self::Push => "push",
         }
@@ -303,6 +398,7 @@ impl JobKind {
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
+            "resolve" => Some(Self::Resolve),
             "sign" => Some(Self::Sign),
             "push" => Some(Self::Push),
             _ => None,
@@ -513,13 +609,18 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Record a build idempotently by (account, pipeline execution id). A successful build also
-    /// gets its statement and a sign job, in the same transaction.
+    /// gets its statement and a sign job — or, for images from templates, the statement template
+    /// and a resolve job — in the same transaction.
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError>;
     async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError>;
     async fn list_executions(&self, filter: &ExecutionFilter)
     -> Result<Vec<Execution>, StoreError>;
-    /// The stored statement bytes, exactly as serialized at ingest.
+    /// The stored statement bytes, exactly as serialized (at ingest, or once the execution's
+    /// image digests were resolved).
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The statement without subjects stored for an execution whose images come from templates,
+    /// until they are resolved.
+    async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
     /// The stored DSSE envelope bytes, exactly as serialized when signed.
     async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Executions with an artifact of this digest, newest first, optionally for one account.
@@ -557,6 +658,15 @@ pub trait Store: Send + Sync {
     async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError>;
     /// Extend the job's lease by `lease` from now. `false`: it was taken over or finished.
     async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError>;
+    /// Record the digests the resolve job found (by artifact position, for every artifact still
+    /// resolving), store `statement` — serialized once, with those digests as subjects — finish the
+    /// job and queue the sign job, in one transaction.
+    async fn complete_resolve(
+        &self,
+        job: &Job,
+        digests: &[(i32, Digest)],
+        statement: &[u8],
+    ) -> Result<(), StoreError>;
     /// Store the envelope unless one is stored already, finish the sign job and queue one push
     /// job per artifact. Returns the envelope that is stored (the earlier one, if any).
     async fn complete_sign(

@@ -149,6 +149,7 @@ fn artifact_row(r: &sqlx::postgres::PgRow) -> Result<ArtifactRow, sqlx::Error> {
         pushed_reference: r.try_get("pushed_reference")?,
         manifest_digest: r.try_get("manifest_digest")?,
         pushed_at: r.try_get("pushed_at")?,
+        resolved_at: r.try_get("resolved_at")?,
     })
 }
 
@@ -172,26 +173,26 @@ impl Store for PgStore {
 
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
         let b = &new.build;
-        let succeeded = b.status == BuildStatus::Succeeded;
-        let state = if succeeded { "pending" } else { "skipped" };
+        let (state, push_state, job) = new.initial_states();
+        let artifacts = new.new_artifacts();
         // One statement, so one round trip and one implicit transaction: the execution, its
-        // artifacts and (for a successful build) its sign job, or nothing on a conflict.
+        // artifacts and (for a successful build) its first job, or nothing on a conflict.
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "WITH e AS ( \
                 INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
                     repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
                     builder_version, started_on, finished_on, status, request_sha256, received_at, \
-                    statement, attestation_state) \
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                    statement, attestation_state, statement_template) \
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $25) \
                 ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING RETURNING id), \
              a AS ( \
                 INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) \
-                SELECT e.id, u.position, u.registry, u.repository, u.tag, u.digest, $18 FROM e, \
+                SELECT e.id, u.position, u.registry, u.repository, u.tag, u.digest, $26 FROM e, \
                     unnest($19::int[], $20::text[], $21::text[], $22::text[], $23::text[]) \
                     AS u(position, registry, repository, tag, digest)), \
              j AS ( \
                 INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
-                SELECT 'sign', e.id, 'queued', $16, $16, $16 FROM e WHERE $24) \
+                SELECT $24, e.id, 'queued', $16, $16, $16 FROM e WHERE $24::text IS NOT NULL) \
              SELECT id FROM e",
         )
         .bind(new.id.0)
@@ -210,14 +211,16 @@ impl Store for PgStore {
         .bind(b.status.as_str())
         .bind(&new.request_sha256)
         .bind(new.received_at)
-        .bind(new.statement.as_deref())
-        .bind(state)
-        .bind((0..b.artifacts.len() as i32).collect::<Vec<_>>())
-        .bind(b.artifacts.iter().map(|a| a.image.registry.as_str()).collect::<Vec<_>>())
-        .bind(b.artifacts.iter().map(|a| a.image.repository.as_str()).collect::<Vec<_>>())
-        .bind(b.artifacts.iter().map(|a| a.image.tag.as_deref()).collect::<Vec<_>>())
-        .bind(b.artifacts.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>())
-        .bind(succeeded)
+        .bind(new.statement())
+        .bind(state.as_str())
+        .bind((0..artifacts.len() as i32).collect::<Vec<_>>())
+        .bind(artifacts.iter().map(|a| a.image.registry.as_str()).collect::<Vec<_>>())
+        .bind(artifacts.iter().map(|a| a.image.repository.as_str()).collect::<Vec<_>>())
+        .bind(artifacts.iter().map(|a| a.image.tag.as_deref()).collect::<Vec<_>>())
+        .bind(artifacts.iter().map(|a| a.digest.map_or("", Digest::as_str)).collect::<Vec<_>>())
+        .bind(job.map(JobKind::as_str))
+        .bind(new.statement_template())
+        .bind(push_state.as_str())
         .fetch_optional(&self.pool)
         .await?;
         if inserted.is_some() {
@@ -315,6 +318,14 @@ impl Store for PgStore {
 
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sqlx::query_scalar(sql::SELECT_STATEMENT)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+
+    async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(sql::SELECT_STATEMENT_TEMPLATE)
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?
@@ -541,6 +552,47 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn complete_resolve(
+        &self,
+        job: &Job,
+        digests: &[(i32, Digest)],
+        statement: &[u8],
+    ) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await?;
+        Self::finish_job(&mut tx, job, now).await?;
+        for (position, digest) in digests {
+            sqlx::query(sql::MARK_RESOLVED)
+                .bind(job.execution_id.0)
+                .bind(position)
+                .bind(digest.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let unresolved: i64 = sqlx::query_scalar(sql::COUNT_RESOLVING)
+            .bind(job.execution_id.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = sqlx::query(sql::STORE_RESOLVED_STATEMENT)
+            .bind(job.execution_id.0)
+            .bind(statement)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if unresolved != 0 || stored != 1 {
+            return Err(super::unresolvable(job, unresolved));
+        }
+        sqlx::query(sql::QUEUE_SIGN_JOB)
+            .bind(job.execution_id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn complete_sign(

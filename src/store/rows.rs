@@ -16,7 +16,8 @@ pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipe
     attested_at, last_error";
 
 pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository, tag, digest, \
-    push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at";
+    push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at, \
+    resolved_at";
 
 pub struct ExecutionRow {
     pub id: Uuid,
@@ -55,6 +56,7 @@ pub struct ArtifactRow {
     pub pushed_reference: Option<String>,
     pub manifest_digest: Option<String>,
     pub pushed_at: Option<OffsetDateTime>,
+    pub resolved_at: Option<OffsetDateTime>,
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -65,10 +67,12 @@ impl ArtifactRow {
     fn into_record(self) -> Result<ArtifactRecord, StoreError> {
         Ok(ArtifactRecord {
             position: self.position,
-            digest: self
-                .digest
-                .parse()
-                .map_err(|_| corrupt("digest", &self.digest))?,
+            // '' while the tag of an image from a template is being resolved.
+            digest: match self.digest.as_str() {
+                "" => None,
+                d => Some(d.parse().map_err(|_| corrupt("digest", d))?),
+            },
+            resolved_at: self.resolved_at,
             push_state: PushState::parse(&self.push_state)
                 .ok_or_else(|| corrupt("push_state", &self.push_state))?,
             registry: self.registry,

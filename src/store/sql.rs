@@ -20,6 +20,28 @@ pub const SELECT_ENVELOPE: &str = "SELECT envelope FROM executions WHERE id = $1
 /// An execution's statement bytes. `$1` execution.
 pub const SELECT_STATEMENT: &str = "SELECT statement FROM executions WHERE id = $1";
 
+/// An execution's statement template (images from templates, until resolved). `$1` execution.
+pub const SELECT_STATEMENT_TEMPLATE: &str =
+    "SELECT statement_template FROM executions WHERE id = $1";
+
+/// Record one resolved artifact; it now waits for the signature. `$1` execution, `$2` position,
+/// `$3` digest, `$4` now.
+pub const MARK_RESOLVED: &str = "UPDATE artifacts SET digest = $3, resolved_at = $4, push_state = 'pending', last_error = NULL \
+    WHERE execution_id = $1 AND position = $2 AND push_state = 'resolving'";
+
+/// Artifacts still waiting for their digest. `$1` execution.
+pub const COUNT_RESOLVING: &str =
+    "SELECT COUNT(*) FROM artifacts WHERE execution_id = $1 AND push_state = 'resolving'";
+
+/// Store the statement written once the digests are resolved; the template has served. `$1`
+/// execution, `$2` statement.
+pub const STORE_RESOLVED_STATEMENT: &str = "UPDATE executions SET statement = $2, statement_template = NULL, last_error = NULL \
+    WHERE id = $1 AND statement IS NULL";
+
+/// Queue the sign job of an execution. `$1` execution, `$2` now.
+pub const QUEUE_SIGN_JOB: &str = "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+    VALUES ('sign', $1, 'queued', $2, $2, $2)";
+
 /// `$1` execution, `$2` error.
 pub const SET_LAST_ERROR: &str = "UPDATE executions SET last_error = $2 WHERE id = $1";
 
@@ -77,6 +99,7 @@ pub const SELECT_SIGNING_KEYS: &str = "SELECT key_id, name, kind, public_key_pem
 pub const REFRESH_STATE: &str = "UPDATE executions SET attestation_state = CASE \
         WHEN attestation_state = 'skipped' THEN 'skipped' \
         WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.execution_id = executions.id AND j.state = 'dead') THEN 'failed' \
+        WHEN statement IS NULL THEN 'resolving' \
         WHEN envelope IS NULL THEN 'pending' \
         WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = executions.id AND a.push_state <> 'pushed') THEN 'attested' \
         ELSE 'pushing' END \

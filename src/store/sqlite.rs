@@ -212,6 +212,7 @@ fn artifact_row(r: &SqliteRow) -> Result<ArtifactRow, sqlx::Error> {
         pushed_reference: r.try_get("pushed_reference")?,
         manifest_digest: r.try_get("manifest_digest")?,
         pushed_at: opt_ms(r, "pushed_at")?,
+        resolved_at: opt_ms(r, "resolved_at")?,
     })
 }
 
@@ -235,7 +236,7 @@ impl Store for SqliteStore {
 
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
         let b = &new.build;
-        let succeeded = b.status == BuildStatus::Succeeded;
+        let (state, push_state, job) = new.initial_states();
         let mut tx = self.writer.begin().await?;
         let existing: Option<(Uuid, String)> = sqlx::query_as(sql::EXISTING_EXECUTION)
             .bind(b.account.as_str())
@@ -259,8 +260,8 @@ impl Store for SqliteStore {
             "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
              repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
              builder_version, started_on, finished_on, status, request_sha256, received_at, \
-             statement, attestation_state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             statement, attestation_state, statement_template) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(new.id.0)
         .bind(b.account.as_str())
@@ -278,35 +279,37 @@ impl Store for SqliteStore {
         .bind(b.status.as_str())
         .bind(&new.request_sha256)
         .bind(ms(new.received_at))
-        .bind(new.statement.as_deref())
-        .bind(if succeeded { "pending" } else { "skipped" })
+        .bind(new.statement())
+        .bind(state.as_str())
+        .bind(new.statement_template())
         .execute(&mut *tx)
         .await?;
 
-        let push_state = if succeeded { "pending" } else { "skipped" };
+        let new_artifacts = new.new_artifacts();
         // A CI's failed run may name no image at all; an empty VALUES list is not SQL.
-        if !b.artifacts.is_empty() {
+        if !new_artifacts.is_empty() {
             let mut artifacts = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
             );
-            artifacts.push_values(b.artifacts.iter().enumerate(), |mut row, (i, a)| {
+            artifacts.push_values(new_artifacts.iter().enumerate(), |mut row, (i, a)| {
                 row.push_bind(new.id.0)
                     .push_bind(i as i32)
                     .push_bind(a.image.registry.clone())
                     .push_bind(a.image.repository.clone())
                     .push_bind(a.image.tag.clone())
-                    .push_bind(a.digest.to_string())
-                    .push_bind(push_state);
+                    .push_bind(a.digest.map_or_else(String::new, ToString::to_string))
+                    .push_bind(push_state.as_str());
             });
             artifacts.build().execute(&mut *tx).await?;
         }
-        if succeeded {
+        if let Some(job) = job {
             sqlx::query(
                 "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
-                 VALUES ('sign', $1, 'queued', $2, $2, $2)",
+                 VALUES ($3, $1, 'queued', $2, $2, $2)",
             )
             .bind(new.id.0)
             .bind(ms(new.received_at))
+            .bind(job.as_str())
             .execute(&mut *tx)
             .await?;
         }
@@ -385,6 +388,14 @@ impl Store for SqliteStore {
 
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sqlx::query_scalar(sql::SELECT_STATEMENT)
+            .bind(id.0)
+            .fetch_optional(&self.reader)
+            .await?
+            .flatten())
+    }
+
+    async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(sql::SELECT_STATEMENT_TEMPLATE)
             .bind(id.0)
             .fetch_optional(&self.reader)
             .await?
@@ -602,6 +613,47 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn complete_resolve(
+        &self,
+        job: &Job,
+        digests: &[(i32, Digest)],
+        statement: &[u8],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        Self::finish_job(&mut tx, job, now).await?;
+        for (position, digest) in digests {
+            sqlx::query(sql::MARK_RESOLVED)
+                .bind(job.execution_id.0)
+                .bind(position)
+                .bind(digest.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let unresolved: i64 = sqlx::query_scalar(sql::COUNT_RESOLVING)
+            .bind(job.execution_id.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = sqlx::query(sql::STORE_RESOLVED_STATEMENT)
+            .bind(job.execution_id.0)
+            .bind(statement)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if unresolved != 0 || stored != 1 {
+            return Err(super::unresolvable(job, unresolved));
+        }
+        sqlx::query(sql::QUEUE_SIGN_JOB)
+            .bind(job.execution_id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        refresh_state(&mut tx, job.execution_id.0).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn complete_sign(

@@ -1,7 +1,8 @@
 //! The attestation worker: claim a job with a lease, run it, then complete it, retry it with
-//! backoff, or mark it dead. Sign jobs turn the stored statement into a DSSE envelope once;
-//! push jobs publish those exact envelope bytes to one artifact's registry. A push failure's
-//! `last_error` starts with the registry error code (`registry_unauthorized: ...`).
+//! backoff, or mark it dead. Resolve jobs find the digests of images named by templates (a HEAD
+//! of each tag) and write the statement with them; sign jobs turn the stored statement into a
+//! DSSE envelope once; push jobs publish those exact envelope bytes to one artifact's registry. A
+//! registry failure's `last_error` starts with its error code (`registry_unauthorized: ...`).
 //!
 //! A running job's lease is renewed every third of `worker.lease_secs`; the moment a renewal
 //! fails the job is given up. A push holds its tag's lock the same way, re-checks the lock's
@@ -21,11 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::domain::dsse::IN_TOTO_PAYLOAD_TYPE;
-use crate::domain::provenance::SLSA_PROVENANCE_V1;
-use crate::domain::{ImageRef, KeyId};
+use crate::domain::provenance::{self, SLSA_PROVENANCE_V1, Statement};
+use crate::domain::{Artifact, Digest, ImageRef, KeyId};
 use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
-use crate::store::{Job, JobKind, Leasing, Lock, Pruned, PushRecord, StoreError};
+use crate::store::{
+    ArtifactRecord, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState, StoreError,
+};
 
 /// How long a push job waits for another writer of the same tag before retrying later.
 const TAG_LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -277,8 +280,113 @@ fn backoff(app: &App, attempts: i32) -> Duration {
 
 async fn execute(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     match job.kind {
+        JobKind::Resolve => resolve(app, job).await,
         JobKind::Sign => sign(app, job).await,
         JobKind::Push => push(app, job, owner).await,
+    }
+}
+
+/// Resolve every image still `resolving` to the digest its tag points at (a HEAD of the manifest:
+/// for a multi-arch image, the index's digest), complete the stored statement template with them
+/// and store it — serialized once — with the sign job. A tag not in the registry (yet) is retried
+/// with backoff: the image may be pushed after the webhook.
+async fn resolve(app: &App, job: &Job) -> Result<(), Failure> {
+    let execution = app
+        .store
+        .execution(job.execution_id)
+        .await?
+        .ok_or_else(|| Failure::permanent("execution vanished"))?;
+    let template = app
+        .store
+        .statement_template(job.execution_id)
+        .await?
+        .ok_or_else(|| Failure::permanent("execution has no statement template to complete"))?;
+    let template: Statement = serde_json::from_slice(&template).map_err(|e| {
+        Failure::permanent(format!("the stored statement template is corrupt: {e}"))
+    })?;
+    let pending: Vec<&ArtifactRecord> = execution
+        .artifacts
+        .iter()
+        .filter(|a| a.push_state == PushState::Resolving)
+        .collect();
+    let max = app.settings.worker.max_attempts;
+    let deadline = Duration::from_secs(app.settings.worker.push_deadline_secs);
+    let mut resolved: Vec<(i32, Digest)> = Vec::new();
+    for artifact in &pending {
+        let image = image_of(artifact);
+        let digest = match tokio::time::timeout(deadline, app.registries.resolve(&image)).await {
+            Ok(Ok(digest)) => digest,
+            Ok(Err(e)) => return Err(resolve_failure(&e, &image, job.attempts, max)),
+            Err(_) => {
+                return Err(Failure::retryable(format!(
+                    "{}: resolving {image} did not finish within {deadline:?}",
+                    ErrorCode::Unavailable.as_str()
+                )));
+            }
+        };
+        tracing::info!(image = %image, subject.digest = %digest, "image tag resolved");
+        resolved.push((artifact.position, digest));
+    }
+    // Every artifact, in position order, with its digest: known before, or just resolved.
+    let artifacts = execution
+        .artifacts
+        .iter()
+        .map(|a| {
+            let digest = resolved
+                .iter()
+                .find(|(position, _)| *position == a.position)
+                .map(|(_, d)| d.clone())
+                .or_else(|| a.digest.clone())
+                .ok_or_else(|| Failure::permanent(format!("{} has no digest", image_of(a))))?;
+            Ok(Artifact {
+                image: image_of(a),
+                digest,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let statement = provenance::to_bytes(&provenance::with_subjects(template, &artifacts));
+    match app.store.complete_resolve(job, &resolved, &statement).await {
+        Ok(()) => {
+            app.notify_worker();
+            Ok(())
+        }
+        Err(StoreError::LeaseLost(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn image_of(a: &ArtifactRecord) -> ImageRef {
+    ImageRef {
+        registry: a.registry.clone(),
+        repository: a.repository.clone(),
+        tag: a.tag.clone(),
+    }
+}
+
+/// How a failed resolve attempt (1-based `attempt` of `max`) counts. A tag the registry does not
+/// have is retried until the last attempt, which says it never appeared; other failures keep
+/// their class.
+fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) -> Failure {
+    if e.code() != ErrorCode::ImageNotFound {
+        let message = format!("{}: {}", e.code().as_str(), e.message());
+        return if e.is_retryable() {
+            Failure::retryable(message)
+        } else {
+            Failure::permanent(message)
+        };
+    }
+    let tag = image.tag.as_deref().unwrap_or_default();
+    let name = image.name();
+    let code = e.code().as_str();
+    if i64::from(attempt) < i64::from(max) {
+        Failure::retryable(format!(
+            "{code}: tag {tag} of {name} is not in the registry yet (attempt {attempt} of {max}; \
+             retried while the image may still be pushed)"
+        ))
+    } else {
+        Failure::permanent(format!(
+            "{code}: tag {tag} of {name} never appeared after {attempt} attempts"
+        ))
     }
 }
 
@@ -334,21 +442,18 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         .artifact_position
         .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
         .ok_or_else(|| Failure::permanent("artifact vanished"))?;
+    let digest = artifact
+        .digest
+        .as_ref()
+        .ok_or_else(|| Failure::permanent("the artifact's digest is not resolved"))?;
     let envelope = app
         .store
         .envelope(job.execution_id)
         .await?
         .ok_or_else(|| Failure::permanent("no stored envelope to push"))?;
-    let image = ImageRef {
-        registry: artifact.registry.clone(),
-        repository: artifact.repository.clone(),
-        tag: artifact.tag.clone(),
-    };
+    let image = image_of(artifact);
     let key_id = execution.key_id.clone().unwrap_or_default();
-    let name = format!(
-        "att:{}/{}@{}",
-        image.registry, image.repository, artifact.digest
-    );
+    let name = format!("att:{}/{}@{}", image.registry, image.repository, digest);
     let w = &app.settings.worker;
     let ttl = Duration::from_secs(w.lock_ttl_secs);
     let deadline = Duration::from_secs(w.push_deadline_secs);
@@ -360,7 +465,7 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     };
     let request = PushRequest {
         image: &image,
-        digest: &artifact.digest,
+        digest,
         envelope: &envelope,
         predicate_type: SLSA_PROVENANCE_V1,
         key_id: &key_id,
@@ -405,7 +510,7 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         tracing::info!(lock = %name, "push failed after its manifest write started; the lock is left to expire");
     }
     let outcome = pushed?;
-    tracing::info!(subject.digest = %artifact.digest, reference = %outcome.reference, already_present = outcome.already_present, "attestation pushed");
+    tracing::info!(subject.digest = %digest, reference = %outcome.reference, already_present = outcome.already_present, "attestation pushed");
     let record = PushRecord {
         reference: outcome.reference,
         manifest_digest: outcome.manifest_digest,
@@ -544,6 +649,34 @@ mod tests {
         assert!(push_failure(&missing, 1, 0).permanent);
         let last = push_failure(&missing, 4, 3);
         assert_eq!(last.message, "image_not_found: image gone");
+    }
+
+    #[test]
+    fn a_tag_not_in_the_registry_is_retried_until_the_last_attempt_which_says_it_never_appeared() {
+        let missing = RegistryError::permanent(ErrorCode::ImageNotFound, "resolve x: not found");
+        let image: ImageRef = "registry.example.com/acme/app:3484a3f".parse().unwrap();
+        let early = resolve_failure(&missing, &image, 3, 8);
+        assert!(!early.permanent);
+        assert!(
+            early
+                .message
+                .starts_with("image_not_found: tag 3484a3f of registry.example.com/acme/app")
+                && early.message.contains("attempt 3 of 8"),
+            "{}",
+            early.message
+        );
+        let last = resolve_failure(&missing, &image, 8, 8);
+        assert!(last.permanent);
+        assert_eq!(
+            last.message,
+            "image_not_found: tag 3484a3f of registry.example.com/acme/app never appeared after 8 attempts"
+        );
+        let refused = RegistryError::retryable(ErrorCode::Unauthorized, "refused");
+        let f = resolve_failure(&refused, &image, 8, 8);
+        assert_eq!(
+            (f.permanent, f.message.as_str()),
+            (false, "registry_unauthorized: refused")
+        );
     }
 
     #[test]

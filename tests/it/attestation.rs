@@ -89,12 +89,21 @@ pub(crate) async fn dev_public_key(app: &TestApp) -> (String, String) {
 
 /// The DSSE layers under the image's `.att` tag, as (layer descriptor, blob) pairs.
 pub(crate) async fn att_layers(reg: &TestRegistry, digest: &Digest) -> Vec<(Value, Vec<u8>)> {
+    att_layers_in(reg, REPO, digest).await
+}
+
+/// [`att_layers`] of an image in another repository than [`REPO`].
+pub(crate) async fn att_layers_in(
+    reg: &TestRegistry,
+    repo: &str,
+    digest: &Digest,
+) -> Vec<(Value, Vec<u8>)> {
     let manifest = reg
-        .manifest_json(REPO, &format!("sha256-{}.att", digest.hex()))
+        .manifest_json(repo, &format!("sha256-{}.att", digest.hex()))
         .await;
     let mut out = Vec::new();
     for layer in manifest["layers"].as_array().unwrap() {
-        let blob = reg.blob(REPO, layer["digest"].as_str().unwrap()).await;
+        let blob = reg.blob(repo, layer["digest"].as_str().unwrap()).await;
         out.push((layer.clone(), blob));
     }
     out
@@ -339,7 +348,15 @@ async fn image_pushed_after_the_webhook_is_attested_on_a_later_attempt(backend: 
     let reg = TestRegistry::anonymous().await;
     // A registry replica that has not caught up yet: the digest is only in another repository.
     let digest = push_fixed_image(&reg, "elsewhere/app").await;
-    let app = spawn_with_registry(backend, &reg).await;
+    let settings = reg.settings(PushFormat::Att);
+    // A backoff long enough that the failed attempt cannot come due again inside the same
+    // `run_pending_jobs` pass, even on a loaded machine (see the registry outage test).
+    let app = TestApp::spawn_with(backend, move |s| {
+        s.registries = vec![settings];
+        s.worker.backoff_base_ms = 500;
+        s.worker.backoff_max_secs = 1;
+    })
+    .await;
     let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     app.app.run_pending_jobs().await.unwrap();
     let e = execution(&app, id).await;

@@ -13,13 +13,13 @@ use crate::support::registry::TestRegistry;
 use attestd::config::{PushFormat, WebhookSourceSettings};
 use attestd::ingest::adapters::SourceKind;
 
-const GITHUB_SECRET: &str = "github-hook-secret";
-const GITLAB_TOKEN: &str = "gitlab-hook-token";
-const TEKTON_TOKEN: &str = "tekton-bearer-token";
-const HARNESS_TOKEN: &str = "harness-bearer-token";
+pub(crate) const GITHUB_SECRET: &str = "github-hook-secret";
+pub(crate) const GITLAB_TOKEN: &str = "gitlab-hook-token";
+pub(crate) const TEKTON_TOKEN: &str = "tekton-bearer-token";
+pub(crate) const HARNESS_TOKEN: &str = "harness-bearer-token";
 
 /// acme's CI sources, one per kind, granted acme's repositories on the registry.
-fn sources(host: &str) -> Vec<WebhookSourceSettings> {
+pub(crate) fn sources(host: &str) -> Vec<WebhookSourceSettings> {
     let source = |name: &str, kind, secret: &str| WebhookSourceSettings {
         name: name.into(),
         kind,
@@ -27,6 +27,7 @@ fn sources(host: &str) -> Vec<WebhookSourceSettings> {
         secrets: vec![secret.to_owned().into()],
         repositories: vec![format!("{host}/acme/**")],
         builder_ids: vec![format!("https://ci.example.com/{name}")],
+        images: Vec::new(),
     };
     vec![
         source("acme-github", SourceKind::Github, GITHUB_SECRET),
@@ -49,7 +50,7 @@ async fn spawn(backend: Backend, reg: &TestRegistry) -> TestApp {
 }
 
 /// A published payload with its image placeholders filled in.
-fn payload(path: &str, image: &str, digest: &str) -> String {
+pub(crate) fn payload(path: &str, image: &str, digest: &str) -> String {
     std::fs::read_to_string(format!(
         "{}/tests/fixtures/webhooks/{path}",
         env!("CARGO_MANIFEST_DIR")
@@ -59,7 +60,7 @@ fn payload(path: &str, image: &str, digest: &str) -> String {
     .replace("{{DIGEST}}", digest)
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     source: &str,
     headers: &[(&str, String)],
@@ -75,7 +76,7 @@ async fn post(
     req.body(body.to_owned()).send().await.unwrap()
 }
 
-fn github_headers(
+pub(crate) fn github_headers(
     event: &str,
     delivery: &str,
     body: &str,
@@ -92,7 +93,7 @@ fn github_headers(
 }
 
 /// The envelope in the registry verifies with attestd's public key and is the API's.
-async fn assert_attested(
+pub(crate) async fn assert_attested(
     app: &TestApp,
     reg: &TestRegistry,
     id: &str,
@@ -113,7 +114,7 @@ async fn assert_attested(
     );
 }
 
-async fn provenance(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn provenance(app: &TestApp, id: &str) -> Value {
     app.get(&format!("/v1/executions/{id}/provenance"), TOKEN)
         .await
         .json()

@@ -6,6 +6,7 @@ mod ci_webhooks;
 mod cli;
 mod fencing;
 mod hardening;
+mod image_templates;
 mod keys;
 mod query;
 mod registry;

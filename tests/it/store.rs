@@ -4,11 +4,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attestd::domain::{ExecutionId, provenance};
+use attestd::domain::{Digest, ExecutionId, ImageRef, provenance};
 use attestd::ingest::parse_build_webhook;
 use attestd::store::{
     self, AttestationState, DynStore, JobKind, Leasing, NewExecution, NewSigningKey, PushRecord,
-    PushState, Recorded, StoreError,
+    PushState, Recorded, Signing, StoreError,
 };
 
 use crate::backend_tests;
@@ -30,6 +30,8 @@ backend_tests!(
     pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_batches,
     lookup_by_digest_finds_every_execution_of_an_image,
     signing_keys_are_remembered_once_with_their_first_public_key,
+    images_from_templates_wait_resolving_until_one_transaction_writes_digests_statement_and_sign_job,
+    a_dead_resolve_job_fails_the_execution_and_retry_resolves_again,
 );
 
 struct Fixture {
@@ -56,11 +58,28 @@ fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution 
     let id = ExecutionId::new();
     NewExecution {
         id,
-        statement: Some(provenance::statement_bytes(&build)),
+        signing: Signing::Statement(provenance::statement_bytes(&build)),
         request_sha256: attestd::ingest::fingerprint(&build),
         build,
         received_at: id.created_at(),
     }
+}
+
+/// A successful build whose two images come from templates, without digests yet.
+fn templated_execution(pipeline_execution_id: &str) -> NewExecution {
+    let mut new = new_execution(pipeline_execution_id, 1);
+    new.build.artifacts.clear();
+    new.request_sha256 = attestd::ingest::fingerprint(&new.build);
+    let images: Vec<ImageRef> = [
+        "127.0.0.1:5999/acme/app:3484a3f",
+        "127.0.0.1:5999/acme/sidecar:3484a3f",
+    ]
+    .iter()
+    .map(|i| i.parse().unwrap())
+    .collect();
+    let template = serde_json::to_vec(&provenance::template(&new.build)).unwrap();
+    new.signing = Signing::Resolve { images, template };
+    new
 }
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -710,4 +729,130 @@ async fn signing_keys_are_remembered_once_with_their_first_public_key(backend: B
             .unwrap()
             .is_none()
     );
+}
+
+async fn images_from_templates_wait_resolving_until_one_transaction_writes_digests_statement_and_sign_job(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let Recorded::Created(created) = f
+        .store
+        .record_build(templated_execution("run-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("expected Created")
+    };
+    let read = f.store.execution(created.id).await.unwrap().unwrap();
+    assert_eq!(read, created, "what record_build answers is what is stored");
+    assert_eq!(read.attestation, AttestationState::Resolving);
+    assert_eq!(read.artifacts.len(), 2);
+    for a in &read.artifacts {
+        assert_eq!(a.push_state, PushState::Resolving);
+        assert_eq!((a.digest.as_ref(), a.resolved_at), (None, None));
+        assert_eq!(a.tag.as_deref(), Some("3484a3f"));
+    }
+    assert_eq!(f.store.statement(read.id).await.unwrap(), None);
+    let template = f.store.statement_template(read.id).await.unwrap().unwrap();
+    assert!(matches!(
+        f.store.record_build(templated_execution("run-1")).await.unwrap(),
+        Recorded::Existing(e) if e.id == read.id
+    ));
+
+    let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    assert_eq!(job.kind, JobKind::Resolve);
+    assert_eq!(job.artifact_position, None);
+    let d0 = Digest::of(b"app");
+    let d1 = Digest::of(b"sidecar");
+    // One image short: nothing is written and the job stays leased.
+    assert!(
+        f.store
+            .complete_resolve(&job, &[(0, d0.clone())], b"statement")
+            .await
+            .is_err()
+    );
+    let unchanged = f.store.execution(read.id).await.unwrap().unwrap();
+    assert_eq!(unchanged, read);
+    assert_eq!(f.store.statement(read.id).await.unwrap(), None);
+
+    f.store
+        .complete_resolve(&job, &[(0, d0.clone()), (1, d1.clone())], b"statement")
+        .await
+        .unwrap();
+    let resolved = f.store.execution(read.id).await.unwrap().unwrap();
+    assert_eq!(resolved.attestation, AttestationState::Pending);
+    assert_eq!(resolved.artifacts[0].digest.as_ref(), Some(&d0));
+    assert_eq!(resolved.artifacts[1].digest.as_ref(), Some(&d1));
+    for a in &resolved.artifacts {
+        assert_eq!(a.push_state, PushState::Pending);
+        assert!(
+            a.resolved_at.is_some_and(|t| t >= read.received_at),
+            "{a:?}"
+        );
+    }
+    assert_eq!(
+        f.store.statement(read.id).await.unwrap().as_deref(),
+        Some(&b"statement"[..])
+    );
+    assert_eq!(f.store.statement_template(read.id).await.unwrap(), None);
+    assert!(!template.is_empty());
+    let hits = f.store.executions_by_digest(&d1, None).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].artifact_position, 1);
+
+    let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    assert_eq!(sign.kind, JobKind::Sign);
+    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    let pushes = [
+        f.store.claim_job("a", &LEASING).await.unwrap().unwrap(),
+        f.store.claim_job("a", &LEASING).await.unwrap().unwrap(),
+    ];
+    assert!(pushes.iter().all(|j| j.kind == JobKind::Push));
+    assert!(f.store.claim_job("a", &LEASING).await.unwrap().is_none());
+}
+
+async fn a_dead_resolve_job_fails_the_execution_and_retry_resolves_again(backend: Backend) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(templated_execution("run-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("expected Created")
+    };
+    let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    f.store
+        .fail_job(&job, "not there yet", Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let waiting = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(waiting.attestation, AttestationState::Resolving);
+    assert_eq!(waiting.last_error.as_deref(), Some("not there yet"));
+    assert_eq!(f.store.retry_execution(e.id).await.unwrap(), 1);
+    let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    assert_eq!(job.kind, JobKind::Resolve);
+    f.store
+        .fail_job(&job, "image_not_found: never appeared", None)
+        .await
+        .unwrap();
+    let dead = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(dead.attestation, AttestationState::Failed);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("image_not_found: never appeared")
+    );
+    assert!(
+        dead.artifacts
+            .iter()
+            .all(|a| a.push_state == PushState::Resolving && a.digest.is_none()),
+        "{dead:?}"
+    );
+
+    assert_eq!(f.store.retry_execution(e.id).await.unwrap(), 1);
+    let again = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(again.attestation, AttestationState::Resolving);
+    assert_eq!(again.last_error, None);
+    let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    assert_eq!((job.kind, job.attempts), (JobKind::Resolve, 1));
 }

@@ -93,7 +93,15 @@ fn workflow_run(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError> 
     Ok(Event::Build {
         build: Box::new(build),
         problems: Vec::new(),
+        repository: full_name(body, run),
     })
+}
+
+/// `repository.full_name` (`octo-org/octo-repo`), of the delivery or else of the run.
+fn full_name(body: &Value, run: &Value) -> Option<String> {
+    text(body, &["repository", "full_name"])
+        .or_else(|| text(run, &["repository", "full_name"]))
+        .map(str::to_owned)
 }
 
 fn package(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError> {
@@ -206,6 +214,7 @@ fn package(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError> {
     Ok(Event::Build {
         build: Box::new(build),
         problems: Vec::new(),
+        repository: full_name(body, package),
     })
 }
 
@@ -233,7 +242,9 @@ mod tests {
 
     #[test]
     fn a_completed_successful_run_is_a_build_keyed_by_run_and_attempt() {
-        let Event::Build { build, .. } = run("workflow_run", "workflow_run.completed.success.json")
+        let Event::Build {
+            build, repository, ..
+        } = run("workflow_run", "workflow_run.completed.success.json")
         else {
             panic!("not a build")
         };
@@ -251,6 +262,7 @@ mod tests {
         );
         assert_eq!(build.delivery_id.as_deref(), Some("d-1"));
         assert!(build.artifacts.is_empty(), "a run names no image");
+        assert_eq!(repository.as_deref(), Some("octo-org/octo-repo"));
     }
 
     #[test]

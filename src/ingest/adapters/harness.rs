@@ -81,6 +81,7 @@ pub fn interpret(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError>
     Ok(Event::Build {
         build: Box::new(build),
         problems: Vec::new(),
+        repository: None,
     })
 }
 

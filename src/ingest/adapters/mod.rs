@@ -59,10 +59,13 @@ pub enum Event {
     Ignored(String),
     /// A finished build, normalized. `builder_id` and `source` are left empty for the source to
     /// fill in; `problems` are outputs the CI reported that cannot be attested (e.g. a result
-    /// with a malformed digest): they are answered, logged and never signed.
+    /// with a malformed digest): they are answered, logged and never signed. `repository` is the
+    /// repository path without host (`octo-org/octo-repo`), when the CI names one: the
+    /// `{repository}` of the source's image templates.
     Build {
         build: Box<BuildCompleted>,
         problems: Vec<FieldError>,
+        repository: Option<String>,
     },
 }
 

@@ -110,10 +110,27 @@ pub fn interpret(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError>
     build.delivery_id = ctx.header(ID_HEADER).map(str::to_owned);
     let (artifacts, problems) = images(&results, run_key);
     build.artifacts = artifacts;
+    let repository = repository_path(&build.repository_url);
     Ok(Event::Build {
         build: Box::new(build),
         problems,
+        repository,
     })
+}
+
+/// The repository path of a git URL (`https://github.com/tektoncd/pipeline.git`,
+/// `git@github.com:tektoncd/pipeline`) without host or `.git`: `tektoncd/pipeline`.
+fn repository_path(url: &str) -> Option<String> {
+    let url = url.trim();
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest.split_once('/')?.1,
+        // scp-like `user@host:path`
+        None => url.split_once(':')?.1,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    (!path.is_empty()).then(|| path.to_owned())
 }
 
 fn reason(run: &Value) -> Option<&str> {
@@ -251,8 +268,11 @@ mod tests {
 
     #[test]
     fn image_url_and_digest_results_name_the_image() {
-        let Event::Build { build, problems } =
-            run("taskrun.successful.image-url-digest.json", TASK_OK)
+        let Event::Build {
+            build,
+            problems,
+            repository,
+        } = run("taskrun.successful.image-url-digest.json", TASK_OK)
         else {
             panic!("not a build")
         };
@@ -265,6 +285,30 @@ mod tests {
             build.delivery_id.as_deref(),
             Some("77f78ae7-ff6d-4e39-9d05-b9a0b7850527")
         );
+        assert_eq!(repository, None, "CHAINS-GIT_URL names a host only");
+    }
+
+    #[test]
+    fn the_repository_of_a_git_url_is_its_path_without_host_or_dot_git() {
+        for (url, path) in [
+            (
+                "https://github.com/tektoncd/pipeline",
+                Some("tektoncd/pipeline"),
+            ),
+            (
+                "https://gitlab.example.com/group/sub/app.git/",
+                Some("group/sub/app"),
+            ),
+            (
+                "git@github.com:tektoncd/chains.git",
+                Some("tektoncd/chains"),
+            ),
+            ("ssh://git@host:22/a/b?x=1", Some("a/b")),
+            ("https://git.test.com", None),
+            ("", None),
+        ] {
+            assert_eq!(super::repository_path(url).as_deref(), path, "{url}");
+        }
     }
 
     #[test]
@@ -279,8 +323,9 @@ mod tests {
 
     #[test]
     fn malformed_outputs_are_reported_and_not_attested() {
-        let Event::Build { build, problems } =
-            run("pipelinerun.successful.results.json", PIPELINE_OK)
+        let Event::Build {
+            build, problems, ..
+        } = run("pipelinerun.successful.results.json", PIPELINE_OK)
         else {
             panic!("not a build")
         };

@@ -58,6 +58,7 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
                 BUILDER.into(),
                 "https://ci.example.com/runners/arm64".into(),
             ],
+            images: Vec::new(),
         },
         WebhookSourceSettings {
             name: "globex-ci".into(),
@@ -66,6 +67,7 @@ pub fn test_settings(db: &TestDatabase, dir: &std::path::Path) -> Settings {
             secrets: vec![OTHER_SECRET.to_owned().into()],
             repositories: vec![format!("{REGISTRY}/globex/*")],
             builder_ids: vec![OTHER_BUILDER.into()],
+            images: Vec::new(),
         },
     ];
     s.webhook.dev_secret_file = dir.join("webhook.secret");
