@@ -1,10 +1,12 @@
 //! What a scrape of `/metrics` looks like: promtool's linter passes it, and every metric the
 //! README lists is there once the app has done what it measures.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use attestd::store::{AttestationState, ExecutionFilter};
 
 use crate::support::Backend;
-use crate::support::app::TestApp;
+use crate::support::app::{TOKEN, TestApp};
 use crate::support::prometheus::promtool_check_metrics;
 use crate::support::registry::TestRegistry;
 use crate::{REPO, Traffic, sample, scrape, take_turn};
@@ -79,4 +81,49 @@ async fn a_scrape_after_webhooks_signing_and_pushes_passes_promtool_check_metric
         !text.contains(&pipeline_run),
         "a pipeline run is a label:\n{text}"
     );
+
+    // Re-driving the dead push empties the dead state: its gauge reads 0, not its last count.
+    let dead = [("kind", "push"), ("state", "dead")];
+    assert_eq!(sample(&text, "attestd_jobs", &dead), 1.0, "{text}");
+    let failed = app
+        .app
+        .store
+        .list_executions(&ExecutionFilter {
+            attestation: Some(AttestationState::Failed),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.len(),
+        1,
+        "the push to the registry without its password"
+    );
+    let retry = app
+        .http
+        .post(app.url(&format!("/v1/executions/{}/retry", failed[0].id)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(retry.status().is_success(), "{}", retry.status());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&app).await;
+        let emptied = text.contains("attestd_jobs{kind=\"push\",state=\"dead\"} 0\n");
+        let queued = sample(
+            &text,
+            "attestd_jobs",
+            &[("kind", "push"), ("state", "queued")],
+        );
+        if emptied && queued == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead push still counts:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

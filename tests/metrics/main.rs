@@ -2,9 +2,9 @@
 //!
 //! A test binary of its own because the metrics recorder is process-global: under `cargo test`
 //! every test of one binary shares a process, so these tests share it only with each other, and
-//! the ones that count take turns ([`take_turn`]). Their assertions use labels no other app uses
-//! (a source name made up per test, registries on ports of their own); counters without such a
-//! label are compared with what the app showed before the test sent anything.
+//! the ones that run the worker or count take turns ([`take_turn`]). Their assertions use labels
+//! no other app uses (a source name made up per test, registries on ports of their own); counters
+//! without such a label are compared with what the app showed before the test sent anything.
 
 #[path = "../it/support/mod.rs"]
 mod support;

@@ -3,13 +3,15 @@
 use attestd::store::JobCount;
 use serde_json::json;
 
-use crate::backend_tests;
 use crate::support::Backend;
 use crate::support::app::{REGISTRY, TestApp, webhook};
+use crate::{backend_tests, take_turn};
 
 backend_tests!(jobs_are_counted_by_kind_and_state);
 
 async fn jobs_are_counted_by_kind_and_state(backend: Backend) {
+    // Its worker run moves the process's job counters.
+    let _turn = take_turn().await;
     let app = TestApp::spawn_with(backend, |s| {
         s.worker.backoff_base_ms = 600_000;
         s.worker.backoff_max_secs = 3600;
