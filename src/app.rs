@@ -73,7 +73,11 @@ impl App {
             store.migrate().await.context("apply database migrations")?;
         }
         let sources = webhook_sources(&settings)?;
-        let secrets = crate::secrets::from_settings(&settings.secrets)?;
+        crate::metrics::handle();
+        crate::metrics::build_info(store.backend());
+        let secrets = crate::secrets::metered::Metered::wrap(crate::secrets::from_settings(
+            &settings.secrets,
+        )?);
         let keyring = Keyring::load(&settings.signing, &settings.secrets, secrets.clone())
             .await
             .context("load signing keys ([signing])")?
@@ -169,6 +173,7 @@ impl App {
 
     /// Serve HTTP on `listener` (and run the worker, if enabled) until `shutdown` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+        let metrics = self.clone().serve_metrics().await?;
         let state = AppState(self.clone());
         let router = crate::http::router(state);
         let shutdown = self.shutdown.clone();
@@ -193,7 +198,41 @@ impl App {
         if let Some(worker) = worker {
             let _ = worker.await;
         }
+        for task in metrics {
+            let _ = task.await;
+        }
         Ok(())
+    }
+
+    /// Refresh the gauges read from the database, and serve `/metrics` on `metrics.listen` if
+    /// set (bound here, so a taken address fails start-up), until shutdown.
+    async fn serve_metrics(self: Arc<Self>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let listener = match self.settings.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind {addr} (metrics.listen)"))?,
+            ),
+            None => None,
+        };
+        let mut tasks = vec![tokio::spawn(crate::metrics::refresh::run(self.clone()))];
+        if let Some(listener) = listener {
+            tracing::info!(listen = %listener.local_addr()?, "serving /metrics");
+            let limits = crate::http::server::ConnectionLimits {
+                max_connections: 64,
+                header_read_timeout: Duration::from_secs(
+                    self.settings.server.header_read_timeout_secs,
+                ),
+                grace: Duration::from_secs(1),
+            };
+            tasks.push(tokio::spawn(crate::http::server::serve(
+                listener,
+                crate::http::metrics::router(),
+                limits,
+                self.shutdown.clone(),
+            )));
+        }
+        Ok(tasks)
     }
 }
 

@@ -28,6 +28,7 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     pub signing: SigningSettings,
     pub verify: VerifySettings,
+    pub metrics: MetricsSettings,
     #[serde(default)]
     pub registries: Vec<RegistrySettings>,
 }
@@ -304,6 +305,35 @@ impl VerifySettings {
     }
 }
 
+/// Where `GET /metrics` is served, and how often the gauges read from the database are refreshed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` on `server.listen` too (open on loopback, admin token elsewhere).
+    pub on_server_listen: bool,
+    /// A separate listener serving only `/metrics`, without a token; `None` when empty.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub listen: Option<SocketAddr>,
+    pub refresh_secs: u64,
+}
+
+/// `""` as `None`, anything else parsed.
+fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw = String::deserialize(deserializer)?;
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    raw.trim()
+        .parse()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 /// A service-level secret given in configuration: `env:NAME`, `file:/path`, or the literal value.
 /// Resolved once at start-up; `Debug` never shows a literal.
 #[derive(Clone, Deserialize)]
@@ -445,6 +475,16 @@ impl Settings {
                      ends before its tag lock can expire",
                     self.worker.lock_ttl_secs
                 ),
+            );
+        }
+        if self.metrics.refresh_secs == 0 {
+            return invalid("metrics.refresh_secs", "must be at least 1".into());
+        }
+        if self.metrics.listen == Some(self.server.listen) && self.server.listen.port() != 0 {
+            return invalid(
+                "metrics.listen",
+                "must differ from server.listen (leave it empty to serve /metrics there only)"
+                    .into(),
             );
         }
         if self.worker.prune_interval_secs == 0 {
@@ -782,6 +822,11 @@ impl Settings {
                 "evaluator_concurrency": self.verify.evaluator_concurrency,
                 "evaluator_program": self.verify.evaluator_program,
             },
+            "metrics": {
+                "on_server_listen": self.metrics.on_server_listen,
+                "listen": self.metrics.listen.map(|a| a.to_string()).unwrap_or_default(),
+                "refresh_secs": self.metrics.refresh_secs,
+            },
             "registries": self.registries.iter().map(|r| serde_json::json!({
                 "host": r.host, "format": r.format, "insecure_http": r.insecure_http,
                 "ca_file": r.ca_file, "username": r.username, "password": r.password,
@@ -928,6 +973,29 @@ mod tests {
         assert!(!shown.contains("s3cr3t-literal"), "{shown}");
         assert!(shown.contains("env:NEXT"));
         assert!(shown.contains("postgres://app:[redacted]@db/attestd"));
+    }
+
+    #[test]
+    fn an_empty_metrics_listen_is_none_and_a_bad_one_names_the_key() {
+        assert_eq!(with("").metrics.listen, None);
+        let s = with("[metrics]\nlisten = \"0.0.0.0:9464\"");
+        assert_eq!(s.metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
+        s.validate().unwrap();
+        let err = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[metrics]\nlisten = \"9464\""))
+            .extract::<Settings>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.listen") || err.contains("listen"),
+            "{err}"
+        );
+        let err =
+            with("[server]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"")
+                .validate()
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
     }
 
     fn with(toml: &str) -> Settings {

@@ -61,6 +61,11 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// The machine code of an error response, kept in the response's extensions for middleware
+/// (metrics) that sees the response but not the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// The error body every API error has, for the OpenAPI document.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
@@ -184,6 +189,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code()));
         if matches!(self, Self::StoreUnavailable | Self::Overloaded(_)) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

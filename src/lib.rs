@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod secrets;

@@ -3,11 +3,12 @@
 #
 #   source scripts/lib/services.sh
 #   trap stop_services EXIT
-#   ensure_apt_packages          # docker-registry apache2-utils skopeo chromium (+ postgres/curl if missing)
+#   ensure_apt_packages          # docker-registry apache2-utils skopeo chromium prometheus (+ postgres/curl if missing)
 #   start_postgres               # -> TEST_DATABASE_URL
 #   start_openbao                # -> ATTESTD_TEST_BAO_ADDR, ATTESTD_TEST_BAO_TOKEN, ATTESTD_TEST_BAO_BIN
 #   check_registry_binary        # -> ATTESTD_TEST_REGISTRY_BIN, ATTESTD_TEST_HTPASSWD_BIN, ATTESTD_TEST_OPENSSL_BIN
 #   check_chromium               # -> ATTESTD_TEST_CHROMIUM
+#   check_prometheus             # -> ATTESTD_TEST_PROMETHEUS_BIN, ATTESTD_TEST_PROMTOOL_BIN
 #   ensure_py_venv               # -> ATTESTD_TEST_PYTHON (PyNaCl + cryptography fixture tools)
 #   stop_services                # idempotent teardown
 #
@@ -140,7 +141,7 @@ apt_install() {
 # ensure_apt_packages: install what the tests need, only if missing.
 ensure_apt_packages() {
     local missing=() p
-    for p in docker-registry apache2-utils skopeo chromium; do
+    for p in docker-registry apache2-utils skopeo chromium prometheus; do
         _svc_dpkg_installed "$p" || missing+=("$p")
     done
     _svc_pg_bindir >/dev/null || missing+=(postgresql)
@@ -153,7 +154,7 @@ ensure_apt_packages() {
         missing+=(python3-venv)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        echo "packages: all present (docker-registry apache2-utils skopeo chromium postgresql)"
+        echo "packages: all present (docker-registry apache2-utils skopeo chromium prometheus postgresql)"
         return 0
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -300,6 +301,18 @@ check_chromium() {
     [ -x "$c" ] || c="$(command -v chromium 2>/dev/null)" || { _svc_fail "chromium not found (apt-get install chromium)"; return 1; }
     export ATTESTD_TEST_CHROMIUM="$c"
     echo "chromium: $c"
+}
+
+# check_prometheus: the Prometheus server and promtool from Debian's `prometheus` package. The
+# metrics tests start their own server per test (free port, own storage); the package's service
+# is never used.
+check_prometheus() {
+    local prom tool
+    prom="$(command -v prometheus 2>/dev/null)" || { _svc_fail "prometheus not found (apt-get install prometheus)"; return 1; }
+    tool="$(command -v promtool 2>/dev/null)" || { _svc_fail "promtool not found (apt-get install prometheus)"; return 1; }
+    export ATTESTD_TEST_PROMETHEUS_BIN="$prom"
+    export ATTESTD_TEST_PROMTOOL_BIN="$tool"
+    echo "prometheus: $prom (promtool $tool)"
 }
 
 # ensure_py_venv: venv with scripts/fixtures/requirements.txt (PyNaCl + cryptography) for the

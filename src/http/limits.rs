@@ -22,13 +22,13 @@ pub enum RouteClass {
     Verify,
     /// Every other API and web view request.
     Reads,
-    /// `/healthz`, `/readyz`: never limited.
+    /// `/healthz`, `/readyz`, `/metrics`: never limited.
     Health,
 }
 
 impl RouteClass {
     pub fn of(path: &str) -> Self {
-        if path == "/healthz" || path == "/readyz" {
+        if matches!(path, "/healthz" | "/readyz" | "/metrics") {
             Self::Health
         } else if path.starts_with("/v1/webhooks/") {
             Self::Webhooks
@@ -127,5 +127,6 @@ mod tests {
         assert_eq!(RouteClass::of("/v1/executions"), RouteClass::Reads);
         assert_eq!(RouteClass::of("/healthz"), RouteClass::Health);
         assert_eq!(RouteClass::of("/readyz"), RouteClass::Health);
+        assert_eq!(RouteClass::of("/metrics"), RouteClass::Health);
     }
 }

@@ -26,6 +26,8 @@ pub mod executions;
 pub mod health;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod server;
 pub mod stats;
 pub mod ui;
@@ -68,6 +70,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::get_metrics))
         .routes(routes!(webhooks::receive_build_webhook))
         .routes(routes!(webhooks::receive_source_webhook))
         .routes(routes!(executions::list_executions))
@@ -110,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         settings.max_in_flight_verify,
         or_share(settings.max_in_flight_reads),
     ));
+    let observed = state.clone();
     let (api, doc) = api();
     let doc = std::sync::Arc::new(doc);
     api.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
@@ -133,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(axum::middleware::from_fn_with_state(admission, limits::admit))
+        .layer(axum::middleware::from_fn_with_state(observed, observe::observe_webhooks))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

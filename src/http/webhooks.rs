@@ -105,6 +105,7 @@ async fn ingest(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    super::observe::webhook_source(source);
     require_json(headers)?;
     let (mut build, problems, repository) = match source.kind {
         SourceKind::Attestd => {

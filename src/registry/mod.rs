@@ -178,6 +178,7 @@ impl Registries {
         let conn = self.connection(&req.image.registry)?;
         conn.with_reauth(|s| async move { self.push_with(conn, &s, req, fence).await })
             .await
+            .inspect_err(|e| counted(&req.image.registry, "push", e))
     }
 
     async fn push_with(
@@ -252,6 +253,7 @@ impl Registries {
         let conn = self.connection(&image.registry)?;
         conn.with_reauth(|s| async move { self.fetch_with(conn, &s, image, digest).await })
             .await
+            .inspect_err(|e| counted(&image.registry, "fetch", e))
     }
 
     async fn fetch_with(
@@ -361,7 +363,8 @@ impl Registries {
                     .await
                     .map_err(|e| RegistryError::from_oci(what, &e))
             })
-            .await?;
+            .await
+            .inspect_err(|e| counted(&image.registry, "resolve", e))?;
         digest.parse().map_err(|_| {
             RegistryError::permanent(
                 ErrorCode::InvalidContent,
@@ -369,6 +372,11 @@ impl Registries {
             )
         })
     }
+}
+
+/// Count a failed operation on a configured registry (`attestd_registry_errors_total`).
+fn counted(host: &str, operation: &'static str, e: &RegistryError) {
+    crate::metrics::registry_error(host, operation, e.code().as_str());
 }
 
 /// The subject descriptor of the image manifest. Its absence is `ImageNotFound`, permanent as far

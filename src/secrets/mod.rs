@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod file;
+pub mod metered;
 pub mod vault;
 
 use std::sync::Arc;

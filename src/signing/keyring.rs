@@ -289,6 +289,13 @@ impl Keyring {
             .map(String::as_str)
     }
 
+    /// Where the key `account` signs with lives (for metrics), if it has one.
+    pub fn key_kind_for(&self, account: &AccountId) -> Option<KeyKind> {
+        self.key_name_for(account)
+            .and_then(|name| self.slots.get(name))
+            .map(|slot| slot.kind)
+    }
+
     /// The signer for `account` (see [`Self::key_name_for`]).
     /// `SignError::Unavailable` while the key's backend cannot be reached (retry the job).
     pub async fn signer_for(&self, account: &AccountId) -> Result<Arc<dyn Signer>, SignError> {

@@ -453,6 +453,24 @@ pub struct Pruned {
     pub locks: u64,
 }
 
+/// The number of jobs of one kind in one state (`queued`, `running`, `done`, `dead`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCount {
+    pub kind: String,
+    pub state: String,
+    pub count: u64,
+}
+
+/// One connection pool: open connections, how many of them are idle, and its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `main` (PostgreSQL), `writer` or `reader` (SQLite).
+    pub name: &'static str,
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// A job leased to one worker until `lease_expires_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -690,6 +708,10 @@ pub trait Store: Send + Sync {
     async fn retry_execution(&self, id: ExecutionId) -> Result<u64, StoreError>;
     /// Jobs that are neither done nor dead.
     async fn unfinished_jobs(&self) -> Result<u64, StoreError>;
+    /// How many jobs there are of each kind in each state (kinds and states with none left out).
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError>;
+    /// The connection pools' sizes right now. No I/O.
+    fn pool_stats(&self) -> Vec<PoolStats>;
 
     /// Take a named lock for `ttl` if it is free, expired or already `owner`'s, with a fencing
     /// token higher than the lock's last one; `None` while someone else holds it. Serializes
@@ -805,6 +827,16 @@ fn match_digest_hits(hits: Vec<(uuid::Uuid, i32)>, executions: Vec<Execution>) -
             })
         })
         .collect()
+}
+
+/// A pool's connections as sqlx counts them.
+fn pool_stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
+    PoolStats {
+        name,
+        size: pool.size(),
+        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        max: pool.options().get_max_connections(),
+    }
 }
 
 #[cfg(test)]

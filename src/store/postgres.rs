@@ -695,6 +695,25 @@ impl Store for PgStore {
         Ok(n as u64)
     }
 
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        sqlx::query(sql::COUNT_JOBS_BY_KIND_AND_STATE)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(JobCount {
+                    kind: r.try_get("kind")?,
+                    state: r.try_get("state")?,
+                    count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        vec![pool_stats("main", &self.pool)]
+    }
+
     async fn try_lock(
         &self,
         name: &str,

@@ -8,6 +8,10 @@ pub const CLEAR_LAST_ERROR: &str = "UPDATE executions SET last_error = NULL WHER
 pub const COUNT_UNFINISHED_JOBS: &str =
     "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')";
 
+/// Jobs by kind and state.
+pub const COUNT_JOBS_BY_KIND_AND_STATE: &str =
+    "SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state ORDER BY kind, state";
+
 /// The execution already recorded under an idempotency key. `$1` account, `$2` pipeline execution id.
 pub const EXISTING_EXECUTION: &str = "SELECT id, request_sha256 FROM executions WHERE account_id = $1 AND pipeline_execution_id = $2";
 

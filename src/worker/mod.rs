@@ -69,6 +69,8 @@ struct Failure {
     message: String,
     /// Retrying cannot help (e.g. the image does not exist, the key cannot sign).
     permanent: bool,
+    /// A stable class for metrics (`store`, `panic`, a registry error code, ...).
+    reason: &'static str,
 }
 
 impl Failure {
@@ -76,6 +78,7 @@ impl Failure {
         Self {
             message: message.into(),
             permanent: false,
+            reason: "other",
         }
     }
 
@@ -83,13 +86,19 @@ impl Failure {
         Self {
             message: message.into(),
             permanent: true,
+            reason: "other",
         }
+    }
+
+    fn because(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
     }
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        Self::retryable(format!("store: {e}"))
+        Self::retryable(format!("store: {e}")).because("store")
     }
 }
 
@@ -180,6 +189,7 @@ async fn run_one(
     let Some(job) = app.store.claim_job(owner, &leasing).await? else {
         return Ok(false);
     };
+    crate::metrics::job_attempt(job.kind.as_str());
     let span = tracing::info_span!("job", job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
     let attempt = AssertUnwindSafe(execute(app, &job, owner)).catch_unwind();
     let stopped = async {
@@ -196,7 +206,7 @@ async fn run_one(
             Err(panic) => Err(Failure::retryable(format!(
                 "internal error (panic: {})",
                 panic_message(panic.as_ref())
-            ))),
+            )).because("panic")),
         },
         _ = stopped => {
             app.store.release_job(&job).await?;
@@ -204,14 +214,18 @@ async fn run_one(
             return Ok(true);
         }
         why = keep_leased(app, &job, leasing.lease) => {
-            Err(Failure::retryable(format!("the worker gave the job up: {why}")))
+            Err(Failure::retryable(format!("the worker gave the job up: {why}")).because("lease_lost"))
         }
     };
     match result {
-        Ok(()) => tracing::info!(parent: &span, "job done"),
+        Ok(()) => {
+            crate::metrics::job_completed(job.kind.as_str());
+            tracing::info!(parent: &span, "job done")
+        }
         Err(f) => {
             let max = app.settings.worker.max_attempts as i32;
             let retry_in = (!f.permanent && job.attempts < max).then(|| backoff(app, job.attempts));
+            crate::metrics::job_failed(job.kind.as_str(), f.reason, retry_in.is_some());
             match retry_in {
                 Some(delay) => {
                     tracing::warn!(parent: &span, error = %f.message, retry_in = ?delay, "job failed; will retry")
@@ -295,14 +309,18 @@ async fn resolve(app: &App, job: &Job) -> Result<(), Failure> {
         .store
         .execution(job.execution_id)
         .await?
-        .ok_or_else(|| Failure::permanent("execution vanished"))?;
+        .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
     let template = app
         .store
         .statement_template(job.execution_id)
         .await?
-        .ok_or_else(|| Failure::permanent("execution has no statement template to complete"))?;
+        .ok_or_else(|| {
+            Failure::permanent("execution has no statement template to complete")
+                .because("missing_data")
+        })?;
     let template: Statement = serde_json::from_slice(&template).map_err(|e| {
         Failure::permanent(format!("the stored statement template is corrupt: {e}"))
+            .because("missing_data")
     })?;
     let pending: Vec<&ArtifactRecord> = execution
         .artifacts
@@ -321,7 +339,8 @@ async fn resolve(app: &App, job: &Job) -> Result<(), Failure> {
                 return Err(Failure::retryable(format!(
                     "{}: resolving {image} did not finish within {deadline:?}",
                     ErrorCode::Unavailable.as_str()
-                )));
+                ))
+                .because(ErrorCode::Unavailable.as_str()));
             }
         };
         tracing::info!(image = %image, subject.digest = %digest, "image tag resolved");
@@ -337,7 +356,10 @@ async fn resolve(app: &App, job: &Job) -> Result<(), Failure> {
                 .find(|(position, _)| *position == a.position)
                 .map(|(_, d)| d.clone())
                 .or_else(|| a.digest.clone())
-                .ok_or_else(|| Failure::permanent(format!("{} has no digest", image_of(a))))?;
+                .ok_or_else(|| {
+                    Failure::permanent(format!("{} has no digest", image_of(a)))
+                        .because("missing_data")
+                })?;
             Ok(Artifact {
                 image: image_of(a),
                 digest,
@@ -369,16 +391,17 @@ fn image_of(a: &ArtifactRecord) -> ImageRef {
 fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) -> Failure {
     if e.code() != ErrorCode::ImageNotFound {
         let message = format!("{}: {}", e.code().as_str(), e.message());
-        return if e.is_retryable() {
+        let failure = if e.is_retryable() {
             Failure::retryable(message)
         } else {
             Failure::permanent(message)
         };
+        return failure.because(e.code().as_str());
     }
     let tag = image.tag.as_deref().unwrap_or_default();
     let name = image.name();
     let code = e.code().as_str();
-    if i64::from(attempt) < i64::from(max) {
+    let failure = if i64::from(attempt) < i64::from(max) {
         Failure::retryable(format!(
             "{code}: tag {tag} of {name} is not in the registry yet (attempt {attempt} of {max}; \
              retried while the image may still be pushed)"
@@ -387,7 +410,8 @@ fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) 
         Failure::permanent(format!(
             "{code}: tag {tag} of {name} never appeared after {attempt} attempts"
         ))
-    }
+    };
+    failure.because(code)
 }
 
 async fn sign(app: &App, job: &Job) -> Result<(), Failure> {
@@ -395,20 +419,32 @@ async fn sign(app: &App, job: &Job) -> Result<(), Failure> {
         .store
         .execution(job.execution_id)
         .await?
-        .ok_or_else(|| Failure::permanent("execution vanished"))?;
+        .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
     let statement = app
         .store
         .statement(job.execution_id)
         .await?
-        .ok_or_else(|| Failure::permanent("execution has no statement to sign"))?;
+        .ok_or_else(|| {
+            Failure::permanent("execution has no statement to sign").because("missing_data")
+        })?;
     let signer = app
         .keyring
         .signer_for(&execution.account)
         .await
         .map_err(sign_failure)?;
-    let envelope = sign_envelope(signer.as_ref(), IN_TOTO_PAYLOAD_TYPE, &statement)
-        .await
-        .map_err(sign_failure)?;
+    let key_type = app
+        .keyring
+        .key_kind_for(&execution.account)
+        .map_or("unknown", |k| k.as_str());
+    let started = std::time::Instant::now();
+    let signed = sign_envelope(signer.as_ref(), IN_TOTO_PAYLOAD_TYPE, &statement).await;
+    let outcome = match &signed {
+        Ok(_) => "ok",
+        Err(SignError::Unavailable(_)) => "unavailable",
+        Err(SignError::Failed(_)) => "failed",
+    };
+    crate::metrics::signed(key_type, outcome, started.elapsed());
+    let envelope = signed.map_err(sign_failure)?;
     let key_id: &KeyId = signer.key_id();
     match app
         .store
@@ -427,8 +463,11 @@ async fn sign(app: &App, job: &Job) -> Result<(), Failure> {
 
 fn sign_failure(e: SignError) -> Failure {
     match e {
-        SignError::Unavailable(m) => Failure::retryable(format!("signing key unavailable: {m}")),
-        SignError::Failed(m) => Failure::permanent(format!("signing failed: {m}")),
+        SignError::Unavailable(m) => Failure::retryable(format!("signing key unavailable: {m}"))
+            .because("signing_unavailable"),
+        SignError::Failed(m) => {
+            Failure::permanent(format!("signing failed: {m}")).because("signing_failed")
+        }
     }
 }
 
@@ -437,20 +476,18 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         .store
         .execution(job.execution_id)
         .await?
-        .ok_or_else(|| Failure::permanent("execution vanished"))?;
+        .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
     let artifact = job
         .artifact_position
         .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
-        .ok_or_else(|| Failure::permanent("artifact vanished"))?;
-    let digest = artifact
-        .digest
-        .as_ref()
-        .ok_or_else(|| Failure::permanent("the artifact's digest is not resolved"))?;
-    let envelope = app
-        .store
-        .envelope(job.execution_id)
-        .await?
-        .ok_or_else(|| Failure::permanent("no stored envelope to push"))?;
+        .ok_or_else(|| Failure::permanent("artifact vanished").because("missing_data"))?;
+    let digest = artifact.digest.as_ref().ok_or_else(|| {
+        Failure::permanent("the artifact's digest is not resolved").because("missing_data")
+    })?;
+    let envelope =
+        app.store.envelope(job.execution_id).await?.ok_or_else(|| {
+            Failure::permanent("no stored envelope to push").because("missing_data")
+        })?;
     let image = image_of(artifact);
     let key_id = execution.key_id.clone().unwrap_or_default();
     let name = format!("att:{}/{}@{}", image.registry, image.repository, digest);
@@ -477,6 +514,7 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     .catch_unwind();
     // The whole push runs under the deadline and while the lock is renewed; losing the lock
     // drops the push, cancelling whatever request it had in flight.
+    let started = std::time::Instant::now();
     let pushed = tokio::select! {
         r = tokio::time::timeout(deadline, work) => match r {
             Ok(Ok(pushed)) => pushed
@@ -484,7 +522,7 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
             Ok(Err(panic)) => Err(Failure::retryable(format!(
                 "internal error (panic: {})",
                 panic_message(panic.as_ref())
-            ))),
+            )).because("panic")),
             Err(_) => Err(push_failure(
                 &RegistryError::retryable(
                     ErrorCode::Unavailable,
@@ -509,6 +547,12 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     } else {
         tracing::info!(lock = %name, "push failed after its manifest write started; the lock is left to expire");
     }
+    let push_outcome = match &pushed {
+        Ok(o) if o.already_present => "already_present",
+        Ok(_) => "pushed",
+        Err(f) => f.reason,
+    };
+    crate::metrics::push_finished(&image.registry, push_outcome, started.elapsed());
     let outcome = pushed?;
     tracing::info!(subject.digest = %digest, reference = %outcome.reference, already_present = outcome.already_present, "attestation pushed");
     let record = PushRecord {
@@ -516,8 +560,31 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         manifest_digest: outcome.manifest_digest,
     };
     match app.store.complete_push(job, &record).await {
-        Ok(()) | Err(StoreError::LeaseLost(_)) => Ok(()),
+        Ok(()) => {
+            observe_attested(app, job).await;
+            Ok(())
+        }
+        Err(StoreError::LeaseLost(_)) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// If this push made its execution attested, observe the time from receipt. The store stamps
+/// `attested_at` with the same instant as the artifact's `pushed_at` in the push that completes
+/// it, so only that push observes it, whichever worker ran the others.
+async fn observe_attested(app: &App, job: &Job) {
+    let Ok(Some(execution)) = app.store.execution(job.execution_id).await else {
+        return;
+    };
+    let pushed_at = job
+        .artifact_position
+        .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
+        .and_then(|a| a.pushed_at);
+    if let Some(attested_at) = execution.attested_at
+        && pushed_at == Some(attested_at)
+    {
+        let delay = (attested_at - execution.received_at).max(time::Duration::ZERO);
+        crate::metrics::attested(delay.unsigned_abs());
     }
 }
 
@@ -563,7 +630,7 @@ async fn keep_locked(app: &App, lock: &Lock, ttl: Duration) -> String {
 /// `missing_image_retries` times before it is permanent: a registry replica may not have it yet.
 fn push_failure(e: &RegistryError, attempt: i32, missing_image_retries: u32) -> Failure {
     let message = format!("{}: {}", e.code().as_str(), e.message());
-    if e.code() == ErrorCode::ImageNotFound
+    let failure = if e.code() == ErrorCode::ImageNotFound
         && i64::from(attempt) <= i64::from(missing_image_retries)
     {
         Failure::retryable(format!(
@@ -573,7 +640,8 @@ fn push_failure(e: &RegistryError, attempt: i32, missing_image_retries: u32) -> 
         Failure::retryable(message)
     } else {
         Failure::permanent(message)
-    }
+    };
+    failure.because(e.code().as_str())
 }
 
 /// Wait for the tag lock, polling with jitter, up to [`TAG_LOCK_WAIT`]. A stopped holder's lock
@@ -585,9 +653,10 @@ async fn acquire(app: &App, name: &str, owner: &str, ttl: Duration) -> Result<Lo
             return Ok(lock);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Failure::retryable(format!(
-                "another worker is still writing {name}"
-            )));
+            return Err(
+                Failure::retryable(format!("another worker is still writing {name}"))
+                    .because("tag_lock_busy"),
+            );
         }
         let pause = rand::rng().random_range(10..60);
         tokio::time::sleep(Duration::from_millis(pause)).await;

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod bao;
 pub mod browser;
+pub mod prometheus;
 pub mod proxy;
 pub mod registry;
 

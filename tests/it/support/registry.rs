@@ -361,14 +361,14 @@ fn plain_client(cert: Option<&Path>) -> reqwest::Client {
     b.build().expect("reqwest client")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-fn which(env: &str, name: &str) -> Option<PathBuf> {
+pub fn which(env: &str, name: &str) -> Option<PathBuf> {
     if let Ok(p) = std::env::var(env)
         && !p.is_empty()
     {
