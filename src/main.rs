@@ -26,8 +26,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API, the Supply Chain view and the worker.
-    Serve,
+    /// Run the API, the Supply Chain view and the worker (or one of them: --role).
+    Serve {
+        /// `all`: API, web view and worker; `api`: never claims a job; `worker`: only the
+        /// worker, its listener answering /healthz, /readyz and /metrics. Overrides server.role.
+        #[arg(long, value_parser = ["all", "api", "worker"])]
+        role: Option<String>,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration with secrets redacted.
@@ -123,8 +128,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let settings = || Settings::load(cli.config.as_deref());
     match cli.command {
-        Command::Serve => {
-            let settings = settings()?;
+        Command::Serve { role } => {
+            let role = role
+                .map(|r| r.parse::<attestd::config::Role>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let settings = Settings::load_as(cli.config.as_deref(), role)?;
+            let _sqlite = attestd::store::process_lock::lock_sqlite(
+                secrecy::ExposeSecret::expose_secret(&settings.database.url),
+                &format!("attestd serve, role {}", settings.server.role.as_str()),
+            )?;
             let listener = tokio::net::TcpListener::bind(settings.server.listen)
                 .await
                 .with_context(|| format!("bind {} (server.listen)", settings.server.listen))?;
@@ -140,6 +153,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             use secrecy::ExposeSecret;
             let settings = settings()?;
+            let _sqlite = attestd::store::process_lock::lock_sqlite(
+                settings.database.url.expose_secret(),
+                "attestd migrate",
+            )?;
             let store = attestd::store::connect(
                 settings.database.url.expose_secret(),
                 1,

@@ -26,6 +26,7 @@ pub mod executions;
 pub mod health;
 pub mod keys;
 pub mod limits;
+pub mod roles;
 pub mod server;
 pub mod stats;
 pub mod ui;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId};
 
 pub mod postgres;
+pub mod process_lock;
 pub mod sqlite;
 
 pub use postgres::PgStore;
@@ -178,6 +179,8 @@ pub struct Execution {
     pub signed_at: Option<OffsetDateTime>,
     pub attested_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    /// The worker (`<worker id>/<job loop>`) whose envelope was stored.
+    pub signed_by: Option<String>,
     pub artifacts: Vec<ArtifactRecord>,
 }
 
@@ -211,6 +214,7 @@ impl Execution {
             signed_at: None,
             attested_at: None,
             last_error: None,
+            signed_by: None,
             artifacts: b
                 .artifacts
                 .iter()
@@ -232,6 +236,7 @@ impl Execution {
                     pushed_reference: None,
                     manifest_digest: None,
                     pushed_at: None,
+                    pushed_by: None,
                 })
                 .collect(),
         }
@@ -261,6 +266,8 @@ pub struct ArtifactRecord {
     /// Digest of the manifest that holds the attestation after the push.
     pub manifest_digest: Option<String>,
     pub pushed_at: Option<OffsetDateTime>,
+    /// The worker (`<worker id>/<job loop>`) that pushed it.
+    pub pushed_by: Option<String>,
 }
 
 /// Filters for listing executions. `account: None` only for admin readers.
@@ -367,6 +374,8 @@ pub struct Job {
     /// Attempts including this one.
     pub attempts: i32,
     pub lease_token: Uuid,
+    /// The worker holding the lease, as given to [`Store::claim_job`].
+    pub owner: String,
 }
 
 /// The result of a successful push, recorded on the artifact.

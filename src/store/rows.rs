@@ -13,10 +13,11 @@ use crate::domain::ExecutionId;
 pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipeline_identifier, \
     repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, builder_version, \
     started_on, finished_on, status, received_at, attestation_state, key_id, signed_at, \
-    attested_at, last_error";
+    attested_at, last_error, signed_by";
 
 pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository, tag, digest, \
-    push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at";
+    push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at, \
+    pushed_by";
 
 pub struct ExecutionRow {
     pub id: Uuid,
@@ -39,6 +40,7 @@ pub struct ExecutionRow {
     pub signed_at: Option<OffsetDateTime>,
     pub attested_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    pub signed_by: Option<String>,
 }
 
 pub struct ArtifactRow {
@@ -55,6 +57,7 @@ pub struct ArtifactRow {
     pub pushed_reference: Option<String>,
     pub manifest_digest: Option<String>,
     pub pushed_at: Option<OffsetDateTime>,
+    pub pushed_by: Option<String>,
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -80,6 +83,7 @@ impl ArtifactRow {
             pushed_reference: self.pushed_reference,
             manifest_digest: self.manifest_digest,
             pushed_at: self.pushed_at,
+            pushed_by: self.pushed_by,
         })
     }
 }
@@ -125,6 +129,7 @@ pub fn assemble(
                 signed_at: r.signed_at,
                 attested_at: r.attested_at,
                 last_error: r.last_error,
+                signed_by: r.signed_by,
                 artifacts,
             })
         })
