@@ -1,4 +1,4 @@
-//! The attestd command line: serve, migrate, print-config, tokens hash (and keys, verify).
+//! The attestd command line: serve, migrate, check, print-config, tokens hash (and keys, verify).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,18 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Reach the database, the secret backend, every signing key and every registry, each
+    /// within a timeout, and print one line per check.
+    ///
+    /// Exit status: 0 every check passed, 1 one failed.
+    Check {
+        /// `text` for people, `json` for machines.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Seconds each check may take.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
     /// Print the effective configuration with secrets redacted.
     PrintConfig,
     /// Internal: the server's Rego evaluator process (a request on stdin, events on stdout).
@@ -165,6 +177,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
+        }
+        Command::Check {
+            output,
+            timeout_secs,
+        } => {
+            let report = attestd::check::run(
+                cli.config.as_deref(),
+                std::time::Duration::from_secs(timeout_secs.max(1)),
+            )
+            .await;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            return Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::PrintConfig => {
             let settings = settings()?;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId};
 
+pub mod migrations;
 pub mod postgres;
 pub mod process_lock;
 pub mod sqlite;

@@ -161,9 +161,7 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        super::migrations::POSTGRES.run(&self.pool).await?;
         Ok(())
     }
 

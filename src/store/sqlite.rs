@@ -224,9 +224,7 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite")
-            .run(&self.writer)
-            .await?;
+        super::migrations::SQLITE.run(&self.writer).await?;
         Ok(())
     }
 

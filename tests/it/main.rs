@@ -2,6 +2,7 @@
 
 mod api;
 mod attestation;
+mod check;
 mod ci_webhooks;
 mod cli;
 mod fencing;
