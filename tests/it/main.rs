@@ -11,6 +11,8 @@ mod keys;
 mod query;
 mod registry;
 mod registry_auth;
+mod roles;
+mod scale_out;
 mod signing;
 mod standard_webhooks;
 mod store;
