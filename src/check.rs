@@ -327,23 +327,29 @@ async fn keys(
             one.keys.retain(|k, _| k == name);
             one.accounts.clear();
             one.default_key = name.clone();
-            let loaded = within(timeout, async {
-                let keyring = Keyring::load(&one, &settings.secrets, secrets)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                keyring
-                    .probe()
-                    .await
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| "the key was not loaded".to_owned())
-                    .and_then(|(_, kind, key)| key.map(|k| (kind, k)))
-            })
-            .await;
+            let loaded = within(timeout, load_key(&one, settings, secrets)).await;
             key_result(name.clone(), loaded, started)
         }
     });
     futures::future::join_all(checks).await
+}
+
+/// Load the one key `signing` configures (or its development key) and ask for its public key.
+async fn load_key(
+    signing: &crate::config::SigningSettings,
+    settings: &Settings,
+    secrets: Arc<dyn SecretSource>,
+) -> Result<(crate::signing::KeyKind, crate::signing::PublicKeyInfo), String> {
+    let keyring = Keyring::load(signing, &settings.secrets, secrets)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, kind, key) = keyring
+        .probe()
+        .await
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the key was not loaded".to_owned())?;
+    key.map(|k| (kind, k))
 }
 
 fn key_result(
@@ -381,20 +387,8 @@ async fn development_key(settings: &Settings, timeout: Duration) -> CheckResult 
             started,
         );
     }
-    let loaded = within(timeout, async {
-        let secrets: Arc<dyn SecretSource> = Arc::new(Unusable("not needed".into()));
-        let keyring = Keyring::load(&settings.signing, &settings.secrets, secrets)
-            .await
-            .map_err(|e| e.to_string())?;
-        keyring
-            .probe()
-            .await
-            .into_iter()
-            .next()
-            .ok_or_else(|| "the development key was not loaded".to_owned())
-            .and_then(|(_, kind, key)| key.map(|k| (kind, k)))
-    })
-    .await;
+    let secrets: Arc<dyn SecretSource> = Arc::new(Unusable("not needed".into()));
+    let loaded = within(timeout, load_key(&settings.signing, settings, secrets)).await;
     key_result(DEVELOPMENT_KEY_NAME.to_owned(), loaded, started)
 }
 

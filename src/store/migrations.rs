@@ -13,6 +13,9 @@ pub static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 /// SQLite's migrations, `migrations/sqlite`.
 pub static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// What sqlx recorded of each applied migration (the same table on both dialects).
+const APPLIED: &str = "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version";
+
 /// Where a database stands against this binary's migrations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationStatus {
@@ -96,11 +99,7 @@ pub async fn status(url: &str) -> Result<MigrationStatus, StoreError> {
         .fetch_one(&mut conn)
         .await?;
         let applied = if has_table > 0 {
-            sqlx::query_as(
-                "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
-            )
-            .fetch_all(&mut conn)
-            .await?
+            sqlx::query_as(APPLIED).fetch_all(&mut conn).await?
         } else {
             Vec::new()
         };
@@ -115,11 +114,7 @@ pub async fn status(url: &str) -> Result<MigrationStatus, StoreError> {
                 .fetch_one(&mut conn)
                 .await?;
         let applied = if has_table {
-            sqlx::query_as(
-                "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
-            )
-            .fetch_all(&mut conn)
-            .await?
+            sqlx::query_as(APPLIED).fetch_all(&mut conn).await?
         } else {
             Vec::new()
         };
