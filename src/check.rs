@@ -184,6 +184,11 @@ async fn database(settings: &Settings, timeout: Duration) -> CheckResult {
                 status.backend,
                 status.pending.len()
             )),
+            (false, _, false) => Err(format!(
+                "{}: the database file does not exist; run `attestd migrate` to create it \
+                 (database.migrate_on_start is false)",
+                status.backend
+            )),
             (_, true, _) => Ok(format!(
                 "{}: reachable; all {} migrations applied",
                 status.backend, status.applied
@@ -234,18 +239,12 @@ async fn secret_backend(
 ) -> (Arc<dyn SecretSource>, CheckResult) {
     let started = Instant::now();
     let s = &settings.secrets;
-    let (name, source) = match s.backend {
-        SecretBackendKind::Env => ("env".to_owned(), crate::secrets::from_settings(s)),
-        SecretBackendKind::File => (
-            format!("file {}", s.file_dir.display()),
-            crate::secrets::from_settings(s),
-        ),
-        SecretBackendKind::Vault => (
-            format!("vault {}", s.vault_addr),
-            crate::secrets::from_settings(s),
-        ),
+    let name = match s.backend {
+        SecretBackendKind::Env => "env".to_owned(),
+        SecretBackendKind::File => format!("file {}", s.file_dir.display()),
+        SecretBackendKind::Vault => format!("vault {}", s.vault_addr),
     };
-    let source = match source {
+    let source = match crate::secrets::from_settings(s) {
         Ok(source) => source,
         Err(e) => {
             let reason = e.to_string();
@@ -257,6 +256,9 @@ async fn secret_backend(
         match s.backend {
             SecretBackendKind::Env => {
                 Ok("environment variables of this process; nothing to reach".to_owned())
+            }
+            SecretBackendKind::File if !reads_secrets(settings) && !s.file_dir.exists() => {
+                Ok("the directory does not exist, and no key or registry reads from it".to_owned())
             }
             SecretBackendKind::File => readable_dir(&s.file_dir),
             SecretBackendKind::Vault => {
@@ -282,6 +284,16 @@ async fn secret_backend(
     })
     .await;
     (source, result("secrets", name, outcome, started))
+}
+
+/// Whether any configured cosign key or registry password comes from the secret backend.
+fn reads_secrets(settings: &Settings) -> bool {
+    settings
+        .signing
+        .keys
+        .values()
+        .any(|k| matches!(k, crate::config::KeySettings::Cosign { .. }))
+        || settings.registries.iter().any(|r| r.password.is_some())
 }
 
 fn readable_dir(dir: &Path) -> Result<String, String> {

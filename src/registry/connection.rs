@@ -281,7 +281,8 @@ impl Connection {
             return Err(RegistryError::retryable(
                 ErrorCode::Unauthorized,
                 format!(
-                    "{what}: the registry asks for credentials and none are configured                      (username and password under [[registries]])"
+                    "{what}: the registry asks for credentials and none are configured \
+                     (username and password under [[registries]])"
                 ),
             ));
         };

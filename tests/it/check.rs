@@ -275,3 +275,42 @@ async fn check_fails_naming_a_wrong_key_password_a_stopped_registry_and_a_stoppe
     );
     assert!(text.ends_with("1 of 6 checks failed\n"), "{text}");
 }
+
+#[test]
+fn check_in_zero_setup_passes_naming_what_serve_will_create_and_reports_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults, without the development registries (nothing listens on port 5000 here).
+    std::fs::write(dir.path().join("attestd.toml"), "registries = []\n").unwrap();
+    let out = run(dir.path(), &["check"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("does not exist yet; `attestd serve` creates it"),
+        "{text}"
+    );
+    assert!(text.contains("generates a development key there"), "{text}");
+    assert!(text.ends_with("all 4 checks passed\n"), "{text}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check created nothing: {:?}",
+        std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
+    );
+
+    std::fs::write(
+        dir.path().join("attestd.toml"),
+        "[server]\nrole = \"sideways\"\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["check", "--output", "json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failures(&report).len(), 1, "{report}");
+    assert_eq!(report["checks"][0]["part"], "config");
+    assert!(
+        report["checks"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sideways"),
+        "{report}"
+    );
+}
