@@ -171,18 +171,25 @@ impl App {
         self.jobs_queued.notify_waiters();
     }
 
-    /// Serve HTTP on `listener` (and run the worker, if enabled) until `shutdown` is cancelled.
+    /// Serve HTTP on `listener` (the API, or only the probes of a worker-only process) and run
+    /// the worker if this process's role has one, until `shutdown` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
         let metrics = self.clone().serve_metrics().await?;
         let state = AppState(self.clone());
-        let router = crate::http::router(state);
+        let router = crate::http::roles::router_for(&self.settings, state);
         let shutdown = self.shutdown.clone();
         let worker = self
             .settings
-            .worker
-            .enabled
+            .runs_worker()
             .then(|| tokio::spawn(crate::worker::run(self.clone())));
-        tracing::info!(listen = %listener.local_addr()?, store = self.store.backend(), "attestd listening");
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            store = self.store.backend(),
+            role = self.settings.server.role.as_str(),
+            api = self.settings.runs_api(),
+            worker = self.settings.runs_worker(),
+            "attestd listening"
+        );
         let server = &self.settings.server;
         let limits = crate::http::server::ConnectionLimits {
             max_connections: crate::http::server::connection_cap(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
+    /// What this process does; `attestd serve --role` overrides it.
+    pub role: Role,
     pub listen: SocketAddr,
     pub public_url: String,
     pub body_limit_bytes: usize,
@@ -47,6 +49,43 @@ pub struct ServerSettings {
     pub max_in_flight_webhooks: usize,
     pub max_in_flight_reads: usize,
     pub max_in_flight_verify: usize,
+}
+
+/// What one attestd process runs (`server.role`). API and worker processes coordinate only
+/// through the database, so on PostgreSQL any number of each may run side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The API and the web view, and the worker unless `worker.enabled = false`.
+    #[default]
+    All,
+    /// The API and the web view only: it never claims a job.
+    Api,
+    /// The worker only; its listener answers `/healthz`, `/readyz` and `/metrics`, nothing else.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Api => "api",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "api" => Ok(Self::Api),
+            "worker" => Ok(Self::Worker),
+            other => Err(format!("'{other}' is not a role: all, api or worker")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +158,11 @@ pub struct WebhookSourceSettings {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub enabled: bool,
+    /// Whether `enabled` was given by a file or the environment rather than the defaults.
+    #[serde(skip)]
+    pub enabled_explicitly: bool,
+    /// This worker's name in job records and logs; empty: the host name.
+    pub name: String,
     pub concurrency: usize,
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
@@ -408,7 +452,12 @@ pub enum ConfigError {
 impl Settings {
     /// Defaults, then `file` (if given), then `ATTESTD_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        Self::load_as(file, None)
+    }
+
+    /// [`load`](Self::load), with `role` (`attestd serve --role`) over every other source.
+    pub fn load_as(file: Option<&Path>, role: Option<Role>) -> Result<Self, ConfigError> {
+        let mut given = Figment::new();
         if let Some(file) = file {
             if !file.exists() {
                 return Err(ConfigError::Invalid(
@@ -416,18 +465,40 @@ impl Settings {
                     format!("{} does not exist", file.display()),
                 ));
             }
-            figment = figment.merge(Toml::file(file));
+            given = given.merge(Toml::file(file));
         }
         // Only ATTESTD_<SECTION>__<KEY> configures; ATTESTD_LOG, ATTESTD_CONFIG and test
         // variables share the prefix but are not settings.
-        figment = figment.merge(
+        given = given.merge(
             Env::prefixed("ATTESTD_")
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        if let Some(role) = role {
+            given = given.merge(Serialized::default("server.role", role));
+        }
+        let mut settings: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(given.clone())
+            .extract()
+            .map_err(Box::new)?;
+        settings.worker.enabled_explicitly = given.contains("worker.enabled");
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Whether this process serves the API and the web view.
+    pub fn runs_api(&self) -> bool {
+        self.server.role != Role::Worker
+    }
+
+    /// Whether this process runs the worker: `server.role` decides, and `worker.enabled = false`
+    /// turns the worker of an `all` process off.
+    pub fn runs_worker(&self) -> bool {
+        match self.server.role {
+            Role::All => self.worker.enabled,
+            Role::Api => false,
+            Role::Worker => true,
+        }
     }
 
     /// Refuse combinations that cannot work, naming the key. `load` calls it; so does
@@ -451,6 +522,48 @@ impl Settings {
             return invalid(
                 "server.header_read_timeout_secs",
                 "header and body read timeouts must be at least 1 second".into(),
+            );
+        }
+        match self.server.role {
+            Role::Worker if !self.worker.enabled => {
+                return invalid(
+                    "server.role",
+                    "is \"worker\", which runs only the worker, but worker.enabled = false turns \
+                     the worker off: remove worker.enabled = false, or choose role \"api\""
+                        .into(),
+                );
+            }
+            Role::Api if self.worker.enabled && self.worker.enabled_explicitly => {
+                return invalid(
+                    "worker.enabled",
+                    "is true, but server.role = \"api\" never runs the worker: remove \
+                     worker.enabled, or choose role \"all\""
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if db.starts_with("sqlite:") && self.server.role != Role::All {
+            return invalid(
+                "server.role",
+                format!(
+                    "is \"{}\", but SQLite serves a single attestd process, which must run both \
+                     the API and the worker (role \"all\"); separate API and worker processes \
+                     need PostgreSQL",
+                    self.server.role.as_str()
+                ),
+            );
+        }
+        if self.worker.name.len() > 64
+            || !self
+                .worker
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return invalid(
+                "worker.name",
+                "at most 64 letters, digits, '-', '_' and '.'".into(),
             );
         }
         if self.worker.concurrency == 0 {
@@ -733,6 +846,7 @@ impl Settings {
         let db = redact_database_url(self.database.url.expose_secret());
         serde_json::json!({
             "server": {
+                "role": self.server.role,
                 "listen": self.server.listen.to_string(),
                 "public_url": self.server.public_url,
                 "body_limit_bytes": self.server.body_limit_bytes,
@@ -771,6 +885,7 @@ impl Settings {
             },
             "worker": {
                 "enabled": self.worker.enabled,
+                "name": self.worker.name,
                 "concurrency": self.worker.concurrency,
                 "lease_secs": self.worker.lease_secs,
                 "poll_interval_ms": self.worker.poll_interval_ms,
@@ -1199,6 +1314,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("verify.max_policies"), "{err}");
+    }
+
+    /// `Settings::load_as` over a file holding `toml` (PostgreSQL unless it says otherwise).
+    fn load_file(toml: &str, role: Option<Role>) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("attestd.toml");
+        let db = if toml.contains("[database]") {
+            ""
+        } else {
+            "[database]\nurl = \"postgres://db/attestd\"\n"
+        };
+        std::fs::write(&file, format!("{db}{toml}")).unwrap();
+        Settings::load_as(Some(&file), role).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn roles_decide_what_runs_and_worker_enabled_turns_off_only_an_all_process_worker() {
+        let runs = |toml: &str, role| {
+            let s = load_file(toml, role).unwrap();
+            (s.runs_api(), s.runs_worker())
+        };
+        assert_eq!(runs("", None), (true, true));
+        assert_eq!(runs("[worker]\nenabled = false\n", None), (true, false));
+        assert_eq!(runs("[server]\nrole = \"api\"\n", None), (true, false));
+        assert_eq!(runs("[server]\nrole = \"worker\"\n", None), (false, true));
+        assert_eq!(
+            runs("[worker]\nenabled = true\n", Some(Role::Worker)),
+            (false, true)
+        );
+        // --role wins over the file.
+        assert_eq!(
+            runs("[server]\nrole = \"api\"\n", Some(Role::Worker)),
+            (false, true)
+        );
+        let shown = load_file("[server]\nrole = \"worker\"\n", None)
+            .unwrap()
+            .redacted()
+            .to_string();
+        assert!(shown.contains(r#""role":"worker""#), "{shown}");
+    }
+
+    #[test]
+    fn contradicting_roles_and_worker_switches_are_refused_naming_the_key() {
+        let err = load_file(
+            "[server]\nrole = \"worker\"\n[worker]\nenabled = false\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`server.role`") && err.contains("worker.enabled = false"),
+            "{err}"
+        );
+        let err = load_file("[worker]\nenabled = false\n", Some(Role::Worker)).unwrap_err();
+        assert!(err.contains("`server.role`"), "{err}");
+        let err =
+            load_file("[server]\nrole = \"api\"\n[worker]\nenabled = true\n", None).unwrap_err();
+        assert!(
+            err.contains("`worker.enabled`") && err.contains("role = \"api\""),
+            "{err}"
+        );
+        let err = load_file(
+            "[database]\nurl = \"sqlite:x.db\"\n[server]\nrole = \"api\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`server.role`") && err.contains("PostgreSQL"),
+            "{err}"
+        );
+        let err = load_file("[worker]\nname = \"a/b\"\n", None).unwrap_err();
+        assert!(err.contains("`worker.name`"), "{err}");
+        let err = load_file("[server]\nrole = \"both\"\n", None).unwrap_err();
+        assert!(err.contains("role"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! next to the image, and served over a REST API and a Supply Chain web view, out.
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The attestd command line: serve, migrate, print-config, tokens hash (and keys, verify).
+//! The attestd command line: serve, migrate, check, print-config, tokens hash (and keys, verify).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,10 +26,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API, the Supply Chain view and the worker.
-    Serve,
+    /// Run the API, the Supply Chain view and the worker (or one of them: --role).
+    Serve {
+        /// `all`: API, web view and worker; `api`: never claims a job; `worker`: only the
+        /// worker, its listener answering /healthz, /readyz and /metrics. Overrides server.role.
+        #[arg(long, value_parser = ["all", "api", "worker"])]
+        role: Option<String>,
+    },
     /// Apply database migrations and exit.
     Migrate,
+    /// Reach the database, the secret backend, every signing key and every registry, each
+    /// within a timeout, and print one line per check.
+    ///
+    /// Exit status: 0 every check passed, 1 one failed.
+    Check {
+        /// `text` for people, `json` for machines.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Seconds each check may take.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
     /// Print the effective configuration with secrets redacted.
     PrintConfig,
     /// Internal: the server's Rego evaluator process (a request on stdin, events on stdout).
@@ -123,8 +140,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let settings = || Settings::load(cli.config.as_deref());
     match cli.command {
-        Command::Serve => {
-            let settings = settings()?;
+        Command::Serve { role } => {
+            let role = role
+                .map(|r| r.parse::<attestd::config::Role>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let settings = Settings::load_as(cli.config.as_deref(), role)?;
+            let _sqlite = attestd::store::process_lock::lock_sqlite(
+                secrecy::ExposeSecret::expose_secret(&settings.database.url),
+                &format!("attestd serve, role {}", settings.server.role.as_str()),
+            )?;
             let listener = tokio::net::TcpListener::bind(settings.server.listen)
                 .await
                 .with_context(|| format!("bind {} (server.listen)", settings.server.listen))?;
@@ -140,6 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             use secrecy::ExposeSecret;
             let settings = settings()?;
+            let _sqlite = attestd::store::process_lock::lock_sqlite(
+                settings.database.url.expose_secret(),
+                "attestd migrate",
+            )?;
             let store = attestd::store::connect(
                 settings.database.url.expose_secret(),
                 1,
@@ -148,6 +177,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
+        }
+        Command::Check {
+            output,
+            timeout_secs,
+        } => {
+            let report = attestd::check::run(
+                cli.config.as_deref(),
+                std::time::Duration::from_secs(timeout_secs.max(1)),
+            )
+            .await;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            return Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::PrintConfig => {
             let settings = settings()?;

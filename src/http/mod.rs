@@ -28,6 +28,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod observe;
+pub mod roles;
 pub mod server;
 pub mod stats;
 pub mod ui;

@@ -46,6 +46,8 @@ pub struct AttestationView {
     #[serde(with = "time::serde::rfc3339::option")]
     pub attested_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    /// The worker that signed: `worker.name` (or host), process id, suffix, then `/<job loop>`.
+    pub signed_by: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -73,6 +75,8 @@ pub struct PushView {
     pub manifest_digest: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub pushed_at: Option<OffsetDateTime>,
+    /// The worker that pushed, named like `signedBy`.
+    pub pushed_by: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -101,6 +105,7 @@ impl ArtifactView {
                 reference: a.pushed_reference.clone(),
                 manifest_digest: a.manifest_digest.clone(),
                 pushed_at: a.pushed_at,
+                pushed_by: a.pushed_by.clone(),
             },
         }
     }
@@ -138,6 +143,7 @@ impl ExecutionView {
                 signed_at: e.signed_at,
                 attested_at: e.attested_at,
                 last_error: e.last_error.clone(),
+                signed_by: e.signed_by.clone(),
             },
             artifacts: e.artifacts.iter().map(ArtifactView::from_record).collect(),
         }

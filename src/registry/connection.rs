@@ -238,6 +238,97 @@ impl Connection {
         })
     }
 
+    /// `GET /v2/` as attestd's pushes would reach it: anonymously, then, when the registry asks,
+    /// with the configured credentials (basic, or a bearer token from the realm it names, which
+    /// is what oci-client does). `Ok` says how access was granted; nothing secret is in either.
+    pub async fn check_api(&self) -> Result<String, RegistryError> {
+        let session = self.session().await?;
+        let url = format!("{}://{}/v2/", session.scheme, self.host);
+        let what = format!("GET {url}");
+        let send = |request: reqwest::RequestBuilder| {
+            let what = what.clone();
+            async move {
+                request.send().await.map_err(|e| {
+                    RegistryError::from_oci(
+                        &what,
+                        &oci_client::errors::OciDistributionError::from(e),
+                    )
+                })
+            }
+        };
+        let anonymous = send(session.raw.get(&url)).await?;
+        let user = match &session.auth {
+            RegistryAuth::Basic(user, _) => Some(user.as_str()),
+            _ => None,
+        };
+        match (anonymous.status().as_u16(), user) {
+            (200, None) => return Ok("answers anonymously".into()),
+            (200, Some(user)) => {
+                return Ok(format!(
+                    "answers without credentials (those of {user} are sent with each push)"
+                ));
+            }
+            (401, _) => {}
+            (status, _) => return Err(from_status(&what, status)),
+        }
+        let challenge = anonymous
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let RegistryAuth::Basic(user, password) = &session.auth else {
+            return Err(RegistryError::retryable(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{what}: the registry asks for credentials and none are configured \
+                     (username and password under [[registries]])"
+                ),
+            ));
+        };
+        let (scheme, authenticated) = match bearer_challenge(&challenge) {
+            Some((realm, service)) => {
+                let mut token_request = session.raw.get(&realm).basic_auth(user, Some(password));
+                if let Some(service) = &service {
+                    token_request = token_request.query(&[("service", service)]);
+                }
+                let answer = send(token_request).await?;
+                if !answer.status().is_success() {
+                    return Err(from_status(
+                        &format!("{what}: token request to {realm}"),
+                        answer.status().as_u16(),
+                    ));
+                }
+                let body: serde_json::Value = answer.json().await.map_err(|_| {
+                    RegistryError::permanent(
+                        ErrorCode::InvalidContent,
+                        format!("{what}: the token service at {realm} did not answer JSON"),
+                    )
+                })?;
+                let token = body["token"]
+                    .as_str()
+                    .or_else(|| body["access_token"].as_str())
+                    .ok_or_else(|| {
+                        RegistryError::permanent(
+                            ErrorCode::InvalidContent,
+                            format!("{what}: the token service at {realm} returned no token"),
+                        )
+                    })?
+                    .to_owned();
+                ("bearer token", session.raw.get(&url).bearer_auth(token))
+            }
+            None => (
+                "basic",
+                session.raw.get(&url).basic_auth(user, Some(password)),
+            ),
+        };
+        let answer = send(authenticated).await?;
+        match answer.status().as_u16() {
+            200 => Ok(format!("credentials of {user} accepted ({scheme})")),
+            status => Err(from_status(&what, status)),
+        }
+    }
+
     /// Whether the registry implements the OCI 1.1 referrers API (404 means it does not).
     pub async fn supports_referrers(
         &self,
@@ -430,6 +521,28 @@ impl Session {
     }
 }
 
+/// The realm and service of a `WWW-Authenticate: Bearer realm="…",service="…"` challenge.
+fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
+    let (scheme, params) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut realm = None;
+    let mut service = None;
+    for param in params.split(',') {
+        let Some((key, value)) = param.trim().split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_owned();
+        match key.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value),
+            "service" => service = Some(value),
+            _ => {}
+        }
+    }
+    Some((realm?, service))
+}
+
 /// Each `CERTIFICATE` block of a PEM bundle on its own (oci-client reads one per entry).
 fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
     const END: &str = "-----END CERTIFICATE-----";
@@ -450,6 +563,21 @@ fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_challenges_give_realm_and_service() {
+        assert_eq!(
+            bearer_challenge(
+                r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="x""#
+            ),
+            Some((
+                "https://auth.example.com/token".to_owned(),
+                Some("registry.example.com".to_owned())
+            ))
+        );
+        assert_eq!(bearer_challenge(r#"Basic realm="test""#), None);
+        assert_eq!(bearer_challenge("Bearer service=\"x\""), None);
+    }
 
     #[test]
     fn pem_bundles_split_into_single_certificates() {

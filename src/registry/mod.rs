@@ -145,6 +145,18 @@ impl Registries {
         self.by_host.contains_key(host)
     }
 
+    /// The configured hosts, sorted.
+    pub fn hosts(&self) -> Vec<&str> {
+        let mut hosts: Vec<&str> = self.by_host.keys().map(String::as_str).collect();
+        hosts.sort_unstable();
+        hosts
+    }
+
+    /// Reach `host`'s `/v2/` with its credentials (`attestd check`); says how access was granted.
+    pub async fn check_api(&self, host: &str) -> Result<String, RegistryError> {
+        self.connection(host)?.check_api().await
+    }
+
     fn connection(&self, host: &str) -> Result<&Connection, RegistryError> {
         self.by_host.get(host).ok_or_else(|| {
             RegistryError::permanent(

@@ -335,6 +335,29 @@ impl Keyring {
         out
     }
 
+    /// Each key by name with its public key, or why it cannot sign now (`attestd check`). Keys
+    /// not loaded yet are tried once.
+    pub async fn probe(&self) -> Vec<(String, KeyKind, Result<PublicKeyInfo, String>)> {
+        let mut out = Vec::with_capacity(self.slots.len());
+        for slot in self.slots.values() {
+            let signer = match slot.current() {
+                Some(signer) => Ok(signer),
+                None => slot.signer().await.map_err(|e| e.to_string()),
+            };
+            out.push((
+                slot.name.clone(),
+                slot.kind,
+                signer.map(|signer| PublicKeyInfo {
+                    name: slot.name.clone(),
+                    key_id: signer.key_id().clone(),
+                    public_key_pem: signer.public_key_pem().to_owned(),
+                    kind: slot.kind,
+                }),
+            ));
+        }
+        out
+    }
+
     /// The loaded key with this key id, for verifying envelopes attestd signed. No I/O.
     pub async fn signer_by_key_id(&self, key_id: &str) -> Option<Arc<dyn Signer>> {
         self.slots

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId, ImageRef};
 
+pub mod migrations;
 pub mod postgres;
+pub mod process_lock;
 pub mod sqlite;
 
 pub use postgres::PgStore;
@@ -264,6 +266,8 @@ pub struct Execution {
     pub signed_at: Option<OffsetDateTime>,
     pub attested_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    /// The worker (`<worker id>/<job loop>`) whose envelope was stored.
+    pub signed_by: Option<String>,
     pub artifacts: Vec<ArtifactRecord>,
 }
 
@@ -293,6 +297,7 @@ impl Execution {
             signed_at: None,
             attested_at: None,
             last_error: None,
+            signed_by: None,
             artifacts: new
                 .new_artifacts()
                 .into_iter()
@@ -311,6 +316,7 @@ impl Execution {
                     pushed_reference: None,
                     manifest_digest: None,
                     pushed_at: None,
+                    pushed_by: None,
                 })
                 .collect(),
         }
@@ -352,6 +358,8 @@ pub struct ArtifactRecord {
     /// Digest of the manifest that holds the attestation after the push.
     pub manifest_digest: Option<String>,
     pub pushed_at: Option<OffsetDateTime>,
+    /// The worker (`<worker id>/<job loop>`) that pushed it.
+    pub pushed_by: Option<String>,
 }
 
 /// Filters for listing executions. `account: None` only for admin readers.
@@ -481,6 +489,8 @@ pub struct Job {
     /// Attempts including this one.
     pub attempts: i32,
     pub lease_token: Uuid,
+    /// The worker holding the lease, as given to [`Store::claim_job`].
+    pub owner: String,
 }
 
 /// The result of a successful push, recorded on the artifact.

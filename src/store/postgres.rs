@@ -56,7 +56,7 @@ impl PgStore {
     /// there is none, and no transaction is opened.
     async fn bury_stopped_jobs(&self, leasing: &Leasing) -> Result<(), StoreError> {
         const STOPPED: &str = "SELECT id, kind, execution_id, artifact_position, attempts, \
-            lease_token, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= now() \
+            lease_token, lease_owner, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= now() \
             AND (reclaims >= $1 OR attempts >= $2) ORDER BY lease_expires_at, id LIMIT 1";
         for _ in 0..16 {
             let probe = sqlx::query(STOPPED)
@@ -131,6 +131,7 @@ fn execution_row(r: &sqlx::postgres::PgRow) -> Result<ExecutionRow, sqlx::Error>
         signed_at: r.try_get("signed_at")?,
         attested_at: r.try_get("attested_at")?,
         last_error: r.try_get("last_error")?,
+        signed_by: r.try_get("signed_by")?,
     })
 }
 
@@ -150,6 +151,7 @@ fn artifact_row(r: &sqlx::postgres::PgRow) -> Result<ArtifactRow, sqlx::Error> {
         manifest_digest: r.try_get("manifest_digest")?,
         pushed_at: r.try_get("pushed_at")?,
         resolved_at: r.try_get("resolved_at")?,
+        pushed_by: r.try_get("pushed_by")?,
     })
 }
 
@@ -160,9 +162,7 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        super::migrations::POSTGRES.run(&self.pool).await?;
         Ok(())
     }
 
@@ -529,7 +529,7 @@ impl Store for PgStore {
                 (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= now() \
                  AND reclaims < $4 AND attempts < $5 \
                  ORDER BY lease_expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)) \
-             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
+             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner",
         )
         .bind(owner)
         .bind(Uuid::new_v4())
@@ -609,6 +609,7 @@ impl Store for PgStore {
             .bind(envelope)
             .bind(key_id)
             .bind(now)
+            .bind(&job.owner)
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query(sql::QUEUE_PUSH_JOBS)
@@ -632,6 +633,7 @@ impl Store for PgStore {
             .bind(&record.reference)
             .bind(&record.manifest_digest)
             .bind(now)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         refresh_state(&mut tx, job.execution_id.0).await?;
@@ -820,6 +822,9 @@ fn job_row(row: &sqlx::postgres::PgRow) -> Result<Job, StoreError> {
         artifact_position: row.try_get("artifact_position")?,
         attempts: row.try_get("attempts")?,
         lease_token: row.try_get("lease_token")?,
+        owner: row
+            .try_get::<Option<String>, _>("lease_owner")?
+            .unwrap_or_default(),
     })
 }
 

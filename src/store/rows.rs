@@ -13,11 +13,11 @@ use crate::domain::ExecutionId;
 pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipeline_identifier, \
     repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, builder_version, \
     started_on, finished_on, status, received_at, attestation_state, key_id, signed_at, \
-    attested_at, last_error";
+    attested_at, last_error, signed_by";
 
 pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository, tag, digest, \
     push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at, \
-    resolved_at";
+    resolved_at, pushed_by";
 
 pub struct ExecutionRow {
     pub id: Uuid,
@@ -40,6 +40,7 @@ pub struct ExecutionRow {
     pub signed_at: Option<OffsetDateTime>,
     pub attested_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    pub signed_by: Option<String>,
 }
 
 pub struct ArtifactRow {
@@ -57,6 +58,7 @@ pub struct ArtifactRow {
     pub manifest_digest: Option<String>,
     pub pushed_at: Option<OffsetDateTime>,
     pub resolved_at: Option<OffsetDateTime>,
+    pub pushed_by: Option<String>,
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -84,6 +86,7 @@ impl ArtifactRow {
             pushed_reference: self.pushed_reference,
             manifest_digest: self.manifest_digest,
             pushed_at: self.pushed_at,
+            pushed_by: self.pushed_by,
         })
     }
 }
@@ -129,6 +132,7 @@ pub fn assemble(
                 signed_at: r.signed_at,
                 attested_at: r.attested_at,
                 last_error: r.last_error,
+                signed_by: r.signed_by,
                 artifacts,
             })
         })

@@ -55,14 +55,15 @@ pub const FINISH_JOB: &str = "UPDATE jobs SET state = 'done', lease_owner = NULL
 /// Stamp the time an execution became attested. `$1` execution, `$2` now.
 pub const MARK_ATTESTED: &str = "UPDATE executions SET attested_at = $2, last_error = NULL WHERE id = $1 AND attestation_state = 'attested' AND attested_at IS NULL";
 
-/// Record a pushed artifact. `$1` execution, `$2` position, `$3` attempts, `$4` reference, `$5` manifest digest, `$6` now.
-pub const MARK_PUSHED: &str = "UPDATE artifacts SET push_state = 'pushed', push_attempts = $3, next_attempt_at = NULL, last_error = NULL, pushed_reference = $4, manifest_digest = $5, pushed_at = $6 WHERE execution_id = $1 AND position = $2";
+/// Record a pushed artifact. `$1` execution, `$2` position, `$3` attempts, `$4` reference, `$5` manifest digest, `$6` now, `$7` worker.
+pub const MARK_PUSHED: &str = "UPDATE artifacts SET push_state = 'pushed', push_attempts = $3, next_attempt_at = NULL, last_error = NULL, pushed_reference = $4, manifest_digest = $5, pushed_at = $6, pushed_by = $7 WHERE execution_id = $1 AND position = $2";
 
 /// Give a leased job back without counting the attempt. `$1` job, `$2` lease token, `$3` now.
 pub const RELEASE_JOB: &str = "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $3 WHERE id = $1 AND lease_token = $2 AND state = 'running'";
 
-/// Keep the first envelope ever stored and return it. `$1` execution, `$2` envelope, `$3` key id, `$4` now.
-pub const STORE_ENVELOPE: &str = "UPDATE executions SET envelope = COALESCE(envelope, $2), key_id = CASE WHEN envelope IS NULL THEN $3 ELSE key_id END, signed_at = COALESCE(signed_at, $4), last_error = NULL WHERE id = $1 RETURNING envelope";
+/// Keep the first envelope ever stored, with its key and worker, and return it. `$1` execution,
+/// `$2` envelope, `$3` key id, `$4` now, `$5` worker.
+pub const STORE_ENVELOPE: &str = "UPDATE executions SET envelope = COALESCE(envelope, $2), key_id = CASE WHEN envelope IS NULL THEN $3 ELSE key_id END, signed_by = CASE WHEN envelope IS NULL THEN $5 ELSE signed_by END, signed_at = COALESCE(signed_at, $4), last_error = NULL WHERE id = $1 RETURNING envelope";
 
 /// Queue one push job per artifact still waiting, unless it has one. `$1` execution, `$2` now.
 pub const QUEUE_PUSH_JOBS: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \

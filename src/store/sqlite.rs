@@ -117,7 +117,7 @@ impl SqliteStore {
     /// usually there is none, and the writer is not taken.
     async fn bury_stopped_jobs(&self, leasing: &Leasing) -> Result<(), StoreError> {
         const STOPPED: &str = "SELECT id, kind, execution_id, artifact_position, attempts, \
-            lease_token, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= $3 \
+            lease_token, lease_owner, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= $3 \
             AND (reclaims >= $1 OR attempts >= $2) ORDER BY lease_expires_at, id LIMIT 1";
         for _ in 0..16 {
             let probe = sqlx::query(STOPPED)
@@ -194,6 +194,7 @@ fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
         signed_at: opt_ms(r, "signed_at")?,
         attested_at: opt_ms(r, "attested_at")?,
         last_error: r.try_get("last_error")?,
+        signed_by: r.try_get("signed_by")?,
     })
 }
 
@@ -213,6 +214,7 @@ fn artifact_row(r: &SqliteRow) -> Result<ArtifactRow, sqlx::Error> {
         manifest_digest: r.try_get("manifest_digest")?,
         pushed_at: opt_ms(r, "pushed_at")?,
         resolved_at: opt_ms(r, "resolved_at")?,
+        pushed_by: r.try_get("pushed_by")?,
     })
 }
 
@@ -223,9 +225,7 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite")
-            .run(&self.writer)
-            .await?;
+        super::migrations::SQLITE.run(&self.writer).await?;
         Ok(())
     }
 
@@ -590,7 +590,7 @@ impl Store for SqliteStore {
                 (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $4 ORDER BY run_after, id LIMIT 1), \
                 (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $4 \
                  AND reclaims < $5 AND attempts < $6 ORDER BY lease_expires_at, id LIMIT 1)) \
-             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
+             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner",
         )
         .bind(owner)
         .bind(Uuid::new_v4())
@@ -670,6 +670,7 @@ impl Store for SqliteStore {
             .bind(envelope)
             .bind(key_id)
             .bind(now)
+            .bind(&job.owner)
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query(sql::QUEUE_PUSH_JOBS)
@@ -693,6 +694,7 @@ impl Store for SqliteStore {
             .bind(&record.reference)
             .bind(&record.manifest_digest)
             .bind(now)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         refresh_state(&mut tx, job.execution_id.0).await?;
@@ -884,6 +886,9 @@ fn job_row(row: &SqliteRow) -> Result<Job, StoreError> {
         artifact_position: row.try_get("artifact_position")?,
         attempts: row.try_get("attempts")?,
         lease_token: row.try_get("lease_token")?,
+        owner: row
+            .try_get::<Option<String>, _>("lease_owner")?
+            .unwrap_or_default(),
     })
 }
 

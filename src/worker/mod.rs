@@ -102,11 +102,16 @@ impl From<StoreError> for Failure {
     }
 }
 
-/// A unique name for this worker process in job leases and locks.
-pub fn worker_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "attestd".into());
+/// A unique name for this worker process in job leases, locks and the records of what it did:
+/// `worker.name` (else the host name), the process id and a random suffix.
+pub fn worker_id(name: &str) -> String {
+    let name = if name.is_empty() {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "attestd".into())
+    } else {
+        name.to_owned()
+    };
     format!(
-        "{host}-{}-{}",
+        "{name}-{}-{}",
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
@@ -115,7 +120,7 @@ pub fn worker_id() -> String {
 /// Run `concurrency` job loops until `app.shutdown` is cancelled, then wait up to the grace
 /// period for in-flight jobs before releasing their leases.
 pub async fn run(app: Arc<App>) {
-    let id = worker_id();
+    let id = worker_id(&app.settings.worker.name);
     let hard_stop = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
     for n in 0..app.settings.worker.concurrency {
@@ -161,7 +166,7 @@ async fn job_loop(app: Arc<App>, owner: String, hard_stop: CancellationToken) {
 /// Claim and run jobs until none is due. Returns how many ran. Tests use this to drive the
 /// worker deterministically instead of sleeping.
 pub async fn run_pending_jobs(app: &App) -> Result<usize, StoreError> {
-    let owner = worker_id();
+    let owner = worker_id(&app.settings.worker.name);
     let mut ran = 0;
     while run_one(app, &owner, None).await? {
         ran += 1;
@@ -190,7 +195,7 @@ async fn run_one(
         return Ok(false);
     };
     crate::metrics::job_attempt(job.kind.as_str());
-    let span = tracing::info_span!("job", job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
+    let span = tracing::info_span!("job", worker.id = owner, job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
     let attempt = AssertUnwindSafe(execute(app, &job, owner)).catch_unwind();
     let stopped = async {
         match hard_stop {

@@ -2,6 +2,7 @@
 
 mod api;
 mod attestation;
+mod check;
 mod ci_webhooks;
 mod cli;
 mod fencing;
@@ -11,6 +12,8 @@ mod keys;
 mod query;
 mod registry;
 mod registry_auth;
+mod roles;
+mod scale_out;
 mod signing;
 mod standard_webhooks;
 mod store;

@@ -6,6 +6,8 @@
 pub mod app;
 pub mod bao;
 pub mod browser;
+pub mod postgres;
+pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod registry;
