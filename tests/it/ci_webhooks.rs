@@ -352,6 +352,9 @@ async fn gitlab_and_harness_record_failures_and_refuse_wrong_tokens(backend: Bac
     let resp = post(&app, "acme-harness", &harness(HARNESS_TOKEN), &failed).await;
     assert_eq!(resp.status(), 202);
     assert_eq!(resp.json::<Value>().await.unwrap()["status"], "failed");
+    // The same notification again (PipelineEnd and PipelineFailed both fire) is the same run.
+    let again = post(&app, "acme-harness", &harness(HARNESS_TOKEN), &failed).await;
+    assert_eq!(again.status(), 200);
     let start = payload("harness/pipeline.start.json", "", "");
     let resp = post(&app, "acme-harness", &harness(HARNESS_TOKEN), &start).await;
     assert_eq!(resp.status(), 202);
@@ -373,7 +376,75 @@ async fn gitlab_and_harness_record_failures_and_refuse_wrong_tokens(backend: Bac
     );
 }
 
+/// Tekton's failed PipelineRun is recorded unsigned; Standard Webhooks signatures are accepted
+/// on every kind's route, and refused outside the tolerance.
+async fn tekton_failures_are_recorded_and_standard_webhooks_work_on_ci_routes(backend: Backend) {
+    let reg = TestRegistry::anonymous().await;
+    let app = spawn(backend, &reg).await;
+    let failed = payload("tekton/pipelinerun.failed.json", "", "");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let standard = |id: &str, timestamp: i64, secret: &str, body: &str| {
+        vec![
+            ("ce-id", "0b4b7a8e-5d2f-4f6e-8a54-3b0d1f5c9e21".to_owned()),
+            (
+                "ce-type",
+                "dev.tekton.event.pipelinerun.failed.v1".to_owned(),
+            ),
+            (
+                "ce-source",
+                "/apis/tekton.dev/v1beta1/namespaces/ci/pipelineruns/music-datastream".to_owned(),
+            ),
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                attestd::ingest::standard_webhooks::sign(secret, id, timestamp, body.as_bytes()),
+            ),
+        ]
+    };
+    // No bearer token at all: the Standard Webhooks signature is the authentication.
+    let stale = post(
+        &app,
+        "acme-tekton",
+        &standard("msg_1", now - 600, TEKTON_TOKEN, &failed),
+        &failed,
+    )
+    .await;
+    assert_eq!(stale.status(), 401);
+    assert_eq!(error_code(stale).await, "stale_webhook");
+    let forged = post(
+        &app,
+        "acme-tekton",
+        &standard("msg_1", now, GITLAB_TOKEN, &failed),
+        &failed,
+    )
+    .await;
+    assert_eq!(forged.status(), 401);
+    assert_eq!(app.execution_count().await, 0);
+
+    let resp = post(
+        &app,
+        "acme-tekton",
+        &standard("msg_1", now, TEKTON_TOKEN, &failed),
+        &failed,
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["attestation"]["state"], "skipped", "{e}");
+    let id = e["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/v1/executions/{id}/provenance"), TOKEN)
+            .await
+            .status(),
+        404,
+        "a failed run is never signed"
+    );
+}
+
 backend_tests!(
+    tekton_failures_are_recorded_and_standard_webhooks_work_on_ci_routes,
     github_published_container_is_attested_and_redeliveries_are_the_same,
     github_workflow_runs_record_failures_and_ignore_the_unfinished,
     tekton_taskrun_results_are_attested,
