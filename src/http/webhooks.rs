@@ -43,7 +43,7 @@ pub async fn receive_build_webhook(
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(state.settings.server.body_limit_bytes)
-        } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+        } else if caused_by::<super::limits::BodyDeadlineExceeded>(&e) {
             ApiError::BodyTimeout(state.settings.server.body_read_timeout_secs)
         } else {
             ApiError::Malformed(e.body_text())
