@@ -37,6 +37,8 @@ pub struct App {
     /// Wakes the worker when new jobs were queued.
     pub jobs_queued: Notify,
     pub shutdown: CancellationToken,
+    /// Faults tests inject into the worker; attestd never sets any.
+    pub faults: crate::worker::Faults,
 }
 
 /// Cheap-to-clone handle given to handlers.
@@ -114,6 +116,7 @@ impl App {
             public_url,
             jobs_queued: Notify::new(),
             shutdown: CancellationToken::new(),
+            faults: Default::default(),
         })
     }
 

@@ -115,6 +115,11 @@ pub struct WorkerSettings {
     pub missing_image_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_secs: u64,
+    pub max_reclaims: u32,
+    pub lock_ttl_secs: u64,
+    pub push_deadline_secs: u64,
+    pub retain_done_hours: u64,
+    pub prune_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -328,6 +333,27 @@ impl Settings {
         }
         if self.worker.max_attempts == 0 {
             return invalid("worker.max_attempts", "must be at least 1".into());
+        }
+        if self.worker.lease_secs == 0 {
+            return invalid("worker.lease_secs", "must be at least 1".into());
+        }
+        if self.worker.lock_ttl_secs < 2 {
+            return invalid("worker.lock_ttl_secs", "must be at least 2".into());
+        }
+        if self.worker.push_deadline_secs == 0
+            || self.worker.push_deadline_secs >= self.worker.lock_ttl_secs
+        {
+            return invalid(
+                "worker.push_deadline_secs",
+                format!(
+                    "must be at least 1 and shorter than worker.lock_ttl_secs ({}), so a push \
+                     ends before its tag lock can expire",
+                    self.worker.lock_ttl_secs
+                ),
+            );
+        }
+        if self.worker.prune_interval_secs == 0 {
+            return invalid("worker.prune_interval_secs", "must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.webhook.sources.iter().enumerate() {
@@ -560,6 +586,11 @@ impl Settings {
                 "missing_image_retries": self.worker.missing_image_retries,
                 "backoff_base_ms": self.worker.backoff_base_ms,
                 "backoff_max_secs": self.worker.backoff_max_secs,
+                "max_reclaims": self.worker.max_reclaims,
+                "lock_ttl_secs": self.worker.lock_ttl_secs,
+                "push_deadline_secs": self.worker.push_deadline_secs,
+                "retain_done_hours": self.worker.retain_done_hours,
+                "prune_interval_secs": self.worker.prune_interval_secs,
             },
             "secrets": {
                 "backend": self.secrets.backend,
@@ -695,6 +726,27 @@ mod tests {
             .unwrap();
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("signing.default_key"), "{err}");
+    }
+
+    #[test]
+    fn a_push_deadline_not_shorter_than_the_lock_ttl_is_refused() {
+        let with = |worker: &str| {
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string(&format!("[worker]\n{worker}")))
+                .extract::<Settings>()
+                .unwrap()
+                .validate()
+        };
+        with("lock_ttl_secs = 15\npush_deadline_secs = 14").unwrap();
+        let err = with("lock_ttl_secs = 15\npush_deadline_secs = 15")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("worker.push_deadline_secs") && err.contains("lock_ttl_secs (15)"),
+            "{err}"
+        );
+        let err = with("lease_secs = 0").unwrap_err().to_string();
+        assert!(err.contains("worker.lease_secs"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The write was accepted but reading it back did not show it.
     NotVisible,
+    /// The push stopped before writing: another worker took over the tag's lock.
+    LockLost,
     /// The registry password is missing from the secret backend.
     SecretNotFound,
     /// The secret backend could not be reached.
@@ -43,6 +45,7 @@ impl ErrorCode {
             Self::InvalidContent => "invalid_registry_content",
             Self::Unavailable => "registry_unavailable",
             Self::NotVisible => "attestation_not_visible",
+            Self::LockLost => "tag_lock_lost",
             Self::SecretNotFound => "registry_secret_not_found",
             Self::SecretUnavailable => "secret_backend_unavailable",
             Self::Misconfigured => "registry_misconfigured",

@@ -283,6 +283,38 @@ pub fn lists_manifest(body: &[u8], digest: &str) -> bool {
     lists(body, "manifests", digest)
 }
 
+/// The layer digests a manifest body lists, in order (empty if it is not a manifest).
+pub fn layer_digests(body: &[u8]) -> Vec<String> {
+    listed(body, "layers")
+}
+
+/// The manifest digests an index body lists, in order (empty if it is not an index).
+pub fn manifest_digests(body: &[u8]) -> Vec<String> {
+    listed(body, "manifests")
+}
+
+/// Those of `expected` that `found` lacks, in `expected`'s order.
+pub fn missing(expected: &[String], found: &[String]) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|d| !found.contains(d))
+        .cloned()
+        .collect()
+}
+
+fn listed(body: &[u8], field: &str) -> Vec<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get(field).and_then(Value::as_array).cloned())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|d| digest_of(d).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn lists(body: &[u8], field: &str, digest: &str) -> bool {
     serde_json::from_slice::<Value>(body)
         .ok()
@@ -402,6 +434,26 @@ mod tests {
             std::str::from_utf8(env).unwrap()
         );
         assert_eq!(envelope_from_bundle(old.as_bytes()).unwrap(), env.to_vec());
+    }
+
+    #[test]
+    fn missing_names_the_expected_layers_a_read_back_lacks() {
+        let AttPlan::Write(first) = plan_att(None, b"{\"a\":1}", "p").unwrap() else {
+            panic!("expected a write");
+        };
+        let AttPlan::Write(both) = plan_att(Some(&first.manifest), b"{\"b\":2}", "p").unwrap()
+        else {
+            panic!("expected a write");
+        };
+        let expected = layer_digests(&both.manifest);
+        assert_eq!(expected.len(), 2);
+        assert!(missing(&expected, &layer_digests(&both.manifest)).is_empty());
+        // Another writer's manifest that kept only the first layer.
+        assert_eq!(
+            missing(&expected, &layer_digests(&first.manifest)),
+            vec![Digest::of(b"{\"b\":2}").to_string()]
+        );
+        assert_eq!(missing(&expected, &layer_digests(b"not json")), expected);
     }
 
     #[test]

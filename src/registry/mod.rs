@@ -31,6 +31,24 @@ pub struct PushRequest<'a> {
     pub key_id: &'a str,
 }
 
+/// Asked immediately before each read-modify-write manifest write of a push (the `.att` manifest,
+/// the referrers tag-schema index); an error stops the push before it writes. The worker's fence
+/// checks in the database that it still holds the tag's lock under its fencing token.
+#[async_trait::async_trait]
+pub trait WriteFence: Send + Sync {
+    async fn check(&self) -> Result<(), RegistryError>;
+}
+
+/// No fence: for callers that serialize writers some other way (tests, tools).
+pub struct Unfenced;
+
+#[async_trait::async_trait]
+impl WriteFence for Unfenced {
+    async fn check(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
+}
+
 /// Where an attestation ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOutcome {
@@ -117,8 +135,19 @@ impl Registries {
     /// tag-schema index. Retrying after any error is safe, which is why a 401/403 re-reads the
     /// password and runs the whole push once more.
     pub async fn push(&self, req: &PushRequest<'_>) -> Result<PushOutcome, PushError> {
+        self.push_fenced(req, &Unfenced).await
+    }
+
+    /// [`push`](Self::push), asking `fence` right before each manifest write. After a write,
+    /// the read-back must list every layer (or index entry) written — those read and the new
+    /// one — or the push fails as retryable: another writer replaced the manifest.
+    pub async fn push_fenced(
+        &self,
+        req: &PushRequest<'_>,
+        fence: &dyn WriteFence,
+    ) -> Result<PushOutcome, PushError> {
         let conn = self.connection(&req.image.registry)?;
-        conn.with_reauth(|s| async move { self.push_with(conn, &s, req).await })
+        conn.with_reauth(|s| async move { self.push_with(conn, &s, req, fence).await })
             .await
     }
 
@@ -127,13 +156,14 @@ impl Registries {
         conn: &Connection,
         s: &Session,
         req: &PushRequest<'_>,
+        fence: &dyn WriteFence,
     ) -> Result<PushOutcome, PushError> {
         let subject = image_descriptor(s, req.image, req.digest).await?;
         let name = req.image.name();
         let att_reference = format!("{name}:{}", layout::att_tag(req.digest));
         Ok(match conn.format {
             PushFormat::Att => {
-                let att = push_att(s, req).await?;
+                let att = push_att(s, req, fence).await?;
                 PushOutcome {
                     reference: att_reference,
                     manifest_digest: att.manifest_digest,
@@ -142,7 +172,7 @@ impl Registries {
                 }
             }
             PushFormat::Referrers => {
-                let r = push_referrer(conn, s, req, &subject).await?;
+                let r = push_referrer(conn, s, req, &subject, fence).await?;
                 let reference = format!("{name}@{}", r.manifest_digest);
                 PushOutcome {
                     referrer: Some(reference.clone()),
@@ -152,8 +182,8 @@ impl Registries {
                 }
             }
             PushFormat::Both => {
-                let att = push_att(s, req).await?;
-                let r = push_referrer(conn, s, req, &subject).await?;
+                let att = push_att(s, req, fence).await?;
+                let r = push_referrer(conn, s, req, &subject, fence).await?;
                 PushOutcome {
                     reference: att_reference,
                     manifest_digest: att.manifest_digest,
@@ -359,7 +389,11 @@ async fn upload_att_blobs(
     .await
 }
 
-async fn push_att(s: &Session, req: &PushRequest<'_>) -> Result<Written, RegistryError> {
+async fn push_att(
+    s: &Session,
+    req: &PushRequest<'_>,
+    fence: &dyn WriteFence,
+) -> Result<Written, RegistryError> {
     let name = req.image.name();
     let att_tag = layout::att_tag(req.digest);
     let tag = s.reference(&req.image.registry, &req.image.repository, &att_tag);
@@ -383,6 +417,7 @@ async fn push_att(s: &Session, req: &PushRequest<'_>) -> Result<Written, Registr
         AttPlan::Write(m) => m,
     };
     upload_att_blobs(s, req, &tag, &m).await?;
+    fence.check().await?;
     s.push_manifest(
         &tag,
         &m.manifest,
@@ -392,16 +427,37 @@ async fn push_att(s: &Session, req: &PushRequest<'_>) -> Result<Written, Registr
     .await?;
 
     let what = format!("read back {name}:{att_tag}");
-    let layer = Digest::of(req.envelope);
-    match s.manifest(&tag, &what).await? {
-        Some((body, digest)) if layout::lists_layer(&body, layer.as_str()) => Ok(Written {
+    let layer = Digest::of(req.envelope).to_string();
+    let (digest, listed) = match s.manifest(&tag, &what).await? {
+        Some((body, digest)) => (digest, layout::layer_digests(&body)),
+        None => (String::new(), Vec::new()),
+    };
+    // Every layer written must be there: ours, and those read before the write.
+    match layout::missing(&layout::layer_digests(&m.manifest), &listed).as_slice() {
+        [] => Ok(Written {
             manifest_digest: digest,
             already_present: false,
         }),
-        _ => Err(RegistryError::retryable(
+        [only] if *only == layer => Err(RegistryError::retryable(
             ErrorCode::NotVisible,
             format!("{what}: the new attestation layer {layer} is not listed yet"),
         )),
+        lost => Err(RegistryError::retryable(
+            ErrorCode::NotVisible,
+            format!(
+                "{what}: the manifest no longer lists {} written with it ({}); another writer replaced it",
+                plural(lost.len(), "layer"),
+                lost.join(", ")
+            ),
+        )),
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -436,6 +492,7 @@ async fn push_referrer(
     s: &Session,
     req: &PushRequest<'_>,
     subject: &Value,
+    fence: &dyn WriteFence,
 ) -> Result<Written, RegistryError> {
     let name = req.image.name();
     let (host, repo) = (&req.image.registry, &req.image.repository);
@@ -507,20 +564,42 @@ async fn push_referrer(
         // No referrers API: maintain the tag-schema index ourselves.
         Some(existing) => {
             let tag = layout::referrers_tag(req.digest);
-            if let Some(index) = layout::plan_referrers_index(existing.as_deref(), entry)
-                .map_err(|e| invalid(format!("{name}:{tag}: {e}")))?
-            {
+            let planned = layout::plan_referrers_index(existing.as_deref(), entry)
+                .map_err(|e| invalid(format!("{name}:{tag}: {e}")))?;
+            if let Some(index) = &planned {
+                fence.check().await?;
                 s.push_manifest(
                     &fallback_tag,
-                    &index,
+                    index,
                     layout::OCI_INDEX,
                     &format!("write the referrers index {name}:{tag}"),
                 )
                 .await?;
             }
-            s.manifest(&fallback_tag, &what)
+            let listed = s
+                .manifest(&fallback_tag, &what)
                 .await?
-                .is_some_and(|(body, _)| layout::lists_manifest(&body, manifest_digest.as_str()))
+                .map(|(body, _)| layout::manifest_digests(&body))
+                .unwrap_or_default();
+            // Every entry written (those read and ours) must still be there.
+            let lost = layout::missing(
+                &planned
+                    .as_deref()
+                    .map(layout::manifest_digests)
+                    .unwrap_or_default(),
+                &listed,
+            );
+            if lost.iter().any(|d| *d != manifest_digest.as_str()) {
+                return Err(RegistryError::retryable(
+                    ErrorCode::NotVisible,
+                    format!(
+                        "{what}: the referrers index {name}:{tag} no longer lists {} written with it ({}); another writer replaced it",
+                        plural(lost.len(), "entry"),
+                        lost.join(", ")
+                    ),
+                ));
+            }
+            listed.iter().any(|d| *d == manifest_digest.as_str())
         }
     };
     if !visible {

@@ -310,6 +310,53 @@ impl JobKind {
     }
 }
 
+/// How jobs are leased, and when a job whose worker keeps stopping is given up. Lease times are
+/// the database's clock (`now()` on PostgreSQL; on SQLite, the one process's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leasing {
+    /// How long a claim (or a renewal) holds the job.
+    pub lease: Duration,
+    /// Times a job whose lease expired without an outcome is taken over; the next expiry marks
+    /// it dead ("the worker processing this job stopped N times").
+    pub max_reclaims: u32,
+    /// A lease that expires during the job's last allowed attempt marks it dead too.
+    pub max_attempts: u32,
+}
+
+/// Why a job whose lease expired is dead instead of taken over, or `None` if it may be taken over.
+/// `reclaims` counts earlier take-overs, `attempts` includes the attempt whose worker stopped.
+pub fn stopped_for_good(reclaims: i32, attempts: i32, leasing: &Leasing) -> Option<String> {
+    let stops = i64::from(reclaims) + 1;
+    if stops > i64::from(leasing.max_reclaims) {
+        Some(format!(
+            "the worker processing this job stopped {stops} times"
+        ))
+    } else if i64::from(attempts) >= i64::from(leasing.max_attempts) {
+        Some(format!(
+            "the worker processing this job stopped during its last attempt ({attempts} of {})",
+            leasing.max_attempts
+        ))
+    } else {
+        None
+    }
+}
+
+/// A named lock as held by one owner: the fencing token changes whenever the lock changes hands,
+/// so a holder that was taken over can tell before it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub name: String,
+    pub owner: String,
+    pub token: i64,
+}
+
+/// What one retention run deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub locks: u64,
+}
+
 /// A job leased to one worker until `lease_expires_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -471,8 +518,12 @@ pub trait Store: Send + Sync {
     /// Every remembered key, oldest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
-    /// Lease the next runnable job (queued and due, or running with an expired lease).
-    async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError>;
+    /// Lease the next runnable job: queued and due, or running with an expired lease (a
+    /// take-over, which counts the stopped attempt and a reclaim). Jobs whose worker stopped too
+    /// often ([`stopped_for_good`]) are marked dead with the reason instead.
+    async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError>;
+    /// Extend the job's lease by `lease` from now. `false`: it was taken over or finished.
+    async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError>;
     /// Store the envelope unless one is stored already, finish the sign job and queue one push
     /// job per artifact. Returns the envelope that is stored (the earlier one, if any).
     async fn complete_sign(
@@ -483,12 +534,12 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<u8>, StoreError>;
     /// Record a pushed artifact and finish its job.
     async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError>;
-    /// Record a failed attempt: retried at `retry_at`, or dead when `None`.
+    /// Record a failed attempt: retried `retry_in` from now, or dead when `None`.
     async fn fail_job(
         &self,
         job: &Job,
         error: &str,
-        retry_at: Option<OffsetDateTime>,
+        retry_in: Option<Duration>,
     ) -> Result<(), StoreError>;
     /// Give a job back without counting the attempt (shutdown).
     async fn release_job(&self, job: &Job) -> Result<(), StoreError>;
@@ -497,10 +548,25 @@ pub trait Store: Send + Sync {
     /// Jobs that are neither done nor dead.
     async fn unfinished_jobs(&self) -> Result<u64, StoreError>;
 
-    /// Take a named lock for `ttl` unless someone else holds it. Used to serialize manifest
-    /// updates of one registry tag across workers and replicas.
-    async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
-    async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError>;
+    /// Take a named lock for `ttl` if it is free, expired or already `owner`'s, with a fencing
+    /// token higher than the lock's last one; `None` while someone else holds it. Serializes
+    /// manifest updates of one registry tag across workers and replicas.
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lock>, StoreError>;
+    /// Extend a held lock by `ttl` from now. `false`: it changed hands.
+    async fn renew_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool, StoreError>;
+    /// Whether `lock` is still held, unexpired, with its token: the fence before a write.
+    async fn holds_lock(&self, lock: &Lock) -> Result<bool, StoreError>;
+    /// Release a held lock (it expires now; the row keeps the token until pruned).
+    async fn unlock(&self, lock: &Lock) -> Result<(), StoreError>;
+
+    /// Delete up to `limit` done jobs and up to `limit` locks that finished or expired more than
+    /// `age` ago. Dead jobs are kept until re-driven. Each delete is one short statement.
+    async fn prune(&self, age: Duration, limit: u32) -> Result<Pruned, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;
@@ -562,4 +628,29 @@ fn match_digest_hits(hits: Vec<(uuid::Uuid, i32)>, executions: Vec<Execution>) -
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_given_up_on_the_stop_past_max_reclaims_or_on_its_last_attempt() {
+        let leasing = Leasing {
+            lease: Duration::from_secs(30),
+            max_reclaims: 3,
+            max_attempts: 8,
+        };
+        let stopped = |reclaims, attempts| stopped_for_good(reclaims, attempts, &leasing);
+        assert_eq!(stopped(0, 1), None, "the first stop is taken over");
+        assert_eq!(stopped(2, 3), None, "the third too");
+        assert_eq!(
+            stopped(3, 4).as_deref(),
+            Some("the worker processing this job stopped 4 times")
+        );
+        assert_eq!(
+            stopped(0, 8).as_deref(),
+            Some("the worker processing this job stopped during its last attempt (8 of 8)")
+        );
+    }
 }

@@ -51,6 +51,45 @@ impl PgStore {
         rows::assemble(rows, artifacts)
     }
 
+    /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
+    /// reason on the job, its artifact and its execution. A cheap probe comes first: usually
+    /// there is none, and no transaction is opened.
+    async fn bury_stopped_jobs(&self, leasing: &Leasing) -> Result<(), StoreError> {
+        const STOPPED: &str = "SELECT id, kind, execution_id, artifact_position, attempts, \
+            lease_token, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= now() \
+            AND (reclaims >= $1 OR attempts >= $2) ORDER BY lease_expires_at, id LIMIT 1";
+        for _ in 0..16 {
+            let probe = sqlx::query(STOPPED)
+                .bind(i64::from(leasing.max_reclaims))
+                .bind(i64::from(leasing.max_attempts))
+                .fetch_optional(&self.pool)
+                .await?;
+            if probe.is_none() {
+                return Ok(());
+            }
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{STOPPED} FOR UPDATE SKIP LOCKED"
+            )))
+            .bind(i64::from(leasing.max_reclaims))
+            .bind(i64::from(leasing.max_attempts))
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(());
+            };
+            let job = job_row(&row)?;
+            let reclaims: i32 = row.try_get("reclaims")?;
+            let Some(reason) = stopped_for_good(reclaims, job.attempts, leasing) else {
+                return Ok(());
+            };
+            fail_in(&mut tx, &job, &reason, None).await?;
+            tx.commit().await?;
+            tracing::warn!(job.id = job.id, execution.id = %job.execution_id, reason = %reason, "job is dead");
+        }
+        Ok(())
+    }
+
     async fn finish_job<'c>(
         tx: &mut sqlx::Transaction<'c, Postgres>,
         job: &Job,
@@ -430,37 +469,44 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
-    async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
-        let now = OffsetDateTime::now_utc();
+    async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError> {
+        self.bury_stopped_jobs(leasing).await?;
         let row = sqlx::query(
             // Each subquery walks its own partial index in order and stops at the first row;
-            // SKIP LOCKED keeps concurrent claimers off each other's rows.
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
-             lease_token = $2, lease_expires_at = $3, updated_at = $4 \
+            // SKIP LOCKED keeps concurrent claimers off each other's rows. Times are the
+            // database's clock, so replicas with skewed clocks agree on what has expired.
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+             reclaims = reclaims + CASE WHEN state = 'running' THEN 1 ELSE 0 END, lease_owner = $1, \
+             lease_token = $2, lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now() \
              WHERE id = COALESCE( \
-                (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $4 \
+                (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= now() \
                  ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED), \
-                (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $4 \
+                (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= now() \
+                 AND reclaims < $4 AND attempts < $5 \
                  ORDER BY lease_expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)) \
              RETURNING id, kind, execution_id, artifact_position, attempts, lease_token",
         )
         .bind(owner)
         .bind(Uuid::new_v4())
-        .bind(now + lease)
-        .bind(now)
+        .bind(millis(leasing.lease))
+        .bind(i64::from(leasing.max_reclaims))
+        .bind(i64::from(leasing.max_attempts))
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let kind: String = row.try_get("kind")?;
-        Ok(Some(Job {
-            id: row.try_get("id")?,
-            kind: JobKind::parse(&kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
-            execution_id: ExecutionId(row.try_get("execution_id")?),
-            artifact_position: row.try_get("artifact_position")?,
-            attempts: row.try_get("attempts")?,
-            lease_token: row.try_get("lease_token")?,
-        }))
+        row.as_ref().map(job_row).transpose()
+    }
+
+    async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(millis(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
     }
 
     async fn complete_sign(
@@ -516,46 +562,10 @@ impl Store for PgStore {
         &self,
         job: &Job,
         error: &str,
-        retry_at: Option<OffsetDateTime>,
+        retry_in: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let now = OffsetDateTime::now_utc();
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'queued' END, \
-             run_after = COALESCE($3, run_after), last_error = $4, lease_owner = NULL, \
-             lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(retry_at)
-        .bind(error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost(job.id));
-        }
-        if job.kind == JobKind::Push {
-            sqlx::query(
-                "UPDATE artifacts SET push_state = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'retrying' END, \
-                 push_attempts = $4, next_attempt_at = $3, last_error = $5 \
-                 WHERE execution_id = $1 AND position = $2",
-            )
-            .bind(job.execution_id.0)
-            .bind(job.artifact_position)
-            .bind(retry_at)
-            .bind(job.attempts)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(sql::SET_LAST_ERROR)
-            .bind(job.execution_id.0)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-        refresh_state(&mut tx, job.execution_id.0).await?;
+        fail_in(&mut tx, job, error, retry_in).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -599,26 +609,161 @@ impl Store for PgStore {
         Ok(n as u64)
     }
 
-    async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let now = OffsetDateTime::now_utc();
-        let got = sqlx::query(sql::TRY_LOCK)
-            .bind(name)
-            .bind(owner)
-            .bind(now + ttl)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(got.is_some())
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lock>, StoreError> {
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO locks (name, owner, expires_at, token) \
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
+             expires_at = excluded.expires_at, token = locks.token + 1 \
+             WHERE locks.expires_at <= now() OR locks.owner = excluded.owner RETURNING token",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(token.map(|token| Lock {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+        }))
     }
 
-    async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
-        sqlx::query(sql::UNLOCK)
-            .bind(name)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+    async fn renew_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE locks SET expires_at = now() + $4 * interval '1 millisecond' \
+             WHERE name = $1 AND owner = $2 AND token = $3",
+        )
+        .bind(&lock.name)
+        .bind(&lock.owner)
+        .bind(lock.token)
+        .bind(millis(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn holds_lock(&self, lock: &Lock) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM locks WHERE name = $1 AND owner = $2 AND token = $3 \
+             AND expires_at > now())",
+        )
+        .bind(&lock.name)
+        .bind(&lock.owner)
+        .bind(lock.token)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn unlock(&self, lock: &Lock) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE locks SET expires_at = now() \
+             WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > now()",
+        )
+        .bind(&lock.name)
+        .bind(&lock.owner)
+        .bind(lock.token)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
+
+    async fn prune(&self, age: Duration, limit: u32) -> Result<Pruned, StoreError> {
+        // Bounded deletes that skip rows someone else has locked: never a long transaction,
+        // never a wait on the claim path (which only touches queued and running jobs).
+        let jobs = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'done' \
+             AND updated_at < now() - $1 * interval '1 millisecond' \
+             ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(millis(age))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let locks = sqlx::query(
+            "DELETE FROM locks WHERE name IN (SELECT name FROM locks \
+             WHERE expires_at < now() - $1 * interval '1 millisecond' \
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(millis(age))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Pruned { jobs, locks })
+    }
+}
+
+/// Milliseconds for `now() + $n * interval '1 millisecond'`.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn job_row(row: &sqlx::postgres::PgRow) -> Result<Job, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        kind: JobKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
+        execution_id: ExecutionId(row.try_get("execution_id")?),
+        artifact_position: row.try_get("artifact_position")?,
+        attempts: row.try_get("attempts")?,
+        lease_token: row.try_get("lease_token")?,
+    })
+}
+
+/// Record a failed attempt inside the caller's transaction: the job is queued again `retry_in`
+/// from now (database clock), or dead; a push job's artifact and the execution show the error.
+async fn fail_in(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    job: &Job,
+    error: &str,
+    retry_in: Option<Duration>,
+) -> Result<(), StoreError> {
+    let retry_ms = retry_in.map(millis);
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'queued' END, \
+         run_after = COALESCE(now() + $3 * interval '1 millisecond', run_after), attempts = $5, \
+         last_error = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+         updated_at = now() \
+         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(job.id)
+    .bind(job.lease_token)
+    .bind(retry_ms)
+    .bind(error)
+    .bind(job.attempts)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::LeaseLost(job.id));
+    }
+    if job.kind == JobKind::Push {
+        sqlx::query(
+            "UPDATE artifacts SET push_state = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'retrying' END, \
+             push_attempts = $4, next_attempt_at = now() + $3 * interval '1 millisecond', last_error = $5 \
+             WHERE execution_id = $1 AND position = $2",
+        )
+        .bind(job.execution_id.0)
+        .bind(job.artifact_position)
+        .bind(retry_ms)
+        .bind(job.attempts)
+        .bind(error)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(sql::SET_LAST_ERROR)
+        .bind(job.execution_id.0)
+        .bind(error)
+        .execute(&mut **tx)
+        .await?;
+    refresh_state(tx, job.execution_id.0).await
 }
 
 fn signing_key_row(r: &sqlx::postgres::PgRow) -> Result<SigningKeyRecord, sqlx::Error> {

@@ -23,9 +23,6 @@ pub const SELECT_STATEMENT: &str = "SELECT statement FROM executions WHERE id = 
 /// `$1` execution, `$2` error.
 pub const SET_LAST_ERROR: &str = "UPDATE executions SET last_error = $2 WHERE id = $1";
 
-/// Release a lock if `$2` holds it. `$1` name.
-pub const UNLOCK: &str = "DELETE FROM locks WHERE name = $1 AND owner = $2";
-
 /// Mark a leased job done. `$1` job, `$2` lease token, `$3` now.
 pub const FINISH_JOB: &str = "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, last_error = NULL, updated_at = $3 WHERE id = $1 AND lease_token = $2 AND state = 'running'";
 
@@ -48,18 +45,12 @@ pub const QUEUE_PUSH_JOBS: &str = "INSERT INTO jobs (kind, execution_id, artifac
         SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id AND j.artifact_position = a.position)";
 
 /// Re-drive dead jobs and push jobs waiting on a backoff. `$1` execution, `$2` now.
-pub const REQUEUE_JOBS: &str = "UPDATE jobs SET state = 'queued', run_after = $2, attempts = 0, last_error = NULL, updated_at = $2 \
+pub const REQUEUE_JOBS: &str = "UPDATE jobs SET state = 'queued', run_after = $2, attempts = 0, reclaims = 0, last_error = NULL, updated_at = $2 \
     WHERE execution_id = $1 AND (state = 'dead' OR (state = 'queued' AND attempts > 0))";
 
 /// Dead or retrying artifacts go back to pending (their jobs were re-queued). `$1` execution.
 pub const RESET_ARTIFACTS: &str = "UPDATE artifacts SET push_state = 'pending', push_attempts = 0, next_attempt_at = NULL, last_error = NULL \
     WHERE execution_id = $1 AND push_state IN ('dead', 'retrying')";
-
-/// Take or renew a lock if it is free, expired, or already ours. `$1` name, `$2` owner,
-/// `$3` expiry, `$4` now. Returns a row when the lock is held.
-pub const TRY_LOCK: &str = "INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, $3) \
-    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
-    WHERE locks.expires_at <= $4 OR locks.owner = excluded.owner RETURNING name";
 
 /// Insert a verification row. `$10` is the time.
 pub const INSERT_VERIFICATION: &str = "INSERT INTO verifications (execution_id, image, digest, verified, allowed, \

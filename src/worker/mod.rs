@@ -3,30 +3,62 @@
 //! push jobs publish those exact envelope bytes to one artifact's registry. A push failure's
 //! `last_error` starts with the registry error code (`registry_unauthorized: ...`).
 //!
-//! A panic inside a job is caught and counts as a failed attempt. On shutdown no new job is
-//! claimed; in-flight jobs get the grace period, then their leases are released.
+//! A running job's lease is renewed every third of `worker.lease_secs`; the moment a renewal
+//! fails the job is given up. A push holds its tag's lock the same way, re-checks the lock's
+//! fencing token in the database right before the manifest write, and ends within
+//! `worker.push_deadline_secs`. A panic inside a job is caught and counts as a failed attempt. On
+//! shutdown no new job is claimed; in-flight jobs get the grace period, then their leases are
+//! released without counting. The worker also prunes done jobs and old locks.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use rand::RngExt as _;
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::domain::dsse::IN_TOTO_PAYLOAD_TYPE;
 use crate::domain::provenance::SLSA_PROVENANCE_V1;
 use crate::domain::{ImageRef, KeyId};
-use crate::registry::{ErrorCode, PushRequest, RegistryError};
+use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
-use crate::store::{Job, JobKind, PushRecord, StoreError};
+use crate::store::{Job, JobKind, Leasing, Lock, Pruned, PushRecord, StoreError};
 
-/// How long a tag lock is held at most (a crashed holder frees it after this).
-const TAG_LOCK_TTL: Duration = Duration::from_secs(120);
 /// How long a push job waits for another writer of the same tag before retrying later.
 const TAG_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// Rows one pruning statement deletes at most.
+const PRUNE_BATCH: u32 = 500;
+/// Pruning statements per run at most; a backlog is worked off over several runs.
+const PRUNE_BATCHES_PER_RUN: usize = 20;
+
+/// Faults tests inject into the worker, to show that a job that panics is counted and released.
+/// Nothing in configuration or the environment sets them: only code holding the [`App`] can,
+/// and attestd itself never does.
+#[derive(Debug, Default)]
+pub struct Faults {
+    panics_in_push: AtomicU32,
+}
+
+impl Faults {
+    /// Make the next `n` pushes panic once they hold their tag lock, before any registry call.
+    #[doc(hidden)]
+    pub fn panic_in_next_pushes(&self, n: u32) {
+        self.panics_in_push.store(n, Ordering::SeqCst);
+    }
+
+    fn in_push(&self) {
+        if self
+            .panics_in_push
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected fault: panic in push");
+        }
+    }
+}
 
 /// Why a job attempt failed.
 #[derive(Debug)]
@@ -81,6 +113,7 @@ pub async fn run(app: Arc<App>) {
             hard_stop.clone(),
         ));
     }
+    loops.spawn(prune_loop(app.clone()));
     tracing::info!(worker.id = %id, concurrency = app.settings.worker.concurrency, "worker started");
     app.shutdown.cancelled().await;
     let grace = crate::app::grace(&app.settings);
@@ -124,64 +157,106 @@ pub async fn run_pending_jobs(app: &App) -> Result<usize, StoreError> {
     Ok(ran)
 }
 
+/// How this worker leases jobs, from its settings.
+fn leasing(app: &App) -> Leasing {
+    let w = &app.settings.worker;
+    Leasing {
+        lease: Duration::from_secs(w.lease_secs),
+        max_reclaims: w.max_reclaims,
+        max_attempts: w.max_attempts,
+    }
+}
+
 /// Claim one job and run it to an outcome. `Ok(false)` when nothing was due.
 async fn run_one(
     app: &App,
     owner: &str,
     hard_stop: Option<&CancellationToken>,
 ) -> Result<bool, StoreError> {
-    let lease = Duration::from_secs(app.settings.worker.lease_secs);
-    let Some(job) = app.store.claim_job(owner, lease).await? else {
+    let leasing = leasing(app);
+    let Some(job) = app.store.claim_job(owner, &leasing).await? else {
         return Ok(false);
     };
     let span = tracing::info_span!("job", job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
     let attempt = AssertUnwindSafe(execute(app, &job, owner)).catch_unwind();
-    let outcome = match hard_stop {
-        Some(stop) => tokio::select! {
-            r = attempt => Some(r),
-            _ = stop.cancelled() => None,
-        },
-        None => Some(attempt.await),
+    let stopped = async {
+        match hard_stop {
+            Some(stop) => stop.cancelled().await,
+            None => std::future::pending().await,
+        }
     };
-    let result = match outcome {
-        None => {
+    // Whichever ends first ends the job: its outcome, the hard stop, or a failed lease renewal
+    // (the attempt is dropped there, cancelling whatever request it had in flight).
+    let result = tokio::select! {
+        r = attempt => match r {
+            Ok(r) => r,
+            Err(panic) => Err(Failure::retryable(format!(
+                "internal error (panic: {})",
+                panic_message(panic.as_ref())
+            ))),
+        },
+        _ = stopped => {
             app.store.release_job(&job).await?;
             tracing::info!(parent: &span, "job released at shutdown");
             return Ok(true);
         }
-        Some(Ok(r)) => r,
-        Some(Err(panic)) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Failure::retryable(format!(
-                "internal error (panic: {what})"
-            )))
+        why = keep_leased(app, &job, leasing.lease) => {
+            Err(Failure::retryable(format!("the worker gave the job up: {why}")))
         }
     };
     match result {
         Ok(()) => tracing::info!(parent: &span, "job done"),
         Err(f) => {
             let max = app.settings.worker.max_attempts as i32;
-            let retry_at = (!f.permanent && job.attempts < max)
-                .then(|| OffsetDateTime::now_utc() + backoff(app, job.attempts));
-            match retry_at {
-                Some(at) => {
-                    tracing::warn!(parent: &span, error = %f.message, retry_at = %at, "job failed; will retry")
+            let retry_in = (!f.permanent && job.attempts < max).then(|| backoff(app, job.attempts));
+            match retry_in {
+                Some(delay) => {
+                    tracing::warn!(parent: &span, error = %f.message, retry_in = ?delay, "job failed; will retry")
                 }
                 None => {
                     tracing::error!(parent: &span, error = %f.message, permanent = f.permanent, "job failed for good")
                 }
             }
-            match app.store.fail_job(&job, &f.message, retry_at).await {
+            match app.store.fail_job(&job, &f.message, retry_in).await {
                 Ok(()) | Err(StoreError::LeaseLost(_)) => {}
                 Err(e) => return Err(e),
             }
         }
     }
     Ok(true)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Renew the job's lease every third of `lease` while it runs; see [`heartbeat`].
+async fn keep_leased(app: &App, job: &Job, lease: Duration) -> String {
+    heartbeat(lease, "its lease", || app.store.renew_lease(job, lease)).await
+}
+
+/// Call `renew` every third of `period` (a lease or lock lifetime). Returns, saying why, as soon
+/// as a renewal fails, is refused (`what` changed hands) or takes longer than that third: the
+/// caller gives up while `what` is still its own.
+async fn heartbeat<F, Fut>(period: Duration, what: &str, renew: F) -> String
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<bool, StoreError>>,
+{
+    let every = period / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(every, renew()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return format!("another worker took over {what}"),
+            Ok(Err(e)) => return format!("renewing {what} failed ({e})"),
+            Err(_) => return format!("renewing {what} took longer than {every:?}"),
+        }
+    }
 }
 
 /// Exponential backoff with jitter: half the capped exponential delay, plus up to the other half.
@@ -270,26 +345,66 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         tag: artifact.tag.clone(),
     };
     let key_id = execution.key_id.clone().unwrap_or_default();
-    let lock = format!(
+    let name = format!(
         "att:{}/{}@{}",
         image.registry, image.repository, artifact.digest
     );
-    acquire(app, &lock, owner).await?;
-    let pushed = app
-        .registries
-        .push(&PushRequest {
-            image: &image,
-            digest: &artifact.digest,
-            envelope: &envelope,
-            predicate_type: SLSA_PROVENANCE_V1,
-            key_id: &key_id,
-        })
-        .await;
-    if let Err(e) = app.store.unlock(&lock, owner).await {
-        tracing::warn!(error = %e, lock = %lock, "unlock failed; the lock expires on its own");
+    let w = &app.settings.worker;
+    let ttl = Duration::from_secs(w.lock_ttl_secs);
+    let deadline = Duration::from_secs(w.push_deadline_secs);
+    let lock = acquire(app, &name, owner, ttl).await?;
+    let fence = Fence {
+        app,
+        lock: &lock,
+        passed: AtomicBool::new(false),
+    };
+    let request = PushRequest {
+        image: &image,
+        digest: &artifact.digest,
+        envelope: &envelope,
+        predicate_type: SLSA_PROVENANCE_V1,
+        key_id: &key_id,
+    };
+    let work = AssertUnwindSafe(async {
+        app.faults.in_push();
+        app.registries.push_fenced(&request, &fence).await
+    })
+    .catch_unwind();
+    // The whole push runs under the deadline and while the lock is renewed; losing the lock
+    // drops the push, cancelling whatever request it had in flight.
+    let pushed = tokio::select! {
+        r = tokio::time::timeout(deadline, work) => match r {
+            Ok(Ok(pushed)) => pushed
+                .map_err(|e| push_failure(&e, job.attempts, w.missing_image_retries)),
+            Ok(Err(panic)) => Err(Failure::retryable(format!(
+                "internal error (panic: {})",
+                panic_message(panic.as_ref())
+            ))),
+            Err(_) => Err(push_failure(
+                &RegistryError::retryable(
+                    ErrorCode::Unavailable,
+                    format!("the push to {} did not finish within {deadline:?}", image.name()),
+                ),
+                job.attempts,
+                w.missing_image_retries,
+            )),
+        },
+        why = keep_locked(app, &lock, ttl) => Err(push_failure(
+            &RegistryError::retryable(ErrorCode::LockLost, format!("{why}; the push was stopped")),
+            job.attempts,
+            w.missing_image_retries,
+        )),
+    };
+    // A manifest write that was cut off may still land: then the lock is left to expire on its
+    // own (at most lock_ttl_secs), so no other writer reads the tag before it has.
+    if pushed.is_ok() || !fence.passed.load(Ordering::SeqCst) {
+        if let Err(e) = app.store.unlock(&lock).await {
+            tracing::warn!(error = %e, lock = %name, "unlock failed; the lock expires on its own");
+        }
+    } else {
+        tracing::info!(lock = %name, "push failed after its manifest write started; the lock is left to expire");
     }
-    let outcome = pushed
-        .map_err(|e| push_failure(&e, job.attempts, app.settings.worker.missing_image_retries))?;
+    let outcome = pushed?;
     tracing::info!(subject.digest = %artifact.digest, reference = %outcome.reference, already_present = outcome.already_present, "attestation pushed");
     let record = PushRecord {
         reference: outcome.reference,
@@ -299,6 +414,44 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         Ok(()) | Err(StoreError::LeaseLost(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The check before a manifest write: this worker still holds the tag lock under its token
+/// (the database's clock decides whether it has expired).
+struct Fence<'a> {
+    app: &'a App,
+    lock: &'a Lock,
+    /// Set once a check passed: a manifest write may have been sent from then on.
+    passed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl WriteFence for Fence<'_> {
+    async fn check(&self) -> Result<(), RegistryError> {
+        let lost = |why: String| {
+            RegistryError::retryable(
+                ErrorCode::LockLost,
+                format!(
+                    "{why} before the manifest write; nothing was written (lock {}, token {})",
+                    self.lock.name, self.lock.token
+                ),
+            )
+        };
+        match self.app.store.holds_lock(self.lock).await {
+            Ok(true) => {
+                self.passed.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(false) => Err(lost("another worker took over the tag lock".into())),
+            Err(e) => Err(lost(format!("the tag lock could not be confirmed ({e})"))),
+        }
+    }
+}
+
+/// Renew the tag lock every third of `ttl` during a push; see [`heartbeat`].
+async fn keep_locked(app: &App, lock: &Lock, ttl: Duration) -> String {
+    let what = format!("the lock on {}", lock.name);
+    heartbeat(ttl, &what, || app.store.renew_lock(lock, ttl)).await
 }
 
 /// How a failed push attempt (1-based `attempt`) counts. A missing image is retried
@@ -318,21 +471,63 @@ fn push_failure(e: &RegistryError, attempt: i32, missing_image_retries: u32) -> 
     }
 }
 
-/// Wait for the tag lock, polling with jitter, up to [`TAG_LOCK_WAIT`].
-async fn acquire(app: &App, lock: &str, owner: &str) -> Result<(), Failure> {
+/// Wait for the tag lock, polling with jitter, up to [`TAG_LOCK_WAIT`]. A stopped holder's lock
+/// is free `ttl` after its last renewal.
+async fn acquire(app: &App, name: &str, owner: &str, ttl: Duration) -> Result<Lock, Failure> {
     let deadline = tokio::time::Instant::now() + TAG_LOCK_WAIT;
     loop {
-        if app.store.try_lock(lock, owner, TAG_LOCK_TTL).await? {
-            return Ok(());
+        if let Some(lock) = app.store.try_lock(name, owner, ttl).await? {
+            return Ok(lock);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Failure::retryable(format!(
-                "another worker is still writing {lock}"
+                "another worker is still writing {name}"
             )));
         }
         let pause = rand::rng().random_range(10..60);
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
+}
+
+/// Prune every `worker.prune_interval_secs` until shutdown (never, with `retain_done_hours = 0`).
+async fn prune_loop(app: Arc<App>) {
+    if app.settings.worker.retain_done_hours == 0 {
+        return;
+    }
+    let every = Duration::from_secs(app.settings.worker.prune_interval_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        match prune(&app).await {
+            Ok(p) if p == Pruned::default() => {}
+            Ok(p) => tracing::info!(
+                jobs = p.jobs,
+                locks = p.locks,
+                "pruned done jobs and old locks"
+            ),
+            Err(e) => tracing::warn!(error = %e, "pruning failed; trying again next run"),
+        }
+    }
+}
+
+/// One retention run: done jobs and locks older than `worker.retain_done_hours`, in batches of
+/// [`PRUNE_BATCH`] until a short batch, at most [`PRUNE_BATCHES_PER_RUN`] of them.
+pub async fn prune(app: &App) -> Result<Pruned, StoreError> {
+    let age = Duration::from_secs(app.settings.worker.retain_done_hours.saturating_mul(3600));
+    let mut total = Pruned::default();
+    for _ in 0..PRUNE_BATCHES_PER_RUN {
+        let batch = app.store.prune(age, PRUNE_BATCH).await?;
+        total.jobs += batch.jobs;
+        total.locks += batch.locks;
+        let short = batch.jobs < u64::from(PRUNE_BATCH) && batch.locks < u64::from(PRUNE_BATCH);
+        if short || app.shutdown.is_cancelled() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -6,9 +6,13 @@ use std::process::{Command, Output};
 use attestd::config::PushFormat;
 use serde_json::{Value, json};
 
-use crate::support::Backend;
+use crate::backend_tests;
 use crate::support::app::*;
+use crate::support::proxy::FaultProxy;
 use crate::support::registry::TestRegistry;
+use crate::support::{Backend, TestDatabase};
+
+backend_tests!(a_push_killed_mid_flight_is_counted_on_reclaim_and_its_lock_taken_over_in_seconds);
 
 pub(crate) fn attestd(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attestd"))
@@ -221,11 +225,7 @@ fn unresponsive_registry() -> (std::net::SocketAddr, std::thread::JoinHandle<()>
 async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, _holder) = unresponsive_registry();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let db = dir.path().join("attestd.db");
     std::fs::write(
         dir.path().join("attestd.toml"),
@@ -238,40 +238,12 @@ async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_attestd"))
-        .args(["--config", "attestd.toml", "serve"])
-        .current_dir(dir.path())
-        .env("ATTESTD_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve(dir.path(), &base).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while http.get(format!("{base}/readyz")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attestd did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let secret = std::fs::read_to_string(dir.path().join("data/webhook.secret")).unwrap();
-    let mut hook = webhook("run-1");
-    hook["accountId"] = json!("default");
-    // The development source signs its own builder id.
-    hook.as_object_mut().unwrap().remove("builderId");
-    hook["artifacts"] = json!([{"image": format!("{registry}/acme/app:1.0"), "digest": format!("sha256:{}", "c".repeat(64))}]);
-    let body = hook.to_string();
-    let resp = http
-        .post(format!("{base}/v1/webhooks/build"))
-        .header("content-type", "application/json")
-        .header(
-            "x-attestd-signature-256",
-            attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let image = format!("{registry}/acme/app:1.0");
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let resp = post_dev_webhook(dir.path(), &base, &image, &digest).await;
     assert_eq!(resp.status(), 202);
 
     // Wait until the push job is leased (and hanging on the registry).
@@ -295,11 +267,11 @@ async fn sigterm_releases_the_lease_of_a_job_still_in_flight() {
     }
 
     let killed = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let exit = tokio::task::spawn_blocking(move || server.wait())
+    let exit = tokio::task::spawn_blocking(move || server.0.wait())
         .await
         .unwrap()
         .unwrap();
@@ -316,4 +288,178 @@ async fn open_sqlite(path: &Path) -> sqlx::SqlitePool {
     sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=ro", path.display()))
         .await
         .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// POST run-1 of account `default` for `image@digest`, signed with the development secret the
+/// server in `dir` generated.
+async fn post_dev_webhook(dir: &Path, base: &str, image: &str, digest: &str) -> reqwest::Response {
+    let secret = std::fs::read_to_string(dir.join("data/webhook.secret")).unwrap();
+    let mut hook = webhook("run-1");
+    hook["accountId"] = json!("default");
+    // The development source signs its own builder id.
+    hook.as_object_mut().unwrap().remove("builderId");
+    hook["artifacts"] = json!([{"image": image, "digest": digest}]);
+    let body = hook.to_string();
+    reqwest::Client::new()
+        .post(format!("{base}/v1/webhooks/build"))
+        .header("content-type", "application/json")
+        .header(
+            "x-attestd-signature-256",
+            attestd::ingest::signature::sign(secret.trim().as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A running `attestd serve`; killed (SIGKILL) if still running when dropped.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `attestd --config attestd.toml serve` in `dir` and wait until `/readyz` answers.
+async fn serve(dir: &Path, base: &str) -> Serving {
+    let child = Command::new(env!("CARGO_BIN_EXE_attestd"))
+        .args(["--config", "attestd.toml", "serve"])
+        .current_dir(dir)
+        .env("ATTESTD_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let serving = Serving(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while reqwest::get(format!("{base}/readyz")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attestd did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    serving
+}
+
+async fn a_push_killed_mid_flight_is_counted_on_reclaim_and_its_lock_taken_over_in_seconds(
+    backend: Backend,
+) {
+    use std::time::{Duration, Instant};
+    let reg = TestRegistry::anonymous().await;
+    let digest = reg.push_image("acme/app", "1.0").await;
+    // The registry, as the first process sees it: connections accepted, never answered.
+    let proxy = FaultProxy::start(&reg.host()).await;
+    proxy.blackhole();
+    let db = TestDatabase::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Short lease and lock TTL so the test takes seconds; the push deadline (6 s) is longer
+    // than it takes to kill the process mid-push.
+    std::fs::write(
+        dir.path().join("attestd.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 1\n\
+             [database]\nurl = \"{}\"\n\
+             [worker]\npoll_interval_ms = 20\nlease_secs = 3\nlock_ttl_secs = 9\npush_deadline_secs = 6\n\
+             [[registries]]\nhost = \"{}\"\ninsecure_http = true\n",
+            db.url,
+            proxy.host()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut first = serve(dir.path(), &base).await;
+
+    let image = format!("{}/acme/app:1.0", proxy.host());
+    let created: Value = post_dev_webhook(dir.path(), &base, &image, digest.as_str())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+
+    // Wait until the push holds its job lease and tag lock, hanging on the registry.
+    let push_job = "SELECT state || ':' || attempts FROM jobs WHERE kind = 'push'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.text(push_job).await.as_deref() != Some("running:1")
+        || db.count("SELECT COUNT(*) FROM locks").await != 1
+    {
+        assert!(Instant::now() < deadline, "the push never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert_eq!(
+        db.text(push_job).await.as_deref(),
+        Some("running:1"),
+        "killed inside the push, before its deadline"
+    );
+
+    // A second process, with the registry answering again.
+    proxy.forward();
+    let restarted = Instant::now();
+    let _second = serve(dir.path(), &base).await;
+    let execution = |id: String| {
+        let http = http.clone();
+        let url = format!("{base}/v1/executions/{id}");
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let e = loop {
+        let e = execution(id.clone()).await;
+        if e["attestation"]["state"] == "attested" {
+            break e;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "not attested 30 s after the restart: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = restarted.elapsed();
+    println!("attested {took:?} after the restart (lease 3 s, lock TTL 9 s)");
+    assert!(
+        took < Duration::from_secs(20),
+        "the dead holder's lease and lock were taken over in seconds: {took:?}"
+    );
+    assert_eq!(
+        e["artifacts"][0]["push"]["attempts"], 2,
+        "the killed attempt counts: {e}"
+    );
+    let manifest = reg
+        .manifest_json("acme/app", &format!("sha256-{}.att", digest.hex()))
+        .await;
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "exactly one layer: {manifest}");
+    let stored = http
+        .get(format!("{base}/v1/executions/{id}/attestation"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.blob("acme/app", layers[0]["digest"].as_str().unwrap())
+            .await,
+        stored.to_vec()
+    );
 }

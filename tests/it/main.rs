@@ -3,6 +3,7 @@
 mod api;
 mod attestation;
 mod cli;
+mod fencing;
 mod keys;
 mod query;
 mod registry;

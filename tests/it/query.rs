@@ -2,14 +2,13 @@
 //! keep arriving; plus the OpenAPI document agreeing with the router.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use attestd::store::PushRecord;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::support::Backend;
 use crate::support::app::*;
+use crate::support::{Backend, LEASING};
 
 backend_tests!(
     digest_lookup_lists_every_execution_of_an_image_within_the_account,
@@ -71,17 +70,9 @@ async fn stats_count_by_day_status_and_state_and_time_to_attest(backend: Backend
     // Attest one execution through the store's own job protocol, then record three more.
     app.post_webhook(&webhook("ok-0")).await;
     let store = &app.app.store;
-    let sign = store
-        .claim_job("t", Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap();
+    let sign = store.claim_job("t", &LEASING).await.unwrap().unwrap();
     store.complete_sign(&sign, b"{}", "k").await.unwrap();
-    let push = store
-        .claim_job("t", Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap();
+    let push = store.claim_job("t", &LEASING).await.unwrap().unwrap();
     assert_eq!(push.kind, attestd::store::JobKind::Push);
     store
         .complete_push(

@@ -7,14 +7,13 @@ use std::time::Duration;
 use attestd::domain::{ExecutionId, provenance};
 use attestd::ingest::parse_build_webhook;
 use attestd::store::{
-    self, AttestationState, DynStore, JobKind, NewExecution, NewSigningKey, PushRecord, PushState,
-    Recorded, StoreError,
+    self, AttestationState, DynStore, JobKind, Leasing, NewExecution, NewSigningKey, PushRecord,
+    PushState, Recorded, StoreError,
 };
-use time::OffsetDateTime;
 
 use crate::backend_tests;
 use crate::support::app::webhook;
-use crate::support::{Backend, TestDatabase};
+use crate::support::{Backend, LEASING, TestDatabase};
 
 backend_tests!(
     recording_is_idempotent_by_account_and_pipeline_execution,
@@ -24,13 +23,18 @@ backend_tests!(
     failures_back_off_then_die_and_retry_redrives_them,
     released_jobs_do_not_count_an_attempt,
     locks_are_exclusive_until_released_or_expired,
+    a_lock_past_its_expiry_on_the_database_clock_changes_hands_and_fences_its_old_holder,
+    a_renewed_lease_keeps_the_job_and_a_taken_over_lease_cannot_be_renewed,
+    a_push_whose_worker_keeps_stopping_is_dead_with_the_reason,
+    a_job_whose_worker_stops_during_its_last_attempt_is_dead,
+    pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_batches,
     lookup_by_digest_finds_every_execution_of_an_image,
     signing_keys_are_remembered_once_with_their_first_public_key,
 );
 
 struct Fixture {
     store: DynStore,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 async fn fixture(backend: Backend) -> Fixture {
@@ -39,7 +43,7 @@ async fn fixture(backend: Backend) -> Fixture {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    Fixture { store, _db: db }
+    Fixture { store, db }
 }
 
 fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution {
@@ -107,7 +111,7 @@ async fn claims_never_hand_the_same_job_to_two_claimers(backend: Backend) {
         claimers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             while let Some(job) = store
-                .claim_job(&format!("worker-{w}"), LEASE)
+                .claim_job(&format!("worker-{w}"), &LEASING)
                 .await
                 .unwrap()
             {
@@ -133,14 +137,20 @@ async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(backend:
         .unwrap();
     let stale = f
         .store
-        .claim_job("a", Duration::from_millis(1))
+        .claim_job(
+            "a",
+            &Leasing {
+                lease: Duration::from_millis(1),
+                ..LEASING
+            },
+        )
         .await
         .unwrap()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let fresh = f
         .store
-        .claim_job("b", LEASE)
+        .claim_job("b", &LEASING)
         .await
         .unwrap()
         .expect("expired lease is claimable");
@@ -151,7 +161,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(backend:
         Err(StoreError::LeaseLost(_))
     ));
     assert!(
-        f.store.claim_job("c", LEASE).await.unwrap().is_none(),
+        f.store.claim_job("c", &LEASING).await.unwrap().is_none(),
         "held by b now"
     );
     f.store
@@ -174,7 +184,7 @@ async fn signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact
     else {
         panic!()
     };
-    let job = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     assert_eq!(job.kind, JobKind::Sign);
     let stored = f
         .store
@@ -188,7 +198,7 @@ async fn signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact
     assert!(e.signed_at.is_some());
 
     let mut pushes = Vec::new();
-    while let Some(j) = f.store.claim_job("a", LEASE).await.unwrap() {
+    while let Some(j) = f.store.claim_job("a", &LEASING).await.unwrap() {
         assert_eq!(j.kind, JobKind::Push);
         pushes.push(j);
     }
@@ -232,12 +242,15 @@ async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
     else {
         panic!()
     };
-    let sign = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store.complete_sign(&sign, b"env", "k").await.unwrap();
-    let push = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
-    let later = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let push = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store
-        .fail_job(&push, "registry unavailable", Some(later))
+        .fail_job(
+            &push,
+            "registry unavailable",
+            Some(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
     let e1 = f.store.execution(e.id).await.unwrap().unwrap();
@@ -249,13 +262,13 @@ async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
     );
     assert!(e1.artifacts[0].next_attempt_at.is_some());
     assert!(
-        f.store.claim_job("a", LEASE).await.unwrap().is_none(),
+        f.store.claim_job("a", &LEASING).await.unwrap().is_none(),
         "not due before its backoff"
     );
 
     // Retry re-drives the waiting job now.
     assert_eq!(f.store.retry_execution(e.id).await.unwrap(), 1);
-    let push = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    let push = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store
         .fail_job(&push, "image not found", None)
         .await
@@ -270,7 +283,7 @@ async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
     let again = f.store.execution(e.id).await.unwrap().unwrap();
     assert_eq!(again.attestation, AttestationState::Pushing);
     assert_eq!(again.artifacts[0].push_state, PushState::Pending);
-    let push = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    let push = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store
         .complete_push(
             &push,
@@ -298,38 +311,321 @@ async fn released_jobs_do_not_count_an_attempt(backend: Backend) {
         .record_build(new_execution("run-1", 1))
         .await
         .unwrap();
-    let job = f.store.claim_job("a", LEASE).await.unwrap().unwrap();
+    let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store.release_job(&job).await.unwrap();
-    let again = f.store.claim_job("b", LEASE).await.unwrap().unwrap();
+    let again = f.store.claim_job("b", &LEASING).await.unwrap().unwrap();
     assert_eq!(again.id, job.id);
     assert_eq!(again.attempts, 1);
 }
 
 async fn locks_are_exclusive_until_released_or_expired(backend: Backend) {
     let f = fixture(backend).await;
-    assert!(f.store.try_lock("tag", "a", LEASE).await.unwrap());
-    assert!(!f.store.try_lock("tag", "b", LEASE).await.unwrap());
+    let a = f.store.try_lock("tag", "a", LEASE).await.unwrap().unwrap();
+    assert!(f.store.try_lock("tag", "b", LEASE).await.unwrap().is_none());
+    let again = f
+        .store
+        .try_lock("tag", "a", LEASE)
+        .await
+        .unwrap()
+        .expect("the holder may take it again");
+    assert!(again.token > a.token, "under a new fencing token");
     assert!(
-        f.store.try_lock("tag", "a", LEASE).await.unwrap(),
-        "the holder may renew"
+        !f.store.holds_lock(&a).await.unwrap(),
+        "the old token is fenced"
     );
-    f.store.unlock("tag", "b").await.unwrap();
+    let impostor = attestd::store::Lock {
+        owner: "b".into(),
+        ..again.clone()
+    };
+    f.store.unlock(&impostor).await.unwrap();
     assert!(
-        !f.store.try_lock("tag", "b", LEASE).await.unwrap(),
+        f.store.try_lock("tag", "b", LEASE).await.unwrap().is_none(),
         "only the holder unlocks"
     );
-    f.store.unlock("tag", "a").await.unwrap();
+    f.store.unlock(&again).await.unwrap();
+    assert!(!f.store.holds_lock(&again).await.unwrap());
+    let b = f
+        .store
+        .try_lock("tag", "b", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .expect("a released lock is free");
+    assert!(b.token > again.token, "tokens only grow");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let c = f
+        .store
+        .try_lock("tag", "c", LEASE)
+        .await
+        .unwrap()
+        .expect("an expired lock is free");
+    assert!(c.token > b.token);
+}
+
+async fn a_lock_past_its_expiry_on_the_database_clock_changes_hands_and_fences_its_old_holder(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let a = f.store.try_lock("tag", "a", LEASE).await.unwrap().unwrap();
+    assert!(f.store.holds_lock(&a).await.unwrap());
+    assert!(f.store.renew_lock(&a, LEASE).await.unwrap());
+    // Expire it by the database's clock, as a holder that stopped renewing would find it.
+    let past = f.db.seconds_ago(1);
+    f.db.execute(&format!(
+        "UPDATE locks SET expires_at = {past} WHERE name = 'tag'"
+    ))
+    .await;
     assert!(
-        f.store
-            .try_lock("tag", "b", Duration::from_millis(1))
-            .await
-            .unwrap()
+        !f.store.holds_lock(&a).await.unwrap(),
+        "the fence refuses an expired lock"
     );
+    let b = f
+        .store
+        .try_lock("tag", "b", LEASE)
+        .await
+        .unwrap()
+        .expect("an expired lock is taken over");
+    assert!(b.token > a.token);
+    assert!(
+        !f.store.renew_lock(&a, LEASE).await.unwrap(),
+        "the old holder cannot renew it back"
+    );
+    f.store.unlock(&a).await.unwrap();
+    assert!(
+        f.store.holds_lock(&b).await.unwrap(),
+        "nor release the new holder's lock"
+    );
+    assert!(!f.store.holds_lock(&a).await.unwrap());
+}
+
+async fn a_renewed_lease_keeps_the_job_and_a_taken_over_lease_cannot_be_renewed(backend: Backend) {
+    let f = fixture(backend).await;
+    f.store
+        .record_build(new_execution("run-1", 1))
+        .await
+        .unwrap();
+    let short = Leasing {
+        lease: Duration::from_millis(1),
+        ..LEASING
+    };
+    let job = f.store.claim_job("a", &short).await.unwrap().unwrap();
+    assert!(f.store.renew_lease(&job, LEASE).await.unwrap());
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
-        f.store.try_lock("tag", "c", LEASE).await.unwrap(),
-        "an expired lock is free"
+        f.store.claim_job("b", &LEASING).await.unwrap().is_none(),
+        "the renewed lease holds past the first one"
     );
+    expire_lease(&f, &job).await;
+    let taken = f
+        .store
+        .claim_job("b", &LEASING)
+        .await
+        .unwrap()
+        .expect("expired on the database clock");
+    assert_eq!(taken.id, job.id);
+    assert!(!f.store.renew_lease(&job, LEASE).await.unwrap());
+    assert!(f.store.renew_lease(&taken, LEASE).await.unwrap());
+}
+
+/// Record a new one-artifact execution.
+async fn created(f: &Fixture, pipeline_execution_id: &str) -> attestd::store::Execution {
+    match f
+        .store
+        .record_build(new_execution(pipeline_execution_id, 1))
+        .await
+        .unwrap()
+    {
+        Recorded::Created(e) => e,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+/// Let the job's lease run out, as a worker killed mid-job leaves it.
+async fn expire_lease(f: &Fixture, job: &attestd::store::Job) {
+    let past = f.db.seconds_ago(1);
+    let changed =
+        f.db.execute(&format!(
+            "UPDATE jobs SET lease_expires_at = {past} WHERE id = {}",
+            job.id
+        ))
+        .await;
+    assert_eq!(changed, 1);
+}
+
+async fn a_push_whose_worker_keeps_stopping_is_dead_with_the_reason(backend: Backend) {
+    let f = fixture(backend).await;
+    let e = created(&f, "run-1").await;
+    let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    let mut push = f.store.claim_job("w0", &LEASING).await.unwrap().unwrap();
+    assert_eq!(push.kind, JobKind::Push);
+    for stop in 1..=LEASING.max_reclaims {
+        expire_lease(&f, &push).await;
+        push = f
+            .store
+            .claim_job(&format!("w{stop}"), &LEASING)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("taken over after stop {stop}"));
+        assert_eq!(
+            push.attempts,
+            stop as i32 + 1,
+            "each stop counts an attempt"
+        );
+    }
+    expire_lease(&f, &push).await;
+    assert!(
+        f.store
+            .claim_job("w-last", &LEASING)
+            .await
+            .unwrap()
+            .is_none(),
+        "not taken over again"
+    );
+    let dead = f.store.execution(e.id).await.unwrap().unwrap();
+    let reason = format!(
+        "the worker processing this job stopped {} times",
+        LEASING.max_reclaims + 1
+    );
+    assert_eq!(dead.attestation, AttestationState::Failed);
+    assert_eq!(dead.last_error.as_deref(), Some(reason.as_str()));
+    let artifact = &dead.artifacts[0];
+    assert_eq!(artifact.push_state, PushState::Dead);
+    assert_eq!(artifact.last_error.as_deref(), Some(reason.as_str()));
+    assert_eq!(artifact.push_attempts, LEASING.max_reclaims as i32 + 1);
+    assert_eq!(f.store.unfinished_jobs().await.unwrap(), 0);
+
+    // Re-driving starts the count afresh.
+    assert_eq!(f.store.retry_execution(e.id).await.unwrap(), 1);
+    let again = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!(again.attempts, 1);
+    expire_lease(&f, &again).await;
+    let taken = f.store.claim_job("w", &LEASING).await.unwrap();
+    assert!(taken.is_some(), "the reclaims were reset by the retry");
+}
+
+async fn a_job_whose_worker_stops_during_its_last_attempt_is_dead(backend: Backend) {
+    let f = fixture(backend).await;
+    let e = created(&f, "run-1").await;
+    let two = Leasing {
+        max_attempts: 2,
+        ..LEASING
+    };
+    let first = f.store.claim_job("a", &two).await.unwrap().unwrap();
+    expire_lease(&f, &first).await;
+    let second = f.store.claim_job("b", &two).await.unwrap().unwrap();
+    assert_eq!(second.attempts, 2);
+    expire_lease(&f, &second).await;
+    assert!(f.store.claim_job("c", &two).await.unwrap().is_none());
+    let dead = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(dead.attestation, AttestationState::Failed);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("the worker processing this job stopped during its last attempt (2 of 2)")
+    );
+}
+
+async fn pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_batches(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(created(&f, &format!("run-{i}")).await.id);
+    }
+    // run-0: signed and pushed (2 done jobs); run-1: signed, push waiting to retry (1 done);
+    // run-2: signing dead. All of it two hours ago. Then run-3: signed just now.
+    for id in &ids {
+        let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+        assert_eq!(sign.execution_id, *id);
+        if *id == ids[2] {
+            f.store.fail_job(&sign, "key gone", None).await.unwrap();
+        } else {
+            f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+        }
+    }
+    let push = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!(push.execution_id, ids[0]);
+    let pushed = PushRecord {
+        reference: "r".into(),
+        manifest_digest: "sha256:00".into(),
+    };
+    f.store.complete_push(&push, &pushed).await.unwrap();
+    let waiting = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!(waiting.execution_id, ids[1]);
+    let hour = Duration::from_secs(3600);
+    f.store
+        .fail_job(&waiting, "registry unavailable", Some(hour))
+        .await
+        .unwrap();
+    let two_hours_ago = f.db.seconds_ago(7200);
+    let backdated =
+        f.db.execute(&format!(
+            "UPDATE jobs SET updated_at = {two_hours_ago} WHERE state IN ('done', 'dead')"
+        ))
+        .await;
+    assert_eq!(backdated, 4);
+    ids.push(created(&f, "run-3").await.id);
+    let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!(sign.execution_id, ids[3]);
+    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+
+    let old_lock = f.store.try_lock("old", "w", LEASE).await.unwrap().unwrap();
+    f.store.unlock(&old_lock).await.unwrap();
+    f.db.execute(&format!(
+        "UPDATE locks SET expires_at = {two_hours_ago} WHERE name = 'old'"
+    ))
+    .await;
+    let recent = f
+        .store
+        .try_lock("recent", "w", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    f.store.unlock(&recent).await.unwrap();
+    let held = f.store.try_lock("held", "w", LEASE).await.unwrap().unwrap();
+
+    let first = f.store.prune(hour, 2).await.unwrap();
+    assert_eq!((first.jobs, first.locks), (2, 1), "at most the batch size");
+    let second = f.store.prune(hour, 2).await.unwrap();
+    assert_eq!((second.jobs, second.locks), (1, 0));
+    let third = f.store.prune(hour, 2).await.unwrap();
+    assert_eq!((third.jobs, third.locks), (0, 0));
+
+    let by_state = |state: &'static str| {
+        let db = &f.db;
+        async move {
+            db.count(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE state = '{state}'"
+            ))
+            .await
+        }
+    };
+    assert_eq!(by_state("done").await, 1, "the recent sign job of run-3");
+    assert_eq!(by_state("dead").await, 1, "dead jobs are kept, however old");
+    assert_eq!(by_state("queued").await, 2, "run-1's and run-3's pushes");
+    assert_eq!(
+        f.db.count("SELECT COUNT(*) FROM locks WHERE name IN ('recent', 'held')")
+            .await,
+        2
+    );
+    assert_eq!(f.db.count("SELECT COUNT(*) FROM locks").await, 2);
+    assert!(f.store.holds_lock(&held).await.unwrap());
+    let run0 = f.store.execution(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        run0.attestation,
+        AttestationState::Attested,
+        "pruning jobs leaves the execution as it was"
+    );
+    assert_eq!(
+        f.store
+            .execution(ids[2])
+            .await
+            .unwrap()
+            .unwrap()
+            .attestation,
+        AttestationState::Failed
+    );
+    assert_eq!(f.store.retry_execution(ids[2]).await.unwrap(), 1);
 }
 
 async fn lookup_by_digest_finds_every_execution_of_an_image(backend: Backend) {

@@ -1,14 +1,12 @@
 //! The Supply Chain web view over HTTP on both stores, and once in a real headless Chromium.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::support::Backend;
 use crate::support::app::*;
 use crate::support::browser::{Chromium, artifacts_dir};
+use crate::support::{Backend, LEASING};
 
 backend_tests!(
     pages_without_a_valid_token_redirect_to_the_login_form,
@@ -382,13 +380,12 @@ async fn invalid_filter_is_shown_on_the_list_page_as_html(backend: Backend) {
 async fn seed_dead_push(app: &TestApp) -> String {
     let id = seed(app, &webhook("run-dead")).await;
     let store = &app.app.store;
-    let lease = Duration::from_secs(60);
-    let sign = store.claim_job("test", lease).await.unwrap().unwrap();
+    let sign = store.claim_job("test", &LEASING).await.unwrap().unwrap();
     store
         .complete_sign(&sign, br#"{"payloadType":"x"}"#, "test-key-1")
         .await
         .unwrap();
-    let push = store.claim_job("test", lease).await.unwrap().unwrap();
+    let push = store.claim_job("test", &LEASING).await.unwrap().unwrap();
     store
         .fail_job(&push, "registry said <b>no</b>", None)
         .await

@@ -29,7 +29,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub backend: Backend,
     pub dir: tempfile::TempDir,
-    db: TestDatabase,
+    pub db: TestDatabase,
 }
 
 /// Settings for a test: two accounts with their own webhook sources and tokens, an admin token,

@@ -6,9 +6,17 @@
 pub mod app;
 pub mod bao;
 pub mod browser;
+pub mod proxy;
 pub mod registry;
 
 use std::path::PathBuf;
+
+/// How tests that drive the store themselves lease jobs: the default limits, a 60 s lease.
+pub const LEASING: attestd::store::Leasing = attestd::store::Leasing {
+    lease: std::time::Duration::from_secs(60),
+    max_reclaims: 3,
+    max_attempts: 8,
+};
 
 /// Which store a test runs against. Every store and API test runs on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +70,83 @@ impl TestDatabase {
                 }
             }
         }
+    }
+}
+
+/// Reaching into attestd's tables from a test, on either backend, to make what a crash or
+/// another replica would leave behind. Each call opens its own short connection.
+impl TestDatabase {
+    pub fn backend(&self) -> Backend {
+        if self.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
+    /// SQL for the database clock's now minus `seconds` (timestamptz on PostgreSQL, epoch
+    /// milliseconds on SQLite).
+    pub fn seconds_ago(&self, seconds: u32) -> String {
+        match self.backend() {
+            Backend::Postgres => format!("(now() - interval '{seconds} seconds')"),
+            Backend::Sqlite => {
+                format!("(CAST(strftime('%s', 'now') AS INTEGER) * 1000 - {seconds} * 1000)")
+            }
+        }
+    }
+
+    /// Run one statement; returns the rows it changed.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let result = match self.backend() {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+                let r = sqlx::query(sql)
+                    .execute(&pool)
+                    .await
+                    .map(|r| r.rows_affected());
+                pool.close().await;
+                r
+            }
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
+                let r = sqlx::query(sql)
+                    .execute(&pool)
+                    .await
+                    .map(|r| r.rows_affected());
+                pool.close().await;
+                r
+            }
+        };
+        result.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The first column of the first row as text (write the SQL so it yields text), if any.
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let result = match self.backend() {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+                let r = sqlx::query_scalar(sql).fetch_optional(&pool).await;
+                pool.close().await;
+                r
+            }
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
+                let r = sqlx::query_scalar(sql).fetch_optional(&pool).await;
+                pool.close().await;
+                r
+            }
+        };
+        result.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `SELECT COUNT(*) ...` as a number.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.text(&format!("SELECT CAST(({sql}) AS TEXT)"))
+            .await
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a count: {sql}"))
     }
 }
 
