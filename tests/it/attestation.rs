@@ -339,7 +339,15 @@ async fn image_pushed_after_the_webhook_is_attested_on_a_later_attempt(backend: 
     let reg = TestRegistry::anonymous().await;
     // A registry replica that has not caught up yet: the digest is only in another repository.
     let digest = push_fixed_image(&reg, "elsewhere/app").await;
-    let app = spawn_with_registry(backend, &reg).await;
+    let settings = reg.settings(PushFormat::Att);
+    // A backoff long enough that the failed attempt cannot come due again inside the same
+    // `run_pending_jobs` pass, even on a loaded machine (see the registry outage test).
+    let app = TestApp::spawn_with(backend, move |s| {
+        s.registries = vec![settings];
+        s.worker.backoff_base_ms = 500;
+        s.worker.backoff_max_secs = 1;
+    })
+    .await;
     let id = &app.record(&hook_for("run-1", &reg.host(), &digest)).await;
     app.app.run_pending_jobs().await.unwrap();
     let e = execution(&app, id).await;

@@ -52,9 +52,11 @@ async fn rotated_registry_password_is_retried_until_the_secret_backend_has_it(ba
     let mut reg = TestRegistry::tls_basic(USER, OLD).await;
     let digest = reg.push_image(REPO, "1.4.0").await;
     let registry = reg.settings(PushFormat::Att);
+    // A backoff long enough that a failed attempt cannot come due again inside the same
+    // `run_pending_jobs` pass, even on a loaded machine.
     let app = TestApp::spawn_with(backend, move |s| {
         s.registries = vec![registry];
-        s.worker.backoff_base_ms = 20;
+        s.worker.backoff_base_ms = 500;
         s.worker.backoff_max_secs = 1;
     })
     .await;
