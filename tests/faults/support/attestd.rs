@@ -316,18 +316,8 @@ impl Attestd {
 
     /// SIGTERM and wait for the graceful exit (SIGKILL after 30 s).
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: signalling a child we started and have not reaped.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            }
-            if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
+        if let Some(child) = self.child.take() {
+            super::terminate(child, Duration::from_secs(30)).await;
         }
     }
 
@@ -463,10 +453,20 @@ impl Client {
 
     /// Every execution, oldest first, through the paginated list.
     pub async fn executions(&self) -> Vec<Value> {
+        self.executions_where("").await
+    }
+
+    /// The executions matching a `GET /v1/executions` query (e.g. `attestation=pushing`), oldest
+    /// first, through the paginated list.
+    pub async fn executions_where(&self, query: &str) -> Vec<Value> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let mut path = "/v1/executions?order=asc&limit=200".to_owned();
+            if !query.is_empty() {
+                path.push('&');
+                path.push_str(query);
+            }
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
@@ -504,6 +504,8 @@ impl Client {
     }
 
     /// Wait until every execution in `ids` is `attested`; the time it took, or what is left.
+    /// Each poll lists only the executions still on their way (pending, pushing) and the failed
+    /// ones; once none of `ids` is among them, one full listing confirms every one is attested.
     pub async fn wait_attested(
         &self,
         ids: &[String],
@@ -512,22 +514,18 @@ impl Client {
         let started = Instant::now();
         let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
         loop {
-            let all = self.executions().await;
-            let mut states: BTreeMap<String, usize> = BTreeMap::new();
+            let mut waiting: BTreeMap<String, usize> = BTreeMap::new();
             let mut failed = Vec::new();
-            for e in &all {
-                if !wanted.contains(e["id"].as_str().unwrap_or("")) {
-                    continue;
+            for state in ["pending", "pushing", "failed"] {
+                for e in self.executions_where(&format!("attestation={state}")).await {
+                    if !wanted.contains(e["id"].as_str().unwrap_or("")) {
+                        continue;
+                    }
+                    if state == "failed" {
+                        failed.push(format!("{}: {}", e["id"], e["attestation"]["lastError"]));
+                    }
+                    *waiting.entry(state.to_owned()).or_default() += 1;
                 }
-                let state = e["attestation"]["state"].as_str().unwrap_or("?").to_owned();
-                if state == "failed" {
-                    failed.push(format!("{}: {}", e["id"], e["attestation"]["lastError"]));
-                }
-                *states.entry(state).or_default() += 1;
-            }
-            let attested = states.get("attested").copied().unwrap_or(0);
-            if attested == wanted.len() {
-                return Ok(started.elapsed());
             }
             if !failed.is_empty() {
                 return Err(format!(
@@ -542,9 +540,22 @@ impl Client {
                         .join("; ")
                 ));
             }
+            if waiting.is_empty() {
+                let mut states: BTreeMap<String, usize> = BTreeMap::new();
+                for e in self.executions().await {
+                    if wanted.contains(e["id"].as_str().unwrap_or("")) {
+                        let state = e["attestation"]["state"].as_str().unwrap_or("?");
+                        *states.entry(state.to_owned()).or_default() += 1;
+                    }
+                }
+                if states.get("attested") == Some(&wanted.len()) {
+                    return Ok(started.elapsed());
+                }
+                waiting = states;
+            }
             if started.elapsed() > within {
                 return Err(format!(
-                    "{attested} of {} executions attested after {within:?}; states {states:?}",
+                    "not every one of {} executions was attested after {within:?}; still {waiting:?}",
                     wanted.len()
                 ));
             }

@@ -219,18 +219,8 @@ impl OpenBao {
 
     /// Stop the server (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: signalling a child we started and have not reaped.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
+        if let Some(child) = self.child.take() {
+            super::terminate(child, Duration::from_secs(10)).await;
         }
     }
 

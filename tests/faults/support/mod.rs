@@ -111,6 +111,18 @@ pub fn scenario_dir(name: &str) -> tempfile::TempDir {
     dir
 }
 
+/// SIGTERM a child process and wait for it to exit; SIGKILL it after `grace`.
+pub async fn terminate(mut child: tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling a child we started and have not reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
 /// A binary named by an environment variable `./scripts/test` exports; panics saying how to get
 /// it when unset.
 pub fn binary_from_env(var: &str, how: &str) -> PathBuf {
