@@ -4,7 +4,8 @@
 #   source scripts/lib/services.sh
 #   trap stop_services EXIT
 #   ensure_apt_packages          # docker-registry apache2-utils skopeo chromium prometheus (+ postgres/curl if missing)
-#   start_postgres               # -> TEST_DATABASE_URL
+#   start_postgres               # -> TEST_DATABASE_URL, ATTESTD_TEST_PG_BIN
+#   check_pg_binaries            # -> ATTESTD_TEST_PG_BIN (initdb/pg_ctl folder; the fault suite runs its own cluster)
 #   start_openbao                # -> ATTESTD_TEST_BAO_ADDR, ATTESTD_TEST_BAO_TOKEN, ATTESTD_TEST_BAO_BIN
 #   check_registry_binary        # -> ATTESTD_TEST_REGISTRY_BIN, ATTESTD_TEST_HTPASSWD_BIN, ATTESTD_TEST_OPENSSL_BIN
 #   check_chromium               # -> ATTESTD_TEST_CHROMIUM
@@ -174,6 +175,15 @@ _svc_as_postgres() {
     fi
 }
 
+# check_pg_binaries: export ATTESTD_TEST_PG_BIN, the folder holding initdb and pg_ctl, for tests
+# that run (and stop, and restart) a PostgreSQL cluster of their own.
+check_pg_binaries() {
+    local pg_bin
+    pg_bin="$(_svc_pg_bindir)" || { _svc_fail "PostgreSQL server binaries (initdb) not found; apt-get install postgresql"; return 1; }
+    export ATTESTD_TEST_PG_BIN="$pg_bin"
+    echo "postgres binaries: $ATTESTD_TEST_PG_BIN"
+}
+
 # start_postgres: throwaway cluster, trust auth, fsync off, max_connections 300.
 # ATTESTD_PG_DURABLE=1 keeps PostgreSQL's durable defaults (fsync, synchronous_commit) for benchmarks.
 # Exports TEST_DATABASE_URL=postgres://postgres@127.0.0.1:<port>/postgres (admin db: tests CREATE DATABASE).
@@ -209,6 +219,7 @@ start_postgres() {
         return 1
     fi
     echo "$pg_bin $dir" >>"$state/pg_running"
+    export ATTESTD_TEST_PG_BIN="$pg_bin"
     export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
     if command -v psql >/dev/null 2>&1 &&
         ! psql "$TEST_DATABASE_URL" -XAtqc 'select 1' >/dev/null 2>"$dir/psql.log"; then

@@ -1,14 +1,21 @@
-//! Request admission: a declared body over the limit is refused before it is read, and each
-//! route class has its own in-flight limit beyond which requests are shed at once with `503`
-//! and `Retry-After` (never queued), so a flood of one kind cannot starve the others. Health
-//! checks are never limited.
+//! Request admission: a declared body over the limit is refused before it is read, each route
+//! class has its own in-flight limit beyond which requests are shed at once with `503` and
+//! `Retry-After` (never queued), so a flood of one kind cannot starve the others, and a body must
+//! arrive whole within the body-read deadline however it trickles. Health checks are never
+//! limited.
 
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
@@ -112,9 +119,95 @@ pub async fn admit(
     next.run(request).await
 }
 
+/// The request body did not arrive whole within `server.body_read_timeout_secs`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyDeadlineExceeded;
+
+/// A request body that must arrive whole by a deadline. tower-http's `RequestBodyTimeout` only
+/// bounds the pause between two frames, so a body sent a byte a second would never time out.
+struct DeadlineBody {
+    body: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        // What has arrived is handed on; only waiting for more is cut off at the deadline.
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Some(Err(axum::Error::new(BodyDeadlineExceeded))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Middleware: the body's deadline starts now, when the request's headers have arrived.
+pub async fn body_deadline(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = Body::new(DeadlineBody {
+        body,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+    });
+    next.run(Request::from_parts(parts, body)).await
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RouteClass;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_that_keeps_trickling_still_ends_at_its_deadline() {
+        let trickle = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from_static(b"x")), ()))
+        });
+        let body = Body::new(DeadlineBody {
+            body: Body::from_stream(trickle),
+            deadline: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+        });
+        let started = std::time::Instant::now();
+        let read = axum::body::to_bytes(body, usize::MAX).await;
+        let error = read.expect_err("a body still arriving at its deadline is cut off");
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut found = false;
+        while let Some(e) = source {
+            found |= e.is::<BodyDeadlineExceeded>();
+            source = e.source();
+        }
+        assert!(found, "the cause is named: {error:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_arrives_in_time_is_read_whole() {
+        let body = Body::new(DeadlineBody {
+            body: Body::from("complete"),
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
+        });
+        let read = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        assert_eq!(&read[..], b"complete");
+    }
 
     #[test]
     fn routes_fall_into_their_classes() {

@@ -90,7 +90,7 @@ fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<By
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(state.settings.server.body_limit_bytes)
-        } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+        } else if caused_by::<super::limits::BodyDeadlineExceeded>(&e) {
             ApiError::BodyTimeout(state.settings.server.body_read_timeout_secs)
         } else {
             ApiError::Malformed(e.body_text())
