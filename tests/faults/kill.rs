@@ -2,8 +2,10 @@
 //! database: every acknowledged execution ends attested, none is recorded twice, no `.att` holds a
 //! layer twice, none is stuck. Half the backlog is acknowledged before the first kill; the other
 //! half is delivered during the kills by a client that retries until acknowledged, as a CI system
-//! does. Figures: the total drain time and the longest stall (no execution became attested while
-//! some were waiting), measured from the database so that restarts count.
+//! does. The registry sits behind the fault proxy, which holds its answer to every manifest write
+//! for 200 ms, so that a kill often lands in a push between the write and its acknowledgement.
+//! Figures: the total drain time and the longest stall (no execution became attested while some
+//! were waiting), measured from the database so that restarts count.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::attestd::{Attestd, Config, webhook};
 use crate::support::check::{check_att, expected_from_api, push_images};
 use crate::support::postgres::Postgres;
+use crate::support::proxy::{FaultProxy, Stall};
 use crate::support::registry::TestRegistry;
 use crate::support::{report, scenario_dir, secs, seed, sized};
 
@@ -30,8 +33,15 @@ pub async fn run() {
     let dir = scenario_dir("kill");
     let pg = Postgres::start().await;
     let reg = TestRegistry::anonymous().await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", reg.port).parse().unwrap()).await;
+    proxy.stall(Stall {
+        method: Some("PUT"),
+        path_contains: "/manifests/",
+        delay: Duration::from_millis(200),
+        times: usize::MAX,
+    });
     let images = push_images(&reg, "acme/kill", executions / 4).await;
-    let mut config = Config::new(&pg.url(), &[reg.host()]);
+    let mut config = Config::new(&pg.url(), &[proxy.host()]);
     config
         .set("worker", "lease_secs", 5)
         .set("worker", "backoff_base_ms", 200)
@@ -48,7 +58,7 @@ pub async fn run() {
             let image = &images[i % images.len()];
             webhook(
                 &format!("kill-{i}"),
-                &image.reference(&reg.host()),
+                &image.reference(&proxy.host()),
                 &image.digest,
             )
         })
@@ -156,6 +166,11 @@ pub async fn run() {
         ]),
     );
     assert_eq!(layers, executions);
+    assert!(
+        retried > 0,
+        "no kill landed while a push was in flight (no artifact took a second attempt): the \
+         scenario did not exercise a reclaim"
+    );
     assert!(
         longest_stall <= MAX_STALL,
         "delivery stalled for {longest_stall:?} (limit {MAX_STALL:?}): a killed process's \
