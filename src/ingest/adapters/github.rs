@@ -221,23 +221,16 @@ fn package(ctx: &Context<'_>, body: &Value) -> Result<Event, WebhookError> {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{self, IMAGE, digest};
-    use super::super::{Event, SourceKind, interpret as interpret_kind};
+    use super::super::{Event, SourceKind};
     use crate::domain::BuildStatus;
 
     fn run(event: &str, file: &str) -> Event {
         let body = fixtures::load(&format!("github/{file}"));
-        let headers = fixtures::headers(&[
+        let headers = [
             (super::EVENT_HEADER, event),
             (super::DELIVERY_HEADER, "d-1"),
-        ]);
-        interpret_kind(
-            SourceKind::Github,
-            &headers,
-            &body,
-            &"acme".parse().unwrap(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap()
+        ];
+        fixtures::interpret_as(SourceKind::Github, &body, &headers).unwrap()
     }
 
     #[test]
@@ -291,14 +284,10 @@ mod tests {
         ] {
             let mut body = fixtures::load("github/workflow_run.completed.success.json");
             body["workflow_run"]["conclusion"] = conclusion.into();
-            let headers = fixtures::headers(&[(super::EVENT_HEADER, "workflow_run")]);
-            let Ok(Event::Build { build, .. }) = interpret_kind(
-                SourceKind::Github,
-                &headers,
-                &body,
-                &"acme".parse().unwrap(),
-                time::OffsetDateTime::now_utc(),
-            ) else {
+            let headers = [(super::EVENT_HEADER, "workflow_run")];
+            let Ok(Event::Build { build, .. }) =
+                fixtures::interpret_as(SourceKind::Github, &body, &headers)
+            else {
                 panic!("{conclusion}")
             };
             assert_eq!(build.status, status, "{conclusion}");
@@ -335,15 +324,8 @@ mod tests {
         // What container_metadata.tag.digest holds: sha256: and 40 hex.
         body["registry_package"]["package_version"]["version"] =
             format!("sha256:{}", "a".repeat(40)).into();
-        let headers = fixtures::headers(&[(super::EVENT_HEADER, "registry_package")]);
-        let err = interpret_kind(
-            SourceKind::Github,
-            &headers,
-            &body,
-            &"acme".parse().unwrap(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap_err();
+        let headers = [(super::EVENT_HEADER, "registry_package")];
+        let err = fixtures::interpret_as(SourceKind::Github, &body, &headers).unwrap_err();
         assert!(
             format!("{err:?}").contains("package_version.version"),
             "{err:?}"

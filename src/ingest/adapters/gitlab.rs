@@ -98,23 +98,16 @@ fn gitlab_time(value: &str, field: &str) -> Result<OffsetDateTime, WebhookError>
 #[cfg(test)]
 mod tests {
     use super::super::fixtures;
-    use super::super::{Event, SourceKind, interpret};
+    use super::super::{Event, SourceKind};
     use crate::domain::BuildStatus;
 
     fn run(file: &str) -> Event {
         let body = fixtures::load(&format!("gitlab/{file}"));
-        let headers = fixtures::headers(&[
+        let headers = [
             (super::EVENT_HEADER, "Pipeline Hook"),
             (super::IDEMPOTENCY_HEADER, "5f0b2d0e-idem"),
-        ]);
-        interpret(
-            SourceKind::Gitlab,
-            &headers,
-            &body,
-            &"acme".parse().unwrap(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap()
+        ];
+        fixtures::interpret_as(SourceKind::Gitlab, &body, &headers).unwrap()
     }
 
     #[test]

@@ -95,18 +95,12 @@ fn epoch_seconds(v: &Value) -> Option<OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures;
-    use super::super::{Event, SourceKind, interpret};
+    use super::super::{Event, SourceKind};
     use crate::domain::BuildStatus;
 
     fn run(file: &str) -> Event {
-        interpret(
-            SourceKind::Harness,
-            &fixtures::headers(&[]),
-            &fixtures::load(&format!("harness/{file}")),
-            &"acme".parse().unwrap(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap()
+        let body = fixtures::load(&format!("harness/{file}"));
+        fixtures::interpret_as(SourceKind::Harness, &body, &[]).unwrap()
     }
 
     #[test]

@@ -248,6 +248,21 @@ pub(crate) mod fixtures {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{full}: {e}"))
     }
 
+    /// `body` with these headers, interpreted for account `acme` now.
+    pub fn interpret_as(
+        kind: super::SourceKind,
+        body: &Value,
+        pairs: &[(&str, &str)],
+    ) -> Result<super::Event, crate::ingest::build_webhook::WebhookError> {
+        super::interpret(
+            kind,
+            &headers(pairs),
+            body,
+            &"acme".parse().unwrap(),
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
     pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {

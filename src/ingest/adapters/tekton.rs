@@ -240,27 +240,20 @@ fn images(results: &BTreeMap<String, Value>, run_key: &str) -> (Vec<Artifact>, V
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{self, IMAGE, IMAGE_2, digest};
-    use super::super::{Event, SourceKind, interpret};
+    use super::super::{Event, SourceKind};
     use crate::domain::BuildStatus;
 
     fn run(file: &str, ce_type: &str) -> Event {
         let body = fixtures::load(&format!("tekton/{file}"));
-        let headers = fixtures::headers(&[
+        let headers = [
             (super::TYPE_HEADER, ce_type),
             (super::ID_HEADER, "77f78ae7-ff6d-4e39-9d05-b9a0b7850527"),
             (
                 super::SOURCE_HEADER,
                 "/apis/tekton.dev/v1beta1/namespaces/default/taskruns/build-1",
             ),
-        ]);
-        interpret(
-            SourceKind::Tekton,
-            &headers,
-            &body,
-            &"acme".parse().unwrap(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap()
+        ];
+        fixtures::interpret_as(SourceKind::Tekton, &body, &headers).unwrap()
     }
 
     const TASK_OK: &str = "dev.tekton.event.taskrun.successful.v1";
