@@ -640,6 +640,17 @@ pub trait Store: Send + Sync {
     /// gets its statement and a sign job — or, for images from templates, the statement template
     /// and a resolve job — in the same transaction.
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError>;
+    /// Record several builds with one commit (group commit at ingest). The outcome of each item
+    /// is exactly what [`Store::record_build`] would have returned for it alone, in input order:
+    /// created, redelivery or conflict, and an item's failure never fails another item. Nothing
+    /// is reported before the commit that made it durable.
+    async fn record_builds(&self, batch: Vec<NewExecution>) -> Vec<Result<Recorded, StoreError>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for new in batch {
+            outcomes.push(self.record_build(new).await);
+        }
+        outcomes
+    }
     async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError>;
     async fn list_executions(&self, filter: &ExecutionFilter)
     -> Result<Vec<Execution>, StoreError>;
