@@ -2,6 +2,7 @@
 //! and, optionally, as OCI 1.1 referrers; and reading them back for verification.
 //! Only registries listed in configuration are ever contacted.
 
+mod auth;
 mod connection;
 mod error;
 pub mod layout;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use self::auth::Access;
 use self::connection::{Connection, Session};
 pub use self::error::{ErrorCode, PushError, RegistryError};
 use self::layout::AttPlan;
@@ -281,7 +283,7 @@ impl Registries {
 
         let tag = s.reference(host, repo, &layout::att_tag(digest));
         let what = format!("read {}/{repo}:{}", host, layout::att_tag(digest));
-        if let Some((body, _)) = s.manifest(&tag, &what).await? {
+        if let Some((body, _)) = s.manifest(&tag, Access::Pull, &what).await? {
             let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
                 RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
             })?;
@@ -322,7 +324,7 @@ impl Registries {
                     continue;
                 };
                 let by_digest = s.by_digest(host, repo, manifest_digest);
-                let Some((body, _)) = s.manifest(&by_digest, &what).await? else {
+                let Some((body, _)) = s.manifest(&by_digest, Access::Pull, &what).await? else {
                     continue;
                 };
                 let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
@@ -370,10 +372,7 @@ impl Registries {
         let digest = conn
             .with_reauth(|s| async move {
                 let reference = s.reference(&image.registry, &image.repository, tag);
-                s.client
-                    .fetch_manifest_digest(&reference, &s.auth)
-                    .await
-                    .map_err(|e| RegistryError::from_oci(what, &e))
+                s.resolve(&reference, what).await
             })
             .await
             .inspect_err(|e| counted(&image.registry, "resolve", e))?;
@@ -391,8 +390,10 @@ fn counted(host: &str, operation: &'static str, e: &RegistryError) {
     crate::metrics::registry_error(host, operation, e.code().as_str());
 }
 
-/// The subject descriptor of the image manifest. Its absence is `ImageNotFound`, permanent as far
-/// as the registry can tell; the worker still retries it a few times (replication lag).
+/// The subject descriptor of the image manifest, from a `HEAD` (its digest, media type and
+/// size), or from the manifest itself when the registry leaves a header out. Its absence is
+/// `ImageNotFound`, permanent as far as the registry can tell; the worker still retries it a few
+/// times (replication lag).
 async fn image_descriptor(
     s: &Session,
     image: &ImageRef,
@@ -400,15 +401,25 @@ async fn image_descriptor(
 ) -> Result<Value, RegistryError> {
     let name = image.name();
     let reference = s.by_digest(&image.registry, &image.repository, digest.as_str());
-    match s
-        .manifest(&reference, &format!("read image manifest {name}@{digest}"))
-        .await?
-    {
-        Some((body, _)) => Ok(layout::subject_descriptor(&body, digest)),
-        None => Err(RegistryError::permanent(
+    let what = format!("read image manifest {name}@{digest}");
+    let not_found = || {
+        RegistryError::permanent(
             ErrorCode::ImageNotFound,
             format!("image manifest {digest} not found in {name}"),
-        )),
+        )
+    };
+    let head = s
+        .manifest_head(&reference, Access::Push, &what)
+        .await?
+        .ok_or_else(not_found)?;
+    if let (Some(media_type), Some(size)) = (head.media_type, head.size) {
+        return Ok(serde_json::json!({
+            "mediaType": media_type, "digest": digest.as_str(), "size": size,
+        }));
+    }
+    match s.manifest(&reference, Access::Push, &what).await? {
+        Some((body, _)) => Ok(layout::subject_descriptor(&body, digest)),
+        None => Err(not_found()),
     }
 }
 
@@ -424,7 +435,7 @@ async fn plan_att(
     tag: &oci_client::Reference,
 ) -> Result<(Option<String>, AttPlan), RegistryError> {
     let what = format!("read {}:{}", req.image.name(), layout::att_tag(req.digest));
-    let existing = s.manifest(tag, &what).await?;
+    let existing = s.manifest(tag, Access::Push, &what).await?;
     let plan = layout::plan_att(
         existing.as_ref().map(|(b, _)| b.as_slice()),
         req.envelope,
@@ -494,9 +505,16 @@ async fn push_att(
 
     let what = format!("read back {name}:{att_tag}");
     let layer = Digest::of(req.envelope).to_string();
-    let (digest, listed) = match s.manifest(&tag, &what).await? {
-        Some((body, digest)) => (digest, layout::layer_digests(&body)),
-        None => (String::new(), Vec::new()),
+    // The tag naming exactly the manifest written lists every layer written; only when it names
+    // another (or the registry does not say) is the manifest read to see which are missing.
+    let written = Digest::of(&m.manifest).to_string();
+    let head = s.manifest_head(&tag, Access::Push, &what).await?;
+    let (digest, listed) = match head.and_then(|h| h.digest) {
+        Some(digest) if digest == written => (digest, layout::layer_digests(&m.manifest)),
+        _ => match s.manifest(&tag, Access::Push, &what).await? {
+            Some((body, digest)) => (digest, layout::layer_digests(&body)),
+            None => (String::new(), Vec::new()),
+        },
     };
     // Every layer written must be there: ours, and those read before the write.
     match layout::missing(&layout::layer_digests(&m.manifest), &listed).as_slice() {
@@ -545,7 +563,7 @@ async fn list_referrers(
         &image.repository,
         &layout::referrers_tag(digest),
     );
-    let Some((body, _)) = s.manifest(&tag, what).await? else {
+    let Some((body, _)) = s.manifest(&tag, Access::Pull, what).await? else {
         return Ok(Vec::new());
     };
     let index: Value = serde_json::from_slice(&body)
@@ -587,7 +605,7 @@ async fn push_referrer(
         }
         None
     } else {
-        let existing = s.manifest(&fallback_tag, &what).await?;
+        let existing = s.manifest(&fallback_tag, Access::Push, &what).await?;
         if let Some((body, _)) = &existing
             && layout::lists_manifest(body, manifest_digest.as_str())
         {
@@ -643,7 +661,7 @@ async fn push_referrer(
                 .await?;
             }
             let listed = s
-                .manifest(&fallback_tag, &what)
+                .manifest(&fallback_tag, Access::Push, &what)
                 .await?
                 .map(|(body, _)| layout::manifest_digests(&body))
                 .unwrap_or_default();

@@ -377,7 +377,7 @@ struct StallReadBack<'a> {
 impl WriteFence for StallReadBack<'_> {
     async fn check(&self) -> Result<(), RegistryError> {
         self.proxy
-            .stall_next(&format!("GET /v2/{REPO}/manifests/{}", self.tag));
+            .stall_next(&format!("HEAD /v2/{REPO}/manifests/{}", self.tag));
         Ok(())
     }
 }
