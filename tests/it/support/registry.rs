@@ -40,6 +40,12 @@ impl TestRegistry {
         Self::start(true, Some((user.to_owned(), password.to_owned()))).await
     }
 
+    /// htpasswd basic auth over plain http (loopback only, as attestd allows), so a proxy in
+    /// front can read the requests.
+    pub async fn http_basic(user: &str, password: &str) -> Self {
+        Self::start(false, Some((user.to_owned(), password.to_owned()))).await
+    }
+
     async fn start(tls: bool, credentials: Option<(String, String)>) -> Self {
         let bin = registry_bin();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -177,8 +183,13 @@ impl TestRegistry {
 
     /// Registry settings for attestd; the password is the secret reference `registry-password`.
     pub fn settings(&self, format: PushFormat) -> RegistrySettings {
+        self.settings_via(&self.host(), format)
+    }
+
+    /// [`settings`](Self::settings) for reaching this registry as `host` (a proxy in front).
+    pub fn settings_via(&self, host: &str, format: PushFormat) -> RegistrySettings {
         RegistrySettings {
-            host: self.host(),
+            host: host.to_owned(),
             format,
             insecure_http: self.cert.is_none(),
             ca_file: self.cert.clone(),
