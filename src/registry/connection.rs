@@ -1,14 +1,12 @@
 //! One configured registry: its TLS trust, its credentials (read from the secret backend on every
 //! use and again after a 401/403, so a rotated password takes effect) and the clients speaking to
-//! it: the requests of a push (manifests, blob uploads) go through reqwest with the cached auth
-//! decision of [`AuthCache`]; blob reads and the referrers list still go through oci-client.
+//! it: one reqwest client per credentials, every request authenticated with the cached decision
+//! of [`AuthCache`]. oci-client supplies only the `Reference` type and error codes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -48,10 +46,9 @@ struct Current {
 /// A ready client plus the credentials it was built with.
 #[derive(Clone)]
 pub(crate) struct Session {
-    pub client: Client,
-    pub auth: RegistryAuth,
-    /// Plain HTTP client with the same trust, for the requests attestd makes itself.
+    /// The registry's HTTP client (its TLS trust; keep-alive connections are reused).
     raw: reqwest::Client,
+    credentials: Option<(String, SecretString)>,
     scheme: &'static str,
     /// `scheme://host/`, the only origin credentials are sent to.
     base: Url,
@@ -180,7 +177,7 @@ impl Connection {
         }
     }
 
-    /// Drop the client (and with it oci-client's cached bearer tokens and basic credentials) and
+    /// Drop the session (and with it the cached auth decision and bearer tokens) and
     /// the secret backend's cache, so the next session reads the password again.
     fn forget_credentials(&self) {
         self.secrets.invalidate();
@@ -191,38 +188,6 @@ impl Connection {
 
     fn build(&self, password: Option<&SecretString>) -> Result<Session, RegistryError> {
         let misconfigured = |m: String| RegistryError::permanent(ErrorCode::Misconfigured, m);
-        let certs: Vec<Certificate> = self
-            .ca_pem
-            .as_deref()
-            .map(split_pem_certificates)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|data| Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            })
-            .collect();
-        let config = ClientConfig {
-            protocol: if self.insecure_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: certs,
-            // Attestation blobs are small: one PUT beats a chunked session.
-            use_monolithic_push: true,
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        let client = Client::try_from(config).map_err(|e| {
-            misconfigured(format!(
-                "registry {}: cannot build a client: {e}",
-                self.host
-            ))
-        })?;
         let mut raw = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -238,23 +203,19 @@ impl Connection {
                 self.host
             ))
         })?;
-        let (auth, credentials) = match (&self.username, password) {
-            (Some(user), Some(pass)) => (
-                RegistryAuth::Basic(user.clone(), pass.expose_secret().to_owned()),
-                Some((user.clone(), pass.clone())),
-            ),
-            _ => (RegistryAuth::Anonymous, None),
+        let credentials = match (&self.username, password) {
+            (Some(user), Some(pass)) => Some((user.clone(), pass.clone())),
+            _ => None,
         };
         let scheme = if self.insecure_http { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{}/", self.host))
             .map_err(|e| misconfigured(format!("registry {}: not a host name: {e}", self.host)))?;
         Ok(Session {
-            client,
-            auth,
             raw,
             scheme,
             base,
-            auth_cache: Arc::new(AuthCache::new(credentials)),
+            auth_cache: Arc::new(AuthCache::new(credentials.clone())),
+            credentials,
         })
     }
 
@@ -277,10 +238,7 @@ impl Connection {
             }
         };
         let anonymous = send(session.raw.get(&url)).await?;
-        let user = match &session.auth {
-            RegistryAuth::Basic(user, _) => Some(user.as_str()),
-            _ => None,
-        };
+        let user = session.credentials.as_ref().map(|(user, _)| user.as_str());
         match (anonymous.status().as_u16(), user) {
             (200, None) => return Ok("answers anonymously".into()),
             (200, Some(user)) => {
@@ -297,7 +255,7 @@ impl Connection {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let RegistryAuth::Basic(user, password) = &session.auth else {
+        let Some((user, password)) = &session.credentials else {
             return Err(RegistryError::retryable(
                 ErrorCode::Unauthorized,
                 format!(
@@ -308,7 +266,10 @@ impl Connection {
         };
         let (scheme, authenticated) = match bearer_challenge(&challenge) {
             Some((realm, service)) => {
-                let mut token_request = session.raw.get(&realm).basic_auth(user, Some(password));
+                let mut token_request = session
+                    .raw
+                    .get(&realm)
+                    .basic_auth(user, Some(password.expose_secret()));
                 if let Some(service) = &service {
                     token_request = token_request.query(&[("service", service)]);
                 }
@@ -339,7 +300,10 @@ impl Connection {
             }
             None => (
                 "basic",
-                session.raw.get(&url).basic_auth(user, Some(password)),
+                session
+                    .raw
+                    .get(&url)
+                    .basic_auth(user, Some(password.expose_secret())),
             ),
         };
         let answer = send(authenticated).await?;
@@ -642,7 +606,7 @@ impl Session {
     }
 
     /// A blob's bytes, streamed and refused as soon as it is known to exceed `max_bytes` (from
-    /// `Content-Length`, or counting); oci-client checks the digest as the stream ends.
+    /// `Content-Length`, or counting), and checked against its digest.
     pub async fn pull_blob(
         &self,
         reference: &Reference,
@@ -650,10 +614,6 @@ impl Session {
         max_bytes: u64,
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
-        use futures::StreamExt as _;
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
         let too_large = || {
             RegistryError::permanent(
                 ErrorCode::AttestationTooLarge,
@@ -662,46 +622,86 @@ impl Session {
                 ),
             )
         };
-        let mut stream = self
-            .client
-            .pull_blob_stream(reference, digest)
-            .await
-            .map_err(|e| RegistryError::from_oci(what, &e))?;
-        if stream.content_length.is_some_and(|n| n > max_bytes) {
+        let url = self.join(&format!("v2/{}/blobs/{digest}", reference.repository()))?;
+        let mut response = self
+            .send(
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                None,
+                (reference.repository(), Access::Pull),
+                what,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(RegistryError::from_response(what, status, &body));
+        }
+        if response.content_length().is_some_and(|n| n > max_bytes) {
             return Err(too_large());
         }
         let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                RegistryError::from_oci(what, &oci_client::errors::OciDistributionError::IoError(e))
-            })?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| RegistryError::from_transport(what, e))?
+        {
             if (out.len() + chunk.len()) as u64 > max_bytes {
                 return Err(too_large());
             }
             out.extend_from_slice(&chunk);
         }
+        if digest.starts_with("sha256:") && Digest::of(&out).as_str() != digest {
+            return Err(RegistryError::retryable(
+                ErrorCode::Unavailable,
+                format!("{what}: content digest mismatch in transfer"),
+            ));
+        }
         Ok(out)
     }
 
-    /// The referrers list from the native API (only call when it is supported).
+    /// The referrers list from the native API (only call when it is supported), filtered to
+    /// `artifact_type` here too: a registry may ignore the filter.
     pub async fn referrers(
         &self,
         subject: &Reference,
         artifact_type: &str,
         what: &str,
     ) -> Result<Vec<serde_json::Value>, RegistryError> {
-        self.client
-            .store_auth_if_needed(subject.resolve_registry(), &self.auth)
-            .await;
-        let index = self
-            .client
-            .pull_referrers(subject, Some(artifact_type))
+        let target = subject.digest().unwrap_or_default();
+        let mut url = self.join(&format!("v2/{}/referrers/{target}", subject.repository()))?;
+        url.query_pairs_mut()
+            .append_pair("artifactType", artifact_type);
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(layout::OCI_INDEX));
+        let response = self
+            .send(
+                Method::GET,
+                url,
+                headers,
+                None,
+                (subject.repository(), Access::Pull),
+                what,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| RegistryError::from_oci(what, &e))?;
-        Ok(index
-            .manifests
-            .iter()
-            .filter_map(|m| serde_json::to_value(m).ok())
+            .map_err(|e| RegistryError::from_transport(what, e))?;
+        if status != 200 {
+            return Err(RegistryError::from_response(what, status, &body));
+        }
+        let index: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
+        })?;
+        Ok(index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["artifactType"] == artifact_type)
+            .cloned()
             .collect())
     }
 
@@ -781,23 +781,6 @@ pub(super) fn bearer_challenge(header: &str) -> Option<(String, Option<String>)>
     Some((realm?, service))
 }
 
-/// Each `CERTIFICATE` block of a PEM bundle on its own (oci-client reads one per entry).
-fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = String::from_utf8_lossy(pem);
-    let mut out = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let Some(end) = rest[start..].find(END) else {
-            break;
-        };
-        let stop = start + end + END.len();
-        out.push(format!("{}\n", &rest[start..stop]).into_bytes());
-        rest = &rest[stop..];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,14 +798,5 @@ mod tests {
         );
         assert_eq!(bearer_challenge(r#"Basic realm="test""#), None);
         assert_eq!(bearer_challenge("Bearer service=\"x\""), None);
-    }
-
-    #[test]
-    fn pem_bundles_split_into_single_certificates() {
-        let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
-        let bundle = format!("junk\n{one}\n{one}\n");
-        let certs = split_pem_certificates(bundle.as_bytes());
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[0], format!("{one}\n").into_bytes());
     }
 }
