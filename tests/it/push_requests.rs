@@ -14,6 +14,7 @@ use attestd::registry::{ErrorCode, PushOutcome, PushRequest, Registries, Registr
 
 use crate::support::proxy::FaultProxy;
 use crate::support::registry::{MapSecrets, TestRegistry};
+use crate::support::token::TokenIssuer;
 
 const REPO: &str = "team/app";
 
@@ -206,5 +207,47 @@ async fn an_anonymous_client_at_a_basic_auth_registry_is_refused_without_a_retry
         s.proxy.take_requests().len(),
         2,
         "one try and one re-authentication"
+    );
+}
+
+#[tokio::test]
+async fn a_token_auth_registry_takes_one_token_per_repository_until_it_expires() {
+    let issuer = TokenIssuer::start("attestd", "s3cret-pass").await;
+    let mut reg = TestRegistry::http_token(&issuer.realm(), &issuer.root_cert).await;
+    reg.bearer = Some(issuer.mint(REPO));
+    reg.credentials = Some(("attestd".into(), "s3cret-pass".into()));
+    let s = behind_a_proxy(reg).await;
+    let regs = registries(&s, MapSecrets::with("registry-password", "s3cret-pass"));
+    let (first, second, third) = (envelope("first"), envelope("second"), envelope("third"));
+    let head = a_full_push(&s.digest)[0].clone();
+
+    // Credentials go as basic first; the registry's 401 names the token service, once per
+    // registry: one pull-and-push token, and the image check is sent again with it.
+    push(&regs, &s.image, &s.digest, &first).await.unwrap();
+    let mut expected = vec![head.clone()];
+    expected.extend(a_full_push(&s.digest));
+    let requests = s.proxy.take_requests();
+    assert_eq!(shapes(requests.clone()), expected, "{requests:#?}");
+    assert_eq!(issuer.issued(), 1);
+
+    // The token is kept: no 401, no token request.
+    push(&regs, &s.image, &s.digest, &second).await.unwrap();
+    assert_eq!(shapes(s.proxy.take_requests()), a_full_push(&s.digest));
+    assert_eq!(issuer.issued(), 1);
+
+    // A token that has expired is replaced before use, not after a 401.
+    issuer.set_lifetime_secs(6);
+    let fresh = registries(&s, MapSecrets::with("registry-password", "s3cret-pass"));
+    push(&fresh, &s.image, &s.digest, &third).await.unwrap();
+    s.proxy.take_requests();
+    assert_eq!(issuer.issued(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let fourth = envelope("fourth");
+    push(&fresh, &s.image, &s.digest, &fourth).await.unwrap();
+    assert_eq!(shapes(s.proxy.take_requests()), a_full_push(&s.digest));
+    assert_eq!(issuer.issued(), 3);
+    assert_eq!(
+        att_layers(&s).await,
+        [&first, &second, &third, &fourth].map(|e| Digest::of(e).to_string())
     );
 }
