@@ -184,7 +184,11 @@ impl AuthCache {
         if let Some(service) = service {
             request = request.query(&[("service", service)]);
         }
-        if let Some((user, pass)) = &self.credentials {
+        // Credentials go to the token service only over TLS (or to a loopback one).
+        let private = reqwest::Url::parse(realm).is_ok_and(|u| {
+            u.scheme() == "https" || u.host_str().is_some_and(crate::config::is_loopback_host)
+        });
+        if let Some((user, pass)) = self.credentials.as_ref().filter(|_| private) {
             request = request.basic_auth(user, Some(pass.expose_secret()));
         }
         let asked = Instant::now();
