@@ -55,6 +55,18 @@ pub(crate) struct Session {
     auth_cache: Arc<AuthCache>,
 }
 
+/// A manifest write that failed, and whether the answer settled it (nothing was stored).
+pub(crate) struct WriteFailure {
+    pub error: RegistryError,
+    pub settled: bool,
+}
+
+impl From<WriteFailure> for RegistryError {
+    fn from(f: WriteFailure) -> Self {
+        f.error
+    }
+}
+
 /// What a `HEAD` of a manifest said.
 pub(crate) struct ManifestHead {
     pub digest: Option<String>,
@@ -413,6 +425,19 @@ impl Session {
         attempt(auth).await
     }
 
+    async fn read_manifest(
+        &self,
+        method: Method,
+        reference: &Reference,
+        access: Access,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = self.url(reference, "manifests")?;
+        let scope = (reference.repository(), access);
+        self.send(method, url, accept_manifests(), None, scope, what)
+            .await
+    }
+
     /// A manifest's bytes and digest, or `None` if the registry says it does not exist. A
     /// manifest read by digest must have that digest.
     pub async fn manifest(
@@ -422,14 +447,7 @@ impl Session {
         what: &str,
     ) -> Result<Option<(Vec<u8>, String)>, RegistryError> {
         let response = self
-            .send(
-                Method::GET,
-                self.url(reference, "manifests")?,
-                accept_manifests(),
-                None,
-                (reference.repository(), access),
-                what,
-            )
+            .read_manifest(Method::GET, reference, access, what)
             .await?;
         let status = response.status().as_u16();
         let header_digest = digest_header(response.headers());
@@ -468,14 +486,7 @@ impl Session {
         what: &str,
     ) -> Result<Option<ManifestHead>, RegistryError> {
         let response = self
-            .send(
-                Method::HEAD,
-                self.url(reference, "manifests")?,
-                accept_manifests(),
-                None,
-                (reference.repository(), access),
-                what,
-            )
+            .read_manifest(Method::HEAD, reference, access, what)
             .await?;
         match response.status().as_u16() {
             200 => {
@@ -562,26 +573,38 @@ impl Session {
         expect_created(finish, what).await
     }
 
+    /// Write a manifest. A failure says whether the registry's answer settled the write (a
+    /// refusal) or its fate is unknown: no answer, or a gateway's 502/504, behind which the
+    /// registry may still store it.
     pub async fn push_manifest(
         &self,
         reference: &Reference,
         body: &[u8],
         media_type: &'static str,
         what: &str,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), WriteFailure> {
+        let unknown = |error| WriteFailure {
+            error,
+            settled: false,
+        };
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(media_type));
+        let url = self.url(reference, "manifests").map_err(unknown)?;
         let response = self
             .send(
                 Method::PUT,
-                self.url(reference, "manifests")?,
+                url,
                 headers,
                 Some(bytes::Bytes::copy_from_slice(body)),
                 (reference.repository(), Access::Push),
                 what,
             )
-            .await?;
-        expect_created(response, what).await
+            .await
+            .map_err(unknown)?;
+        let settled = !matches!(response.status().as_u16(), 502 | 504);
+        expect_created(response, what)
+            .await
+            .map_err(|error| WriteFailure { error, settled })
     }
 
     /// The digest a tag points at: from `Docker-Content-Digest` of a `HEAD`, else by reading it.
