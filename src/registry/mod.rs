@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use self::auth::Access;
-use self::connection::{Connection, Session};
+use self::connection::{Connection, Session, WriteFailure};
 pub use self::error::{ErrorCode, PushError, RegistryError};
 use self::layout::AttPlan;
 use crate::config::{PushFormat, RegistrySettings};
@@ -39,6 +39,11 @@ pub struct PushRequest<'a> {
 #[async_trait::async_trait]
 pub trait WriteFence: Send + Sync {
     async fn check(&self) -> Result<(), RegistryError>;
+
+    /// Told when the manifest write after a passed check got an answer that settles it: stored,
+    /// or refused by the registry. Not told when its fate is unknown (no answer, a timeout, a
+    /// gateway's 502/504), as the write may still land.
+    fn settled(&self) {}
 }
 
 /// No fence: for callers that serialize writers some other way (tests, tools).
@@ -495,13 +500,16 @@ async fn push_att(
     };
     upload_att_blobs(s, req, &tag, &m).await?;
     fence.check().await?;
-    s.push_manifest(
-        &tag,
-        &m.manifest,
-        layout::OCI_MANIFEST,
-        &format!("write {name}:{att_tag}"),
-    )
-    .await?;
+    settle(
+        fence,
+        s.push_manifest(
+            &tag,
+            &m.manifest,
+            layout::OCI_MANIFEST,
+            &format!("write {name}:{att_tag}"),
+        )
+        .await,
+    )?;
 
     let what = format!("read back {name}:{att_tag}");
     let layer = Digest::of(req.envelope).to_string();
@@ -534,6 +542,22 @@ async fn push_att(
                 lost.join(", ")
             ),
         )),
+    }
+}
+
+/// Tell `fence` when a fenced manifest write's answer settled it; its error, if any.
+fn settle(fence: &dyn WriteFence, written: Result<(), WriteFailure>) -> Result<(), RegistryError> {
+    match written {
+        Ok(()) => {
+            fence.settled();
+            Ok(())
+        }
+        Err(f) => {
+            if f.settled {
+                fence.settled();
+            }
+            Err(f.error)
+        }
     }
 }
 
@@ -652,13 +676,16 @@ async fn push_referrer(
                 .map_err(|e| invalid(format!("{name}:{tag}: {e}")))?;
             if let Some(index) = &planned {
                 fence.check().await?;
-                s.push_manifest(
-                    &fallback_tag,
-                    index,
-                    layout::OCI_INDEX,
-                    &format!("write the referrers index {name}:{tag}"),
-                )
-                .await?;
+                settle(
+                    fence,
+                    s.push_manifest(
+                        &fallback_tag,
+                        index,
+                        layout::OCI_INDEX,
+                        &format!("write the referrers index {name}:{tag}"),
+                    )
+                    .await,
+                )?;
             }
             let listed = s
                 .manifest(&fallback_tag, Access::Push, &what)
