@@ -251,3 +251,34 @@ async fn a_token_auth_registry_takes_one_token_per_repository_until_it_expires()
         [&first, &second, &third, &fourth].map(|e| Digest::of(e).to_string())
     );
 }
+
+#[tokio::test]
+async fn a_token_the_registry_stops_accepting_is_replaced_once_within_the_request() {
+    let issuer = TokenIssuer::start("attestd", "s3cret-pass").await;
+    let mut reg = TestRegistry::http_token(&issuer.realm(), &issuer.root_cert).await;
+    reg.bearer = Some(issuer.mint(REPO));
+    reg.credentials = Some(("attestd".into(), "s3cret-pass".into()));
+    let mut s = behind_a_proxy(reg).await;
+    let regs = registries(&s, MapSecrets::with("registry-password", "s3cret-pass"));
+    push(&regs, &s.image, &s.digest, &envelope("first"))
+        .await
+        .unwrap();
+    s.proxy.take_requests();
+    assert_eq!(issuer.issued(), 1);
+
+    // The registry now trusts only a new signing key: the cached token (valid for minutes by its
+    // expires_in) is refused once, replaced, and the request sent again — not the whole push
+    // with the password read again, which would show as more requests.
+    issuer.rotate_key();
+    s.reg.restart().await;
+    s.reg.bearer = Some(issuer.mint(REPO));
+    push(&regs, &s.image, &s.digest, &envelope("second"))
+        .await
+        .unwrap();
+    let mut expected = vec![a_full_push(&s.digest)[0].clone()];
+    expected.extend(a_full_push(&s.digest));
+    let requests = s.proxy.take_requests();
+    assert_eq!(shapes(requests.clone()), expected, "{requests:#?}");
+    assert_eq!(issuer.issued(), 2);
+    assert_eq!(att_layers(&s).await.len(), 2);
+}

@@ -17,8 +17,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use tempfile::TempDir;
 
 struct Shared {
-    key: EcdsaKeyPair,
-    cert_der: Vec<u8>,
+    key: std::sync::Mutex<(EcdsaKeyPair, Vec<u8>)>,
     user: String,
     password: String,
     issued: AtomicUsize,
@@ -38,20 +37,9 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     pub async fn start(user: &str, password: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (cert, key) = super::registry::self_signed_cert(dir.path());
-        let key_der = pem::parse(std::fs::read(&key).expect("key PEM"))
-            .expect("key PEM")
-            .contents()
-            .to_vec();
-        let cert_der = pem::parse(std::fs::read(&cert).expect("cert PEM"))
-            .expect("cert PEM")
-            .contents()
-            .to_vec();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key_der)
-            .expect("PKCS#8 P-256 key");
+        let (cert, key) = signing_key(&dir);
         let shared = Arc::new(Shared {
-            key,
-            cert_der,
+            key: std::sync::Mutex::new(key),
             user: user.to_owned(),
             password: password.to_owned(),
             issued: AtomicUsize::new(0),
@@ -90,6 +78,14 @@ impl TokenIssuer {
         self.shared.lifetime_secs.store(secs, Ordering::SeqCst);
     }
 
+    /// Sign with a new key from now on; `root_cert` then holds the new certificate (a registry
+    /// reads it when it starts), so tokens issued before no longer verify there.
+    pub fn rotate_key(&self) {
+        let (cert, key) = signing_key(&self._dir);
+        assert_eq!(cert, self.root_cert);
+        *self.shared.key.lock().unwrap() = key;
+    }
+
     /// A token for the test's own client, not counted.
     pub fn mint(&self, repository: &str) -> String {
         jwt(&self.shared, repository, &["pull", "push"], 600)
@@ -100,6 +96,21 @@ impl Drop for TokenIssuer {
     fn drop(&mut self) {
         self.server.abort();
     }
+}
+
+/// A fresh P-256 key and its self-signed certificate, written to `cert.pem` in `dir`.
+fn signing_key(dir: &TempDir) -> (PathBuf, (EcdsaKeyPair, Vec<u8>)) {
+    let (cert, key) = super::registry::self_signed_cert(dir.path());
+    let der = |path: &PathBuf| {
+        pem::parse(std::fs::read(path).expect("PEM"))
+            .expect("PEM")
+            .contents()
+            .to_vec()
+    };
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der(&key))
+        .expect("PKCS#8 P-256 key");
+    let cert_der = der(&cert);
+    (cert, (pair, cert_der))
 }
 
 #[derive(serde::Deserialize)]
@@ -139,8 +150,9 @@ fn jwt(shared: &Shared, repository: &str, actions: &[&str], lifetime: u64) -> St
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
+    let key = shared.key.lock().unwrap();
     let header = serde_json::json!({
-        "typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(&shared.cert_der)],
+        "typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(&key.1)],
     });
     let claims = serde_json::json!({
         "iss": "test-issuer", "sub": shared.user, "aud": "test-registry",
@@ -153,8 +165,8 @@ fn jwt(shared: &Shared, repository: &str, actions: &[&str], lifetime: u64) -> St
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let sig = shared
-        .key
+    let sig = key
+        .0
         .sign(&SystemRandom::new(), signed.as_bytes())
         .expect("sign token");
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
