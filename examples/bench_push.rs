@@ -1,6 +1,8 @@
 //! Attestations pushed per second through `Registries::push`, beside a raw baseline making the
 //! same blob + config + manifest requests with a bare reqwest client, at concurrency 1, 8 and 32.
 //! Every push targets a distinct image digest, as the worker's per-digest lock would allow.
+//! attestd makes 8 requests per push to the raw client's 5: it also checks the image (`HEAD`), reads
+//! the current `.att` to append to it, and reads the tag back (`HEAD`); see docs/PERFORMANCE.md.
 //!
 //! ```sh
 //! docker-registry serve config.yml &   # an anonymous registry on 127.0.0.1:PORT

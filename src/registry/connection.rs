@@ -1,16 +1,18 @@
 //! One configured registry: its TLS trust, its credentials (read from the secret backend on every
-//! use and again after a 401/403, so a rotated password takes effect) and the oci-client speaking
-//! to it.
+//! use and again after a 401/403, so a rotated password takes effect) and the clients speaking to
+//! it: one reqwest client per credentials, every request authenticated with the cached decision
+//! of [`AuthCache`]. oci-client supplies only the `Reference` type and error codes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::Reference;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 
+use super::auth::{Access, AuthCache, Authorization};
 use super::error::{ErrorCode, RegistryError, from_status};
 use super::layout;
 use crate::config::{PushFormat, RegistrySettings, is_loopback_host};
@@ -44,11 +46,32 @@ struct Current {
 /// A ready client plus the credentials it was built with.
 #[derive(Clone)]
 pub(crate) struct Session {
-    pub client: Client,
-    pub auth: RegistryAuth,
-    /// Plain HTTP client with the same trust, for the one call oci-client does not expose.
+    /// The registry's HTTP client (its TLS trust; keep-alive connections are reused).
     raw: reqwest::Client,
+    credentials: Option<(String, SecretString)>,
     scheme: &'static str,
+    /// `scheme://host/`, the only origin credentials are sent to.
+    base: Url,
+    auth_cache: Arc<AuthCache>,
+}
+
+/// A manifest write that failed, and whether the answer settled it (nothing was stored).
+pub(crate) struct WriteFailure {
+    pub error: RegistryError,
+    pub settled: bool,
+}
+
+impl From<WriteFailure> for RegistryError {
+    fn from(f: WriteFailure) -> Self {
+        f.error
+    }
+}
+
+/// What a `HEAD` of a manifest said.
+pub(crate) struct ManifestHead {
+    pub digest: Option<String>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
 }
 
 impl Connection {
@@ -166,7 +189,7 @@ impl Connection {
         }
     }
 
-    /// Drop the client (and with it oci-client's cached bearer tokens and basic credentials) and
+    /// Drop the session (and with it the cached auth decision and bearer tokens) and
     /// the secret backend's cache, so the next session reads the password again.
     fn forget_credentials(&self) {
         self.secrets.invalidate();
@@ -177,38 +200,6 @@ impl Connection {
 
     fn build(&self, password: Option<&SecretString>) -> Result<Session, RegistryError> {
         let misconfigured = |m: String| RegistryError::permanent(ErrorCode::Misconfigured, m);
-        let certs: Vec<Certificate> = self
-            .ca_pem
-            .as_deref()
-            .map(split_pem_certificates)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|data| Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            })
-            .collect();
-        let config = ClientConfig {
-            protocol: if self.insecure_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: certs,
-            // Attestation blobs are small: one PUT beats a chunked session.
-            use_monolithic_push: true,
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        let client = Client::try_from(config).map_err(|e| {
-            misconfigured(format!(
-                "registry {}: cannot build a client: {e}",
-                self.host
-            ))
-        })?;
         let mut raw = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -224,17 +215,19 @@ impl Connection {
                 self.host
             ))
         })?;
-        let auth = match (&self.username, password) {
-            (Some(user), Some(pass)) => {
-                RegistryAuth::Basic(user.clone(), pass.expose_secret().to_owned())
-            }
-            _ => RegistryAuth::Anonymous,
+        let credentials = match (&self.username, password) {
+            (Some(user), Some(pass)) => Some((user.clone(), pass.clone())),
+            _ => None,
         };
+        let scheme = if self.insecure_http { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{}/", self.host))
+            .map_err(|e| misconfigured(format!("registry {}: not a host name: {e}", self.host)))?;
         Ok(Session {
-            client,
-            auth,
             raw,
-            scheme: if self.insecure_http { "http" } else { "https" },
+            scheme,
+            base,
+            auth_cache: Arc::new(AuthCache::new(credentials.clone())),
+            credentials,
         })
     }
 
@@ -257,10 +250,7 @@ impl Connection {
             }
         };
         let anonymous = send(session.raw.get(&url)).await?;
-        let user = match &session.auth {
-            RegistryAuth::Basic(user, _) => Some(user.as_str()),
-            _ => None,
-        };
+        let user = session.credentials.as_ref().map(|(user, _)| user.as_str());
         match (anonymous.status().as_u16(), user) {
             (200, None) => return Ok("answers anonymously".into()),
             (200, Some(user)) => {
@@ -277,7 +267,7 @@ impl Connection {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let RegistryAuth::Basic(user, password) = &session.auth else {
+        let Some((user, password)) = &session.credentials else {
             return Err(RegistryError::retryable(
                 ErrorCode::Unauthorized,
                 format!(
@@ -288,7 +278,10 @@ impl Connection {
         };
         let (scheme, authenticated) = match bearer_challenge(&challenge) {
             Some((realm, service)) => {
-                let mut token_request = session.raw.get(&realm).basic_auth(user, Some(password));
+                let mut token_request = session
+                    .raw
+                    .get(&realm)
+                    .basic_auth(user, Some(password.expose_secret()));
                 if let Some(service) = &service {
                     token_request = token_request.query(&[("service", service)]);
                 }
@@ -319,7 +312,10 @@ impl Connection {
             }
             None => (
                 "basic",
-                session.raw.get(&url).basic_auth(user, Some(password)),
+                session
+                    .raw
+                    .get(&url)
+                    .basic_auth(user, Some(password.expose_secret())),
             ),
         };
         let answer = send(authenticated).await?;
@@ -352,69 +348,288 @@ impl Session {
         Reference::with_digest(host.to_owned(), repository.to_owned(), digest.to_owned())
     }
 
-    /// A manifest's bytes and digest, or `None` if the registry says it does not exist.
+    /// `…/v2/<repository>/<kind>/<tag or digest>` on this registry.
+    fn url(&self, reference: &Reference, kind: &str) -> Result<Url, RegistryError> {
+        let target = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_owned();
+        self.join(&format!("v2/{}/{kind}/{target}", reference.repository()))
+    }
+
+    fn join(&self, path: &str) -> Result<Url, RegistryError> {
+        self.base.join(path).map_err(|e| {
+            RegistryError::permanent(
+                ErrorCode::Misconfigured,
+                format!("{path} on {}: not a URL: {e}", self.base),
+            )
+        })
+    }
+
+    /// Send one request, authenticated as the registry last asked; after a 401 that teaches
+    /// something new (another scheme, a fresh bearer token), once more. Credentials only go to
+    /// this registry's own origin (a `Location` elsewhere gets none). Any other answer, a second
+    /// 401 included, is returned for the caller to classify.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+        (repository, access): (&str, Access),
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let own_origin = url.origin() == self.base.origin();
+        let attempt = |auth: Authorization| {
+            let mut request = self
+                .raw
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            if own_origin {
+                request = auth.apply(request);
+            }
+            async move {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| RegistryError::from_transport(what, e))
+            }
+        };
+        let auth = if own_origin {
+            self.auth_cache
+                .authorization(&self.raw, repository, access, what)
+                .await?
+        } else {
+            Authorization::None
+        };
+        let response = attempt(auth.clone()).await?;
+        if response.status() != StatusCode::UNAUTHORIZED || !own_origin {
+            return Ok(response);
+        }
+        let challenge = response
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !self.auth_cache.learn(challenge, repository, access, &auth) {
+            return Ok(response);
+        }
+        let auth = self
+            .auth_cache
+            .authorization(&self.raw, repository, access, what)
+            .await?;
+        attempt(auth).await
+    }
+
+    async fn read_manifest(
+        &self,
+        method: Method,
+        reference: &Reference,
+        access: Access,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = self.url(reference, "manifests")?;
+        let scope = (reference.repository(), access);
+        self.send(method, url, accept_manifests(), None, scope, what)
+            .await
+    }
+
+    /// A manifest's bytes and digest, or `None` if the registry says it does not exist. A
+    /// manifest read by digest must have that digest.
     pub async fn manifest(
         &self,
         reference: &Reference,
+        access: Access,
         what: &str,
     ) -> Result<Option<(Vec<u8>, String)>, RegistryError> {
-        match self
-            .client
-            .pull_manifest_raw(reference, &self.auth, layout::ACCEPTED_MANIFESTS)
+        let response = self
+            .read_manifest(Method::GET, reference, access, what)
+            .await?;
+        let status = response.status().as_u16();
+        let header_digest = digest_header(response.headers());
+        let body = response
+            .bytes()
             .await
+            .map_err(|e| RegistryError::from_transport(what, e))?;
+        if status != 200 {
+            let err = RegistryError::from_response(what, status, &body);
+            return if err.is_not_found() {
+                Ok(None)
+            } else {
+                Err(err)
+            };
+        }
+        let digest = Digest::of(&body).to_string();
+        let expected = reference.digest().or(header_digest
+            .as_deref()
+            .filter(|d| d.starts_with("sha256:")));
+        if let Some(expected) = expected
+            && expected != digest
         {
-            Ok((body, digest)) => Ok(Some((body.to_vec(), digest))),
-            Err(e) => {
-                let err = RegistryError::from_oci(what, &e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
+            return Err(RegistryError::retryable(
+                ErrorCode::Unavailable,
+                format!("{what}: content digest mismatch in transfer"),
+            ));
+        }
+        Ok(Some((body.to_vec(), digest)))
+    }
+
+    /// Whether a manifest exists, with the digest, media type and size the registry states.
+    pub async fn manifest_head(
+        &self,
+        reference: &Reference,
+        access: Access,
+        what: &str,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let response = self
+            .read_manifest(Method::HEAD, reference, access, what)
+            .await?;
+        match response.status().as_u16() {
+            200 => {
+                let headers = response.headers();
+                let text = |name| {
+                    headers
+                        .get(name)
+                        .and_then(|v: &HeaderValue| v.to_str().ok())
+                };
+                Ok(Some(ManifestHead {
+                    digest: digest_header(headers),
+                    media_type: text(CONTENT_TYPE)
+                        .and_then(|t| t.split(';').next())
+                        .map(|t| t.trim().to_owned())
+                        .filter(|t| !t.is_empty()),
+                    size: text(CONTENT_LENGTH).and_then(|n| n.parse().ok()),
+                }))
             }
+            // A HEAD answer has no body to name an error code in.
+            404 => Ok(None),
+            status => Err(from_status(what, status)),
         }
     }
 
+    /// Upload a blob as one monolithic `POST` + `PUT` (attestation blobs are small). A registry
+    /// that implemented the OCI single-`POST` upload could take it in one request; CNCF
+    /// distribution 2.8 does not (it answers the `POST` with an upload session regardless).
     pub async fn push_blob(
         &self,
         reference: &Reference,
         bytes: &[u8],
         what: &str,
     ) -> Result<(), RegistryError> {
-        let digest = Digest::of(bytes);
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
-        self.client
-            .push_blob(reference, bytes.to_vec(), digest.as_str())
-            .await
-            .map(drop)
-            .map_err(|e| RegistryError::from_oci(what, &e))
+        let scope = (reference.repository(), Access::Push);
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let start = self
+            .send(
+                Method::POST,
+                self.join(&format!("v2/{}/blobs/uploads/", reference.repository()))?,
+                headers,
+                None,
+                scope,
+                what,
+            )
+            .await?;
+        let location = match start.status().as_u16() {
+            202 => start
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            status => {
+                let body = start.bytes().await.unwrap_or_default();
+                return Err(RegistryError::from_response(what, status, &body));
+            }
+        };
+        let mut url = location
+            .as_deref()
+            .and_then(|l| self.base.join(l).ok())
+            .ok_or_else(|| {
+                RegistryError::permanent(
+                    ErrorCode::InvalidContent,
+                    format!("{what}: the registry started an upload without a usable Location"),
+                )
+            })?;
+        url.query_pairs_mut()
+            .append_pair("digest", Digest::of(bytes).as_str());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let finish = self
+            .send(
+                Method::PUT,
+                url,
+                headers,
+                Some(bytes::Bytes::copy_from_slice(bytes)),
+                scope,
+                what,
+            )
+            .await?;
+        expect_created(finish, what).await
     }
 
+    /// Write a manifest. A failure says whether the registry's answer settled the write (a
+    /// refusal) or its fate is unknown: no answer, or a gateway's 502/504, behind which the
+    /// registry may still store it.
     pub async fn push_manifest(
         &self,
         reference: &Reference,
         body: &[u8],
         media_type: &'static str,
         what: &str,
-    ) -> Result<(), RegistryError> {
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
-        self.client
-            .push_manifest_raw(
-                reference,
-                body.to_vec(),
-                reqwest::header::HeaderValue::from_static(media_type),
+    ) -> Result<(), WriteFailure> {
+        let unknown = |error| WriteFailure {
+            error,
+            settled: false,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(media_type));
+        let url = self.url(reference, "manifests").map_err(unknown)?;
+        let response = self
+            .send(
+                Method::PUT,
+                url,
+                headers,
+                Some(bytes::Bytes::copy_from_slice(body)),
+                (reference.repository(), Access::Push),
+                what,
             )
             .await
-            .map(drop)
-            .map_err(|e| RegistryError::from_oci(what, &e))
+            .map_err(unknown)?;
+        let settled = !matches!(response.status().as_u16(), 502 | 504);
+        expect_created(response, what)
+            .await
+            .map_err(|error| WriteFailure { error, settled })
+    }
+
+    /// The digest a tag points at: from `Docker-Content-Digest` of a `HEAD`, else by reading it.
+    pub async fn resolve(
+        &self,
+        reference: &Reference,
+        what: &str,
+    ) -> Result<String, RegistryError> {
+        let not_found =
+            || RegistryError::permanent(ErrorCode::ImageNotFound, format!("{what}: not found"));
+        let head = self
+            .manifest_head(reference, Access::Pull, what)
+            .await?
+            .ok_or_else(not_found)?;
+        if let Some(digest) = head.digest {
+            return Ok(digest);
+        }
+        self.manifest(reference, Access::Pull, what)
+            .await?
+            .map(|(_, digest)| digest)
+            .ok_or_else(not_found)
     }
 
     /// A blob's bytes, streamed and refused as soon as it is known to exceed `max_bytes` (from
-    /// `Content-Length`, or counting); oci-client checks the digest as the stream ends.
+    /// `Content-Length`, or counting), and checked against its digest.
     pub async fn pull_blob(
         &self,
         reference: &Reference,
@@ -422,10 +637,6 @@ impl Session {
         max_bytes: u64,
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
-        use futures::StreamExt as _;
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
         let too_large = || {
             RegistryError::permanent(
                 ErrorCode::AttestationTooLarge,
@@ -434,46 +645,86 @@ impl Session {
                 ),
             )
         };
-        let mut stream = self
-            .client
-            .pull_blob_stream(reference, digest)
-            .await
-            .map_err(|e| RegistryError::from_oci(what, &e))?;
-        if stream.content_length.is_some_and(|n| n > max_bytes) {
+        let url = self.join(&format!("v2/{}/blobs/{digest}", reference.repository()))?;
+        let mut response = self
+            .send(
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                None,
+                (reference.repository(), Access::Pull),
+                what,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(RegistryError::from_response(what, status, &body));
+        }
+        if response.content_length().is_some_and(|n| n > max_bytes) {
             return Err(too_large());
         }
         let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                RegistryError::from_oci(what, &oci_client::errors::OciDistributionError::IoError(e))
-            })?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| RegistryError::from_transport(what, e))?
+        {
             if (out.len() + chunk.len()) as u64 > max_bytes {
                 return Err(too_large());
             }
             out.extend_from_slice(&chunk);
         }
+        if digest.starts_with("sha256:") && Digest::of(&out).as_str() != digest {
+            return Err(RegistryError::retryable(
+                ErrorCode::Unavailable,
+                format!("{what}: content digest mismatch in transfer"),
+            ));
+        }
         Ok(out)
     }
 
-    /// The referrers list from the native API (only call when it is supported).
+    /// The referrers list from the native API (only call when it is supported), filtered to
+    /// `artifact_type` here too: a registry may ignore the filter.
     pub async fn referrers(
         &self,
         subject: &Reference,
         artifact_type: &str,
         what: &str,
     ) -> Result<Vec<serde_json::Value>, RegistryError> {
-        self.client
-            .store_auth_if_needed(subject.resolve_registry(), &self.auth)
-            .await;
-        let index = self
-            .client
-            .pull_referrers(subject, Some(artifact_type))
+        let target = subject.digest().unwrap_or_default();
+        let mut url = self.join(&format!("v2/{}/referrers/{target}", subject.repository()))?;
+        url.query_pairs_mut()
+            .append_pair("artifactType", artifact_type);
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(layout::OCI_INDEX));
+        let response = self
+            .send(
+                Method::GET,
+                url,
+                headers,
+                None,
+                (subject.repository(), Access::Pull),
+                what,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| RegistryError::from_oci(what, &e))?;
-        Ok(index
-            .manifests
-            .iter()
-            .filter_map(|m| serde_json::to_value(m).ok())
+            .map_err(|e| RegistryError::from_transport(what, e))?;
+        if status != 200 {
+            return Err(RegistryError::from_response(what, status, &body));
+        }
+        let index: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
+        })?;
+        Ok(index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["artifactType"] == artifact_type)
+            .cloned()
             .collect())
     }
 
@@ -486,33 +737,19 @@ impl Session {
             "probe the referrers API of {}",
             reference.resolve_registry()
         );
-        let url = format!(
-            "{}://{}/v2/{}/referrers/{}",
-            self.scheme,
-            reference.resolve_registry(),
-            reference.repository(),
-            digest
-        );
-        let mut request = self
-            .raw
-            .get(&url)
-            .header(reqwest::header::ACCEPT, layout::OCI_INDEX);
-        if let RegistryAuth::Basic(user, pass) = &self.auth {
-            // `auth` runs the bearer token dance if the registry asks for one; a basic challenge
-            // (or none) yields no token and the credentials are sent as they are.
-            match self
-                .client
-                .auth(reference, &self.auth, RegistryOperation::Pull)
-                .await
-            {
-                Ok(Some(token)) => request = request.bearer_auth(token),
-                Ok(None) => request = request.basic_auth(user, Some(pass)),
-                Err(e) => return Err(RegistryError::from_oci(&what, &e)),
-            }
-        }
-        let response = request.send().await.map_err(|e| {
-            RegistryError::from_oci(&what, &oci_client::errors::OciDistributionError::from(e))
-        })?;
+        let url = self.join(&format!("v2/{}/referrers/{digest}", reference.repository()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(layout::OCI_INDEX));
+        let response = self
+            .send(
+                Method::GET,
+                url,
+                headers,
+                None,
+                (reference.repository(), Access::Pull),
+                &what,
+            )
+            .await?;
         match response.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
@@ -521,8 +758,32 @@ impl Session {
     }
 }
 
+fn accept_manifests() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&layout::ACCEPTED_MANIFESTS.join(", ")) {
+        headers.insert(ACCEPT, v);
+    }
+    headers
+}
+
+fn digest_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A write's answer: `201 Created`, or the registry's error.
+async fn expect_created(response: reqwest::Response, what: &str) -> Result<(), RegistryError> {
+    let status = response.status().as_u16();
+    if status == 201 {
+        return Ok(());
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    Err(RegistryError::from_response(what, status, &body))
+}
 /// The realm and service of a `WWW-Authenticate: Bearer realm="…",service="…"` challenge.
-fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
+pub(super) fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
     let (scheme, params) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
@@ -543,23 +804,6 @@ fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
     Some((realm?, service))
 }
 
-/// Each `CERTIFICATE` block of a PEM bundle on its own (oci-client reads one per entry).
-fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = String::from_utf8_lossy(pem);
-    let mut out = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let Some(end) = rest[start..].find(END) else {
-            break;
-        };
-        let stop = start + end + END.len();
-        out.push(format!("{}\n", &rest[start..stop]).into_bytes());
-        rest = &rest[stop..];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,14 +821,5 @@ mod tests {
         );
         assert_eq!(bearer_challenge(r#"Basic realm="test""#), None);
         assert_eq!(bearer_challenge("Bearer service=\"x\""), None);
-    }
-
-    #[test]
-    fn pem_bundles_split_into_single_certificates() {
-        let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
-        let bundle = format!("junk\n{one}\n{one}\n");
-        let certs = split_pem_certificates(bundle.as_bytes());
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[0], format!("{one}\n").into_bytes());
     }
 }

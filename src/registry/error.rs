@@ -204,6 +204,29 @@ impl RegistryError {
         }
     }
 
+    /// A request that got no HTTP answer (connect, timeout, broken body).
+    pub(crate) fn from_transport(what: &str, err: reqwest::Error) -> Self {
+        Self::from_oci(what, &OciDistributionError::from(err))
+    }
+
+    /// A registry's non-success answer: the status decides auth, rate limits and outages; for
+    /// the rest, the error codes in its body (as the distribution specification lists them).
+    pub(crate) fn from_response(what: &str, status: u16, body: &[u8]) -> Self {
+        if matches!(status, 401 | 403 | 408 | 429 | 500..=599) {
+            return from_status(what, status);
+        }
+        match serde_json::from_slice::<oci_client::errors::OciEnvelope>(body) {
+            Ok(envelope) if !envelope.errors.is_empty() => Self::from_oci(
+                what,
+                &OciDistributionError::RegistryError {
+                    envelope,
+                    url: String::new(),
+                },
+            ),
+            _ => from_status(what, status),
+        }
+    }
+
     pub(crate) fn from_secret(host: &str, err: &SecretError) -> Self {
         match err {
             SecretError::NotFound { .. } | SecretError::Invalid { .. } => Self::permanent(

@@ -2,6 +2,7 @@
 //! and, optionally, as OCI 1.1 referrers; and reading them back for verification.
 //! Only registries listed in configuration are ever contacted.
 
+mod auth;
 mod connection;
 mod error;
 pub mod layout;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use self::connection::{Connection, Session};
+use self::auth::Access;
+use self::connection::{Connection, Session, WriteFailure};
 pub use self::error::{ErrorCode, PushError, RegistryError};
 use self::layout::AttPlan;
 use crate::config::{PushFormat, RegistrySettings};
@@ -37,6 +39,11 @@ pub struct PushRequest<'a> {
 #[async_trait::async_trait]
 pub trait WriteFence: Send + Sync {
     async fn check(&self) -> Result<(), RegistryError>;
+
+    /// Told when the manifest write after a passed check got an answer that settles it: stored,
+    /// or refused by the registry. Not told when its fate is unknown (no answer, a timeout, a
+    /// gateway's 502/504), as the write may still land.
+    fn settled(&self) {}
 }
 
 /// No fence: for callers that serialize writers some other way (tests, tools).
@@ -281,7 +288,7 @@ impl Registries {
 
         let tag = s.reference(host, repo, &layout::att_tag(digest));
         let what = format!("read {}/{repo}:{}", host, layout::att_tag(digest));
-        if let Some((body, _)) = s.manifest(&tag, &what).await? {
+        if let Some((body, _)) = s.manifest(&tag, Access::Pull, &what).await? {
             let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
                 RegistryError::permanent(ErrorCode::InvalidContent, format!("{what}: {e}"))
             })?;
@@ -322,7 +329,7 @@ impl Registries {
                     continue;
                 };
                 let by_digest = s.by_digest(host, repo, manifest_digest);
-                let Some((body, _)) = s.manifest(&by_digest, &what).await? else {
+                let Some((body, _)) = s.manifest(&by_digest, Access::Pull, &what).await? else {
                     continue;
                 };
                 let manifest: Value = serde_json::from_slice(&body).map_err(|e| {
@@ -370,10 +377,7 @@ impl Registries {
         let digest = conn
             .with_reauth(|s| async move {
                 let reference = s.reference(&image.registry, &image.repository, tag);
-                s.client
-                    .fetch_manifest_digest(&reference, &s.auth)
-                    .await
-                    .map_err(|e| RegistryError::from_oci(what, &e))
+                s.resolve(&reference, what).await
             })
             .await
             .inspect_err(|e| counted(&image.registry, "resolve", e))?;
@@ -391,8 +395,10 @@ fn counted(host: &str, operation: &'static str, e: &RegistryError) {
     crate::metrics::registry_error(host, operation, e.code().as_str());
 }
 
-/// The subject descriptor of the image manifest. Its absence is `ImageNotFound`, permanent as far
-/// as the registry can tell; the worker still retries it a few times (replication lag).
+/// The subject descriptor of the image manifest, from a `HEAD` (its digest, media type and
+/// size), or from the manifest itself when the registry leaves a header out. Its absence is
+/// `ImageNotFound`, permanent as far as the registry can tell; the worker still retries it a few
+/// times (replication lag).
 async fn image_descriptor(
     s: &Session,
     image: &ImageRef,
@@ -400,15 +406,25 @@ async fn image_descriptor(
 ) -> Result<Value, RegistryError> {
     let name = image.name();
     let reference = s.by_digest(&image.registry, &image.repository, digest.as_str());
-    match s
-        .manifest(&reference, &format!("read image manifest {name}@{digest}"))
-        .await?
-    {
-        Some((body, _)) => Ok(layout::subject_descriptor(&body, digest)),
-        None => Err(RegistryError::permanent(
+    let what = format!("read image manifest {name}@{digest}");
+    let not_found = || {
+        RegistryError::permanent(
             ErrorCode::ImageNotFound,
             format!("image manifest {digest} not found in {name}"),
-        )),
+        )
+    };
+    let head = s
+        .manifest_head(&reference, Access::Push, &what)
+        .await?
+        .ok_or_else(not_found)?;
+    if let (Some(media_type), Some(size)) = (head.media_type, head.size) {
+        return Ok(serde_json::json!({
+            "mediaType": media_type, "digest": digest.as_str(), "size": size,
+        }));
+    }
+    match s.manifest(&reference, Access::Push, &what).await? {
+        Some((body, _)) => Ok(layout::subject_descriptor(&body, digest)),
+        None => Err(not_found()),
     }
 }
 
@@ -424,7 +440,7 @@ async fn plan_att(
     tag: &oci_client::Reference,
 ) -> Result<(Option<String>, AttPlan), RegistryError> {
     let what = format!("read {}:{}", req.image.name(), layout::att_tag(req.digest));
-    let existing = s.manifest(tag, &what).await?;
+    let existing = s.manifest(tag, Access::Push, &what).await?;
     let plan = layout::plan_att(
         existing.as_ref().map(|(b, _)| b.as_slice()),
         req.envelope,
@@ -484,19 +500,29 @@ async fn push_att(
     };
     upload_att_blobs(s, req, &tag, &m).await?;
     fence.check().await?;
-    s.push_manifest(
-        &tag,
-        &m.manifest,
-        layout::OCI_MANIFEST,
-        &format!("write {name}:{att_tag}"),
-    )
-    .await?;
+    settle(
+        fence,
+        s.push_manifest(
+            &tag,
+            &m.manifest,
+            layout::OCI_MANIFEST,
+            &format!("write {name}:{att_tag}"),
+        )
+        .await,
+    )?;
 
     let what = format!("read back {name}:{att_tag}");
     let layer = Digest::of(req.envelope).to_string();
-    let (digest, listed) = match s.manifest(&tag, &what).await? {
-        Some((body, digest)) => (digest, layout::layer_digests(&body)),
-        None => (String::new(), Vec::new()),
+    // The tag naming exactly the manifest written lists every layer written; only when it names
+    // another (or the registry does not say) is the manifest read to see which are missing.
+    let written = Digest::of(&m.manifest).to_string();
+    let head = s.manifest_head(&tag, Access::Push, &what).await?;
+    let (digest, listed) = match head.and_then(|h| h.digest) {
+        Some(digest) if digest == written => (digest, layout::layer_digests(&m.manifest)),
+        _ => match s.manifest(&tag, Access::Push, &what).await? {
+            Some((body, digest)) => (digest, layout::layer_digests(&body)),
+            None => (String::new(), Vec::new()),
+        },
     };
     // Every layer written must be there: ours, and those read before the write.
     match layout::missing(&layout::layer_digests(&m.manifest), &listed).as_slice() {
@@ -516,6 +542,22 @@ async fn push_att(
                 lost.join(", ")
             ),
         )),
+    }
+}
+
+/// Tell `fence` when a fenced manifest write's answer settled it; its error, if any.
+fn settle(fence: &dyn WriteFence, written: Result<(), WriteFailure>) -> Result<(), RegistryError> {
+    match written {
+        Ok(()) => {
+            fence.settled();
+            Ok(())
+        }
+        Err(f) => {
+            if f.settled {
+                fence.settled();
+            }
+            Err(f.error)
+        }
     }
 }
 
@@ -545,7 +587,7 @@ async fn list_referrers(
         &image.repository,
         &layout::referrers_tag(digest),
     );
-    let Some((body, _)) = s.manifest(&tag, what).await? else {
+    let Some((body, _)) = s.manifest(&tag, Access::Pull, what).await? else {
         return Ok(Vec::new());
     };
     let index: Value = serde_json::from_slice(&body)
@@ -587,7 +629,7 @@ async fn push_referrer(
         }
         None
     } else {
-        let existing = s.manifest(&fallback_tag, &what).await?;
+        let existing = s.manifest(&fallback_tag, Access::Push, &what).await?;
         if let Some((body, _)) = &existing
             && layout::lists_manifest(body, manifest_digest.as_str())
         {
@@ -634,16 +676,19 @@ async fn push_referrer(
                 .map_err(|e| invalid(format!("{name}:{tag}: {e}")))?;
             if let Some(index) = &planned {
                 fence.check().await?;
-                s.push_manifest(
-                    &fallback_tag,
-                    index,
-                    layout::OCI_INDEX,
-                    &format!("write the referrers index {name}:{tag}"),
-                )
-                .await?;
+                settle(
+                    fence,
+                    s.push_manifest(
+                        &fallback_tag,
+                        index,
+                        layout::OCI_INDEX,
+                        &format!("write the referrers index {name}:{tag}"),
+                    )
+                    .await,
+                )?;
             }
             let listed = s
-                .manifest(&fallback_tag, &what)
+                .manifest(&fallback_tag, Access::Push, &what)
                 .await?
                 .map(|(body, _)| layout::manifest_digests(&body))
                 .unwrap_or_default();

@@ -503,7 +503,7 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     let fence = Fence {
         app,
         lock: &lock,
-        passed: AtomicBool::new(false),
+        in_doubt: AtomicBool::new(false),
     };
     let request = PushRequest {
         image: &image,
@@ -543,14 +543,15 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
             w.missing_image_retries,
         )),
     };
-    // A manifest write that was cut off may still land: then the lock is left to expire on its
-    // own (at most lock_ttl_secs), so no other writer reads the tag before it has.
-    if pushed.is_ok() || !fence.passed.load(Ordering::SeqCst) {
+    // A manifest write whose fate is unknown (cut off, timed out, a gateway's 502/504) may still
+    // land: then the lock is left to expire on its own (at most lock_ttl_secs), so no other writer
+    // reads the tag before it has. A write the registry answered (stored or refused) is settled.
+    if pushed.is_ok() || !fence.in_doubt.load(Ordering::SeqCst) {
         if let Err(e) = app.store.unlock(&lock).await {
             tracing::warn!(error = %e, lock = %name, "unlock failed; the lock expires on its own");
         }
     } else {
-        tracing::info!(lock = %name, "push failed after its manifest write started; the lock is left to expire");
+        tracing::info!(lock = %name, "push failed with its manifest write's fate unknown; the lock is left to expire");
     }
     let push_outcome = match &pushed {
         Ok(o) if o.already_present => "already_present",
@@ -598,8 +599,9 @@ async fn observe_attested(app: &App, job: &Job) {
 struct Fence<'a> {
     app: &'a App,
     lock: &'a Lock,
-    /// Set once a check passed: a manifest write may have been sent from then on.
-    passed: AtomicBool,
+    /// Set when a check passed (a manifest write may be sent from then on), cleared when that
+    /// write's answer settled it.
+    in_doubt: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -616,12 +618,16 @@ impl WriteFence for Fence<'_> {
         };
         match self.app.store.holds_lock(self.lock).await {
             Ok(true) => {
-                self.passed.store(true, Ordering::SeqCst);
+                self.in_doubt.store(true, Ordering::SeqCst);
                 Ok(())
             }
             Ok(false) => Err(lost("another worker took over the tag lock".into())),
             Err(e) => Err(lost(format!("the tag lock could not be confirmed ({e})"))),
         }
+    }
+
+    fn settled(&self) {
+        self.in_doubt.store(false, Ordering::SeqCst);
     }
 }
 

@@ -24,6 +24,7 @@ backend_tests!(
     a_panic_inside_a_push_counts_an_attempt_and_releases_the_job_and_its_lock,
     a_job_whose_worker_keeps_stopping_is_dead_with_the_reason_and_retry_redrives_it,
     the_worker_prunes_done_jobs_past_their_age_and_the_execution_stays_attested,
+    a_manifest_write_the_registry_refused_releases_the_tag_lock_at_once,
 );
 
 /// An app whose registry `reg` is reached at `host` (its own, or a proxy's). A failed push is
@@ -357,6 +358,72 @@ async fn the_worker_prunes_done_jobs_past_their_age_and_the_execution_stays_atte
     app.app.shutdown.cancel();
 }
 
+async fn a_manifest_write_the_registry_refused_releases_the_tag_lock_at_once(backend: Backend) {
+    let reg = TestRegistry::anonymous().await;
+    let digest = reg.push_image(REPO, "1.4.0").await;
+    let proxy = FaultProxy::start(&reg.host()).await;
+    // A lock left to expire would hold the tag for a minute.
+    let app = spawn_at(backend, &reg, proxy.host(), |s| {
+        s.worker.lock_ttl_secs = 60;
+        s.worker.push_deadline_secs = 40;
+    })
+    .await;
+    let first = &app.record(&hook_for("run-1", &proxy.host(), &digest)).await;
+
+    // Hold run-1's manifest write, and meanwhile delete the layer it names: distribution answers
+    // the write with 400 MANIFEST_BLOB_UNKNOWN, an answer that settles it (nothing stored).
+    proxy.stall_next(&format!(
+        "PUT /v2/{REPO}/manifests/sha256-{}.att",
+        digest.hex()
+    ));
+    let worker = tokio::spawn({
+        let app = app.app.clone();
+        async move { app.run_pending_jobs().await.unwrap() }
+    });
+    proxy.stalled(Duration::from_secs(20)).await;
+    let layer = Digest::of(&app.attestation(first).await);
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/v2/{REPO}/blobs/{layer}", reg.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 202, "delete the layer blob");
+    proxy.release();
+    worker.await.unwrap();
+    let e = execution(&app, first).await;
+    let push = push_of(&e);
+    assert_eq!(push["state"], "retrying", "{push}");
+    assert!(
+        push["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("the registry lost an uploaded blob"),
+        "{push}"
+    );
+    assert!(
+        reg.manifest(REPO, &format!("sha256-{}.att", digest.hex()))
+            .await
+            .is_none()
+    );
+
+    // The lock was released: run-2 on the same tag is pushed now, not after the lock's TTL.
+    let second = &app.record(&hook_for("run-2", &proxy.host(), &digest)).await;
+    tokio::time::timeout(Duration::from_secs(15), app.app.run_pending_jobs())
+        .await
+        .expect("run-2 does not wait for run-1's lock")
+        .unwrap();
+    let e = execution(&app, second).await;
+    assert_eq!(e["attestation"]["state"], "attested", "{e}");
+    assert_eq!(push_of(&e)["attempts"], 1, "{e}");
+    // And run-1's retry appends to it.
+    let e = drive_until(&app, first, |e| e["attestation"]["state"] != "pushing").await;
+    assert_eq!(e["attestation"]["state"], "attested", "{e}");
+    assert_eq!(
+        att_blobs(&reg, &digest).await,
+        [app.attestation(second).await, app.attestation(first).await]
+    );
+}
+
 /// A fence that refuses, as the worker's does once its tag lock changed hands.
 struct Refused;
 
@@ -377,7 +444,7 @@ struct StallReadBack<'a> {
 impl WriteFence for StallReadBack<'_> {
     async fn check(&self) -> Result<(), RegistryError> {
         self.proxy
-            .stall_next(&format!("GET /v2/{REPO}/manifests/{}", self.tag));
+            .stall_next(&format!("HEAD /v2/{REPO}/manifests/{}", self.tag));
         Ok(())
     }
 }

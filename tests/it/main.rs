@@ -9,6 +9,7 @@ mod fencing;
 mod hardening;
 mod image_templates;
 mod keys;
+mod push_requests;
 mod query;
 mod registry;
 mod registry_auth;

@@ -11,6 +11,7 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod registry;
+pub mod token;
 
 use std::path::PathBuf;
 

@@ -26,6 +26,8 @@ pub struct TestRegistry {
     cert: Option<PathBuf>,
     /// Username and password when htpasswd auth is on.
     pub credentials: Option<(String, String)>,
+    /// A bearer token this client's own requests carry (token-auth registries).
+    pub bearer: Option<String>,
     http: reqwest::Client,
 }
 
@@ -40,7 +42,28 @@ impl TestRegistry {
         Self::start(true, Some((user.to_owned(), password.to_owned()))).await
     }
 
+    /// htpasswd basic auth over plain http (loopback only, as attestd allows), so a proxy in
+    /// front can read the requests.
+    pub async fn http_basic(user: &str, password: &str) -> Self {
+        Self::start(false, Some((user.to_owned(), password.to_owned()))).await
+    }
+
+    /// Distribution's token auth over plain http: requests need a bearer token from `realm`
+    /// (issuer `test-issuer`, service `test-registry`) signed by the key whose self-signed
+    /// certificate is `root_cert`; see `support::token`.
+    pub async fn http_token(realm: &str, root_cert: &Path) -> Self {
+        let extra = format!(
+            "auth: {{ token: {{ realm: \"{realm}\", service: test-registry, issuer: test-issuer, rootcertbundle: {} }} }}\n",
+            root_cert.display()
+        );
+        Self::start_with(false, None, &extra).await
+    }
+
     async fn start(tls: bool, credentials: Option<(String, String)>) -> Self {
+        Self::start_with(tls, credentials, "").await
+    }
+
+    async fn start_with(tls: bool, credentials: Option<(String, String)>, extra: &str) -> Self {
         let bin = registry_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -67,6 +90,7 @@ impl TestRegistry {
                 htpasswd.display()
             ));
         }
+        yaml.push_str(extra);
         let config = dir.path().join("config.yml");
         std::fs::write(&config, yaml).expect("write registry config");
         let http = plain_client(cert.as_deref());
@@ -76,6 +100,7 @@ impl TestRegistry {
             child: None,
             cert,
             credentials,
+            bearer: None,
             http,
         };
         reg.spawn(&bin).await;
@@ -177,8 +202,13 @@ impl TestRegistry {
 
     /// Registry settings for attestd; the password is the secret reference `registry-password`.
     pub fn settings(&self, format: PushFormat) -> RegistrySettings {
+        self.settings_via(&self.host(), format)
+    }
+
+    /// [`settings`](Self::settings) for reaching this registry as `host` (a proxy in front).
+    pub fn settings_via(&self, host: &str, format: PushFormat) -> RegistrySettings {
         RegistrySettings {
-            host: self.host(),
+            host: host.to_owned(),
             format,
             insecure_http: self.cert.is_none(),
             ca_file: self.cert.clone(),
@@ -191,9 +221,10 @@ impl TestRegistry {
     }
 
     fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.credentials {
-            Some((u, p)) => rb.basic_auth(u, Some(p)),
-            None => rb,
+        match (&self.bearer, &self.credentials) {
+            (Some(token), _) => rb.bearer_auth(token),
+            (None, Some((u, p))) => rb.basic_auth(u, Some(p)),
+            (None, None) => rb,
         }
     }
 
@@ -402,7 +433,7 @@ fn write_htpasswd(path: &Path, user: &str, pass: &str) {
 }
 
 /// A self-signed leaf for 127.0.0.1 that rustls accepts (CA:FALSE), per SERVICES.md.
-fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     let bin = which("ATTESTD_TEST_OPENSSL_BIN", "openssl")
         .unwrap_or_else(|| panic!("openssl not found: apt-get install openssl"));
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
