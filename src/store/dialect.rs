@@ -126,7 +126,8 @@ pub trait Encoding: Database {
     fn bind_time(q: SqlxQuery<Self>, t: Option<OffsetDateTime>) -> SqlxQuery<Self>;
     fn bind_json(q: SqlxQuery<Self>, v: &serde_json::Value) -> SqlxQuery<Self>;
     fn bind_clock(q: SqlxQuery<Self>, c: Clock) -> SqlxQuery<Self>;
-    fn bind_uuids(q: SqlxQuery<Self>, ids: &[Uuid]) -> SqlxQuery<Self>;
+    /// An id array; SQLite has none and refuses (its ids are listed by [`Db::push_in`]).
+    fn bind_uuids(q: SqlxQuery<Self>, ids: &[Uuid]) -> Result<SqlxQuery<Self>, StoreError>;
     fn time(row: &Self::Row, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error>;
     fn json<T: DeserializeOwned>(row: &Self::Row, col: &str) -> Result<T, sqlx::Error>;
 }
@@ -134,7 +135,7 @@ pub trait Encoding: Database {
 pub type SqlxQuery<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;
 
 /// The sqlx query for `q`, its arguments bound in the dialect's encoding.
-fn prepare<DB>(q: Query<'_>) -> SqlxQuery<DB>
+fn prepare<DB>(q: Query<'_>) -> Result<SqlxQuery<DB>, StoreError>
 where
     DB: Encoding,
     for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
@@ -153,13 +154,13 @@ where
             Arg::Bool(v) => query.bind(v),
             Arg::Uuid(v) => query.bind(v),
             Arg::Bytes(v) => query.bind(v),
-            Arg::Uuids(ids) => DB::bind_uuids(query, ids),
+            Arg::Uuids(ids) => DB::bind_uuids(query, ids)?,
             Arg::Time(t) => DB::bind_time(query, t),
             Arg::Json(v) => DB::bind_json(query, v),
             Arg::Clock(c) => DB::bind_clock(query, c),
         };
     }
-    query
+    Ok(query)
 }
 
 /// A row of either dialect.
@@ -292,8 +293,8 @@ impl Db {
     /// Rows affected.
     pub async fn execute(&self, on: On, q: Query<'_>) -> Result<u64, StoreError> {
         Ok(match self {
-            Self::Postgres(pool) => prepare::<Postgres>(q).execute(pool).await?.rows_affected(),
-            Self::Sqlite { writer, reader } => prepare::<Sqlite>(q)
+            Self::Postgres(pool) => prepare::<Postgres>(q)?.execute(pool).await?.rows_affected(),
+            Self::Sqlite { writer, reader } => prepare::<Sqlite>(q)?
                 .execute(Self::sqlite_pool(writer, reader, on))
                 .await?
                 .rows_affected(),
@@ -303,12 +304,12 @@ impl Db {
     pub async fn fetch_all(&self, on: On, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
         Ok(match self {
             Self::Postgres(pool) => {
-                let rows = prepare::<Postgres>(q).fetch_all(pool).await?;
+                let rows = prepare::<Postgres>(q)?.fetch_all(pool).await?;
                 rows.into_iter().map(Row::Postgres).collect()
             }
             Self::Sqlite { writer, reader } => {
                 let pool = Self::sqlite_pool(writer, reader, on);
-                let rows = prepare::<Sqlite>(q).fetch_all(pool).await?;
+                let rows = prepare::<Sqlite>(q)?.fetch_all(pool).await?;
                 rows.into_iter().map(Row::Sqlite).collect()
             }
         })
@@ -316,11 +317,11 @@ impl Db {
 
     pub async fn fetch_optional(&self, on: On, q: Query<'_>) -> Result<Option<Row>, StoreError> {
         Ok(match self {
-            Self::Postgres(pool) => prepare::<Postgres>(q)
+            Self::Postgres(pool) => prepare::<Postgres>(q)?
                 .fetch_optional(pool)
                 .await?
                 .map(Row::Postgres),
-            Self::Sqlite { writer, reader } => prepare::<Sqlite>(q)
+            Self::Sqlite { writer, reader } => prepare::<Sqlite>(q)?
                 .fetch_optional(Self::sqlite_pool(writer, reader, on))
                 .await?
                 .map(Row::Sqlite),
@@ -371,11 +372,11 @@ impl Tx {
     /// Rows affected.
     pub async fn execute(&mut self, q: Query<'_>) -> Result<u64, StoreError> {
         Ok(match self {
-            Self::Postgres(tx) => prepare::<Postgres>(q)
+            Self::Postgres(tx) => prepare::<Postgres>(q)?
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
-            Self::Sqlite(tx) => prepare::<Sqlite>(q)
+            Self::Sqlite(tx) => prepare::<Sqlite>(q)?
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
@@ -384,11 +385,11 @@ impl Tx {
 
     pub async fn fetch_optional(&mut self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
         Ok(match self {
-            Self::Postgres(tx) => prepare::<Postgres>(q)
+            Self::Postgres(tx) => prepare::<Postgres>(q)?
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(Row::Postgres),
-            Self::Sqlite(tx) => prepare::<Sqlite>(q)
+            Self::Sqlite(tx) => prepare::<Sqlite>(q)?
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(Row::Sqlite),

@@ -64,8 +64,8 @@ impl Encoding for Postgres {
         }
     }
 
-    fn bind_uuids(q: SqlxQuery<Self>, ids: &[Uuid]) -> SqlxQuery<Self> {
-        q.bind(ids)
+    fn bind_uuids(q: SqlxQuery<Self>, ids: &[Uuid]) -> Result<SqlxQuery<Self>, StoreError> {
+        Ok(q.bind(ids))
     }
 
     fn time(row: &PgRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {

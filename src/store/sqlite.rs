@@ -88,10 +88,11 @@ impl Encoding for Sqlite {
         })
     }
 
-    /// Never built for SQLite ([`Db::push_in`] lists the ids); binding nothing makes the
-    /// statement fail on its parameter count rather than run with a wrong value.
-    fn bind_uuids(q: SqlxQuery<Self>, _ids: &[Uuid]) -> SqlxQuery<Self> {
-        q
+    fn bind_uuids(_: SqlxQuery<Self>, _: &[Uuid]) -> Result<SqlxQuery<Self>, StoreError> {
+        // An error, not a parameter left unbound: SQLite would read that as NULL.
+        Err(StoreError::Database(sqlx::Error::Encode(
+            "SQLite has no id arrays; list the ids".into(),
+        )))
     }
 
     fn time(row: &SqliteRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
