@@ -1,4 +1,6 @@
-//! Every statement the store sends, written once. Parameters are `$n` (SQLite accepts them too).
+//! Every statement the store sends, written once (only ingest's insert is written per dialect).
+//! Parameters are `$n`; SQLite binds them by number, reads one left unbound as NULL and ignores
+//! arguments a statement does not name.
 //! Where the dialects must differ, a template carries a `{marker}` that each dialect renders once
 //! per process ([`Statements::render`]): the clock (`{now $n}` is PostgreSQL's `now()` and a
 //! bound epoch-millisecond time on SQLite; `{now+ $n}`/`{now- $n}` add or subtract `$n`

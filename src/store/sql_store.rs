@@ -146,7 +146,7 @@ impl SqlStore {
         refresh_state(tx, job.execution_id.0).await
     }
 
-    /// Run `q` expecting at most one `bytea`/`BLOB` column.
+    /// The one `bytea`/`BLOB` column `sql` selects for an execution; `None` if either is missing.
     async fn bytes(
         &self,
         sql: &'static str,
