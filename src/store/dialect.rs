@@ -282,6 +282,19 @@ impl Db {
         }
     }
 
+    /// [`Db::insert_build`] for a batch with one commit (group commit at ingest): per item, in
+    /// input order, what `insert_build` returns for it. `Err` when the batch as a whole failed
+    /// and nothing of it was written.
+    pub async fn insert_builds(
+        &self,
+        batch: &[NewExecution],
+    ) -> Result<Vec<Result<Option<(Uuid, String)>, StoreError>>, StoreError> {
+        match self {
+            Self::Postgres(pool) => postgres::insert_builds(pool, batch).await,
+            Self::Sqlite { writer, .. } => sqlite::insert_builds(writer, batch).await,
+        }
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Self::Postgres(pool) => super::migrations::POSTGRES.run(pool).await?,

@@ -146,3 +146,150 @@ pub async fn insert_build(
             .await?,
     ))
 }
+
+/// Record a batch of builds in one statement: executions in input order (so of two items with
+/// one idempotency key the first is inserted), then the artifacts and first jobs of those
+/// inserted; returns the ids inserted. `$1..$20` one array element per execution (id, account,
+/// pipeline execution id, pipeline, repository, branch, commit, trigger type, triggered by,
+/// builder id, builder version JSON, started, finished, status, request sha256, received,
+/// statement, attestation state, statement template, first job kind or NULL); `$21..$27` one
+/// element per artifact (execution id, position, registry, repository, tag, digest, state).
+const RECORD_BUILDS: &str = "WITH u AS ( \
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], \
+                $13::timestamptz[], $14::text[], $15::text[], $16::timestamptz[], $17::bytea[], $18::text[], \
+                $19::bytea[], $20::text[]) WITH ORDINALITY AS u(id, account_id, pipeline_execution_id, \
+                pipeline_identifier, repository_url, branch, commit_sha, trigger_type, triggered_by, \
+                builder_id, builder_version, started_on, finished_on, status, request_sha256, received_at, \
+                statement, attestation_state, statement_template, job, ord)), \
+        e AS ( \
+            INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
+                repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
+                builder_version, started_on, finished_on, status, request_sha256, received_at, \
+                statement, attestation_state, statement_template) \
+            SELECT id, account_id, pipeline_execution_id, pipeline_identifier, repository_url, branch, \
+                commit_sha, trigger_type, triggered_by, builder_id, builder_version::jsonb, started_on, \
+                finished_on, status, request_sha256, received_at, statement, attestation_state, \
+                statement_template FROM u ORDER BY ord \
+            ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING RETURNING id), \
+        a AS ( \
+            INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) \
+            SELECT x.execution_id, x.position, x.registry, x.repository, x.tag, x.digest, x.push_state \
+            FROM unnest($21::uuid[], $22::int[], $23::text[], $24::text[], $25::text[], $26::text[], \
+                $27::text[]) AS x(execution_id, position, registry, repository, tag, digest, push_state) \
+            JOIN e ON e.id = x.execution_id), \
+        j AS ( \
+            INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+            SELECT u.job, e.id, 'queued', u.received_at, u.received_at, u.received_at \
+            FROM e JOIN u ON u.id = e.id WHERE u.job IS NOT NULL) \
+        SELECT id FROM e";
+
+/// [`insert_build`] for a batch, in ONE statement (one round trip, one commit): per item, in
+/// input order, `None` once inserted or the `(id, request hash)` of the execution already
+/// recorded under its idempotency key — before, or by an earlier item of the batch. `Err` when
+/// the statement failed, and then nothing of the batch was written.
+pub async fn insert_builds(
+    pool: &PgPool,
+    batch: &[NewExecution],
+) -> Result<Vec<Result<Option<(Uuid, String)>, StoreError>>, StoreError> {
+    let mut states = Vec::with_capacity(batch.len());
+    let mut jobs = Vec::with_capacity(batch.len());
+    let (mut a_execution, mut a_position, mut a_registry, mut a_repository) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut a_tag, mut a_digest, mut a_state) = (Vec::new(), Vec::new(), Vec::new());
+    for new in batch {
+        let (state, push_state, job) = new.initial_states();
+        states.push(state.as_str());
+        jobs.push(job.map(JobKind::as_str));
+        for (i, a) in new.new_artifacts().into_iter().enumerate() {
+            a_execution.push(new.id.0);
+            a_position.push(i as i32);
+            a_registry.push(a.image.registry.as_str());
+            a_repository.push(a.image.repository.as_str());
+            a_tag.push(a.image.tag.as_deref());
+            a_digest.push(a.digest.map_or("", Digest::as_str));
+            a_state.push(push_state.as_str());
+        }
+    }
+    let builds = || batch.iter().map(|n| &n.build);
+    let builder_versions = builds()
+        .map(|b| serde_json::to_string(&b.builder_version))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let inserted: Vec<Uuid> = sqlx::query_scalar(RECORD_BUILDS)
+        .bind(batch.iter().map(|n| n.id.0).collect::<Vec<_>>())
+        .bind(builds().map(|b| b.account.as_str()).collect::<Vec<_>>())
+        .bind(
+            builds()
+                .map(|b| b.pipeline_execution_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            builds()
+                .map(|b| b.pipeline_identifier.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            builds()
+                .map(|b| b.repository_url.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(builds().map(|b| b.branch.as_str()).collect::<Vec<_>>())
+        .bind(builds().map(|b| b.commit_sha.as_str()).collect::<Vec<_>>())
+        .bind(
+            builds()
+                .map(|b| b.trigger_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            builds()
+                .map(|b| b.triggered_by.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(builds().map(|b| b.builder_id.as_str()).collect::<Vec<_>>())
+        .bind(builder_versions)
+        .bind(builds().map(|b| b.started_on).collect::<Vec<_>>())
+        .bind(builds().map(|b| b.finished_on).collect::<Vec<_>>())
+        .bind(builds().map(|b| b.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|n| n.request_sha256.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|n| n.received_at).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.statement()).collect::<Vec<_>>())
+        .bind(states)
+        .bind(
+            batch
+                .iter()
+                .map(|n| n.statement_template())
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs)
+        .bind(a_execution)
+        .bind(a_position)
+        .bind(a_registry)
+        .bind(a_repository)
+        .bind(a_tag)
+        .bind(a_digest)
+        .bind(a_state)
+        .fetch_all(pool)
+        .await?;
+    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    let mut results = Vec::with_capacity(batch.len());
+    for new in batch {
+        results.push(if inserted.contains(&new.id.0) {
+            Ok(None)
+        } else {
+            sqlx::query_as(sql::EXISTING_EXECUTION)
+                .bind(new.build.account.as_str())
+                .bind(&new.build.pipeline_execution_id)
+                .fetch_one(pool)
+                .await
+                .map(Some)
+                .map_err(StoreError::from)
+        });
+    }
+    Ok(results)
+}

@@ -65,6 +65,34 @@ impl SqlStore {
         rows::assemble(rows, artifacts)
     }
 
+    /// What recording `new` gave, once committed: created, or for an idempotency key already
+    /// recorded (`existing`: its id and request hash) a redelivery or a conflict.
+    async fn recorded(
+        &self,
+        new: NewExecution,
+        existing: Option<(Uuid, String)>,
+    ) -> Result<Recorded, StoreError> {
+        let Some((id, hash)) = existing else {
+            return Ok(Recorded::Created(match self.db {
+                // PostgreSQL keeps the times as given; SQLite's record is read back, with the
+                // milliseconds it stores.
+                Db::Postgres(_) => Execution::recorded(&new),
+                Db::Sqlite { .. } => self
+                    .execution_on(On::Write, new.id)
+                    .await?
+                    .ok_or(StoreError::NotFound)?,
+            }));
+        };
+        if hash != new.request_sha256 {
+            return Err(super::conflict(&new.build));
+        }
+        let execution = self
+            .execution_on(On::Write, ExecutionId(id))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Recorded::Existing(execution))
+    }
+
     /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
     /// reason on the job, its artifact and its execution. A cheap probe comes first (on a SQLite
     /// reader): usually there is none, and no transaction is opened.
@@ -281,25 +309,37 @@ impl Store for SqlStore {
     }
 
     async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
-        let Some((id, hash)) = self.db.insert_build(&new).await? else {
-            return Ok(Recorded::Created(match self.db {
-                // PostgreSQL keeps the times as given; SQLite's record is read back, with the
-                // milliseconds it stores.
-                Db::Postgres(_) => Execution::recorded(&new),
-                Db::Sqlite { .. } => self
-                    .execution_on(On::Write, new.id)
-                    .await?
-                    .ok_or(StoreError::NotFound)?,
-            }));
+        let existing = self.db.insert_build(&new).await?;
+        self.recorded(new, existing).await
+    }
+
+    async fn record_builds(&self, batch: Vec<NewExecution>) -> Vec<Result<Recorded, StoreError>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let results = match batch.len() {
+            0 | 1 => Err(None),
+            _ => self.db.insert_builds(&batch).await.map_err(Some),
         };
-        if hash != new.request_sha256 {
-            return Err(super::conflict(&new.build));
+        match results {
+            Ok(results) => {
+                for (new, result) in batch.into_iter().zip(results) {
+                    outcomes.push(match result {
+                        Ok(existing) => self.recorded(new, existing).await,
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            Err(failed) => {
+                if let Some(e) = failed {
+                    // The batch as a whole failed (on PostgreSQL one bad item fails its whole
+                    // statement): record each alone, so a bad item fails alone.
+                    tracing::warn!(error = %e, batch.size = batch.len(), "batched insert failed, recording one by one");
+                }
+                for new in batch {
+                    outcomes.push(self.record_build(new).await);
+                }
+            }
         }
-        let execution = self
-            .execution_on(On::Write, ExecutionId(id))
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(Recorded::Existing(execution))
+        outcomes
     }
 
     async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {

@@ -111,16 +111,53 @@ pub async fn insert_build(
     writer: &SqlitePool,
     new: &NewExecution,
 ) -> Result<Option<(Uuid, String)>, StoreError> {
+    let mut tx = writer.begin().await?;
+    let existing = insert_in(&mut tx, new).await?;
+    tx.commit().await?;
+    Ok(existing)
+}
+
+/// [`insert_build`] for a batch in ONE transaction (one commit, one WAL sync), each item in a
+/// savepoint of its own so that a failing item is rolled back alone and its neighbours commit.
+/// Per item, in input order, what [`insert_build`] returns. `Err` when the transaction itself
+/// failed, and then nothing of the batch was written.
+pub async fn insert_builds(
+    writer: &SqlitePool,
+    batch: &[NewExecution],
+) -> Result<Vec<Result<Option<(Uuid, String)>, StoreError>>, StoreError> {
+    let mut tx = writer.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for new in batch {
+        let mut item = sqlx::Connection::begin(&mut *tx).await?;
+        match insert_in(&mut item, new).await {
+            Ok(existing) => {
+                item.commit().await?;
+                results.push(Ok(existing));
+            }
+            Err(e) => {
+                item.rollback().await?;
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// Insert a build on the caller's transaction, unless its idempotency key is already recorded:
+/// then nothing is written and the recorded execution's id and request hash are returned.
+async fn insert_in(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewExecution,
+) -> Result<Option<(Uuid, String)>, StoreError> {
     let b = &new.build;
     let (state, push_state, job) = new.initial_states();
-    let mut tx = writer.begin().await?;
     let existing: Option<(Uuid, String)> = sqlx::query_as(sql::EXISTING_EXECUTION)
         .bind(b.account.as_str())
         .bind(&b.pipeline_execution_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
     if existing.is_some() {
-        tx.rollback().await?;
         return Ok(existing);
     }
     let builder_version = serde_json::to_string(&b.builder_version)
@@ -151,7 +188,7 @@ pub async fn insert_build(
     .bind(new.statement())
     .bind(state.as_str())
     .bind(new.statement_template())
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
 
     let new_artifacts = new.new_artifacts();
@@ -169,7 +206,7 @@ pub async fn insert_build(
                 .push_bind(a.digest.map_or_else(String::new, ToString::to_string))
                 .push_bind(push_state.as_str());
         });
-        artifacts.build().execute(&mut *tx).await?;
+        artifacts.build().execute(&mut *conn).await?;
     }
     if let Some(job) = job {
         sqlx::query(
@@ -179,9 +216,8 @@ pub async fn insert_build(
         .bind(new.id.0)
         .bind(ms(new.received_at))
         .bind(job.as_str())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    tx.commit().await?;
     Ok(None)
 }
