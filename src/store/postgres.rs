@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
-use super::{Digest, JobKind, NewExecution, StoreError};
+use super::{Digest, Job, JobKind, NewExecution, PushRecord, StoreError};
 
 pub async fn connect(
     url: &str,
@@ -292,4 +292,177 @@ pub async fn insert_builds(
         });
     }
     Ok(results)
+}
+
+// Completing a job is one statement on PostgreSQL (SQLite: one transaction on the writer,
+// in sql_store). Data-modifying CTEs all see the snapshot the statement started with, so the
+// execution's new state is computed from what the statement writes, not read back.
+
+/// Finish a leased job (`$1` job, `$2` lease token, `$3` now); the CTE returns its execution.
+/// Every other part of a completion joins it, so a lost lease writes nothing.
+macro_rules! done_cte {
+    () => {
+        "done AS (UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, \
+    lease_expires_at = NULL, last_error = NULL, updated_at = $3 \
+    WHERE id = $1 AND lease_token = $2 AND state = 'running' RETURNING execution_id)"
+    };
+}
+
+/// A job of the execution `x` is dead. The finishing job is read as it was (running).
+macro_rules! any_dead {
+    () => {
+        "EXISTS (SELECT 1 FROM jobs j WHERE j.execution_id = x.id AND j.state = 'dead')"
+    };
+}
+
+/// Complete a sign job in one statement: finish the job, keep the first envelope ever stored
+/// (with its key, worker and time), queue one push job per artifact still waiting unless it
+/// has one, and set the execution's state. One statement sees one snapshot, so the state is
+/// computed from what this statement writes (the envelope is stored) rather than re-read.
+/// `$4` envelope, `$5` key id, `$6` worker. Returns whether the job was finished (0 or 1) and
+/// the stored envelope.
+const COMPLETE_SIGN: &str = concat!(
+    "WITH ",
+    done_cte!(),
+    ", pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \
+        SELECT 'push', a.execution_id, a.position, 'queued', $3, $3, $3 FROM done \
+        JOIN artifacts a ON a.execution_id = done.execution_id WHERE a.push_state = 'pending' AND NOT EXISTS ( \
+            SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
+            AND j.artifact_position = a.position)), \
+    e AS (UPDATE executions x SET envelope = COALESCE(x.envelope, $4), \
+        key_id = CASE WHEN x.envelope IS NULL THEN $5 ELSE x.key_id END, \
+        signed_by = CASE WHEN x.envelope IS NULL THEN $6 ELSE x.signed_by END, \
+        signed_at = COALESCE(x.signed_at, $3), last_error = NULL, \
+        attestation_state = CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' \
+            WHEN ",
+    any_dead!(),
+    " THEN 'failed' WHEN x.statement IS NULL THEN 'resolving' \
+            WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND a.push_state <> 'pushed') \
+            THEN 'attested' ELSE 'pushing' END \
+        FROM done WHERE x.id = done.execution_id RETURNING x.envelope) \
+    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT envelope FROM e) AS envelope"
+);
+
+/// Complete a push job in one statement: finish the job, record the pushed artifact, and set
+/// the execution's state — attested (stamped once, its last error cleared) when every other
+/// artifact was already pushed. `$4` position, `$5` attempts, `$6` reference, `$7` manifest
+/// digest, `$8` worker. Returns whether the job was finished (0 or 1).
+const COMPLETE_PUSH: &str = concat!(
+    "WITH ",
+    done_cte!(),
+    ", pushed AS (UPDATE artifacts a SET push_state = 'pushed', push_attempts = $5, next_attempt_at = NULL, \
+        last_error = NULL, pushed_reference = $6, manifest_digest = $7, pushed_at = $3, pushed_by = $8 \
+        FROM done WHERE a.execution_id = done.execution_id AND a.position = $4), \
+    s AS (SELECT x.id, CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' WHEN ",
+    any_dead!(),
+    " THEN 'failed' WHEN x.statement IS NULL THEN 'resolving' WHEN x.envelope IS NULL THEN 'pending' \
+            WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id \
+                AND a.position IS DISTINCT FROM $4 AND a.push_state <> 'pushed') THEN 'attested' \
+            ELSE 'pushing' END AS state \
+        FROM executions x JOIN done ON x.id = done.execution_id), \
+    e AS (UPDATE executions x SET attestation_state = s.state, \
+        attested_at = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN $3 ELSE x.attested_at END, \
+        last_error = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN NULL ELSE x.last_error END \
+        FROM s WHERE x.id = s.id) \
+    SELECT COUNT(*) AS done FROM done"
+);
+
+/// Complete a resolve job in one statement, or write nothing: when the lease holds, every
+/// image still resolving is among the results and no statement is stored yet, finish the job,
+/// record the digests, store the statement (clearing the template), queue the sign job and
+/// set the execution pending. `$4` execution, `$5` positions, `$6` digests, `$7` statement.
+/// Returns whether the lease held, the images left unresolved and whether the statement was
+/// still to write.
+const COMPLETE_RESOLVE: &str = concat!(
+    "WITH r AS (SELECT * FROM unnest($5::int[], $6::text[]) AS r(position, digest)), \
+    chk AS (SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running') AS leased, \
+        (SELECT COUNT(*) FROM artifacts a WHERE a.execution_id = $4 AND a.push_state = 'resolving' \
+            AND a.position NOT IN (SELECT position FROM r)) AS unresolved, \
+        EXISTS (SELECT 1 FROM executions WHERE id = $4 AND statement IS NULL) AS open), \
+    done AS (UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, \
+        lease_expires_at = NULL, last_error = NULL, updated_at = $3 \
+        WHERE id = $1 AND lease_token = $2 AND state = 'running' \
+        AND (SELECT unresolved = 0 AND open FROM chk) RETURNING execution_id), \
+    resolved AS (UPDATE artifacts a SET digest = r.digest, resolved_at = $3, push_state = 'pending', last_error = NULL \
+        FROM r, done WHERE a.execution_id = done.execution_id AND a.position = r.position \
+        AND a.push_state = 'resolving'), \
+    sign AS (INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+        SELECT 'sign', execution_id, 'queued', $3, $3, $3 FROM done), \
+    e AS (UPDATE executions x SET statement = $7, statement_template = NULL, last_error = NULL, \
+        attestation_state = CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' WHEN ",
+    any_dead!(),
+    " THEN 'failed' ELSE 'pending' END \
+        FROM done WHERE x.id = done.execution_id AND x.statement IS NULL) \
+    SELECT leased, unresolved, open FROM chk"
+);
+
+/// Complete a resolve job with [`COMPLETE_RESOLVE`]: one statement, or nothing written.
+pub async fn complete_resolve(
+    pool: &PgPool,
+    job: &Job,
+    digests: &[(i32, Digest)],
+    statement: &[u8],
+) -> Result<(), StoreError> {
+    let (leased, unresolved, open): (bool, i64, bool) = sqlx::query_as(COMPLETE_RESOLVE)
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(OffsetDateTime::now_utc())
+        .bind(job.execution_id.0)
+        .bind(digests.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+        .bind(digests.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>())
+        .bind(statement)
+        .fetch_one(pool)
+        .await?;
+    if !leased {
+        return Err(StoreError::LeaseLost(job.id));
+    }
+    if unresolved != 0 || !open {
+        return Err(super::unresolvable(job, unresolved));
+    }
+    Ok(())
+}
+
+/// Complete a sign job with [`COMPLETE_SIGN`]: one statement; returns the stored envelope.
+pub async fn complete_sign(
+    pool: &PgPool,
+    job: &Job,
+    envelope: &[u8],
+    key_id: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let (done, stored): (i64, Option<Vec<u8>>) = sqlx::query_as(COMPLETE_SIGN)
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(OffsetDateTime::now_utc())
+        .bind(envelope)
+        .bind(key_id)
+        .bind(&job.owner)
+        .fetch_one(pool)
+        .await?;
+    if done == 0 {
+        return Err(StoreError::LeaseLost(job.id));
+    }
+    stored.ok_or(StoreError::NotFound)
+}
+
+/// Complete a push job with [`COMPLETE_PUSH`]: one statement.
+pub async fn complete_push(
+    pool: &PgPool,
+    job: &Job,
+    record: &PushRecord,
+) -> Result<(), StoreError> {
+    let done: i64 = sqlx::query_scalar(COMPLETE_PUSH)
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(OffsetDateTime::now_utc())
+        .bind(job.artifact_position)
+        .bind(job.attempts)
+        .bind(&record.reference)
+        .bind(&record.manifest_digest)
+        .bind(&job.owner)
+        .fetch_one(pool)
+        .await?;
+    if done == 0 {
+        return Err(StoreError::LeaseLost(job.id));
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! The one implementation of every [`Store`] use case, on PostgreSQL or SQLite alike: what differs
 //! between them is behind [`super::dialect`] (connections, encodings, the clock) and the markers
-//! of [`super::sql`]; only ingest's insert is written per dialect ([`Db::insert_build`]).
+//! of [`super::sql`]; written per dialect are only ingest's insert ([`Db::insert_build`],
+//! [`Db::insert_builds`]) and, on PostgreSQL, completing a job in one statement (SQLite runs the
+//! shared transaction here).
 
 use std::time::Duration;
 
@@ -631,6 +633,9 @@ impl Store for SqlStore {
         digests: &[(i32, Digest)],
         statement: &[u8],
     ) -> Result<(), StoreError> {
+        if let Db::Postgres(pool) = &self.db {
+            return postgres::complete_resolve(pool, job, digests, statement).await;
+        }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
         let mut tx = self.db.begin().await?;
@@ -671,6 +676,9 @@ impl Store for SqlStore {
         envelope: &[u8],
         key_id: &str,
     ) -> Result<Vec<u8>, StoreError> {
+        if let Db::Postgres(pool) = &self.db {
+            return postgres::complete_sign(pool, job, envelope, key_id).await;
+        }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
         let mut tx = self.db.begin().await?;
@@ -694,6 +702,9 @@ impl Store for SqlStore {
     }
 
     async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError> {
+        if let Db::Postgres(pool) = &self.db {
+            return postgres::complete_push(pool, job, record).await;
+        }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
         let mut tx = self.db.begin().await?;
