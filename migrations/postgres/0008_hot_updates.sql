@@ -53,3 +53,12 @@ ALTER TABLE artifacts SET (fillfactor = 80);
 DROP INDEX jobs_running;
 CREATE INDEX jobs_running ON jobs (id) WHERE state = 'running';
 ALTER TABLE jobs SET (fillfactor = 85);
+
+-- locks: one row per .att tag, inserted by the push that first takes it, then updated on every
+-- release and re-acquire (owner, token, expires_at). locks_expires (0005) indexed expires_at, so
+-- each of those updates wrote two index entries. Dropped: retention (every prune_interval_secs)
+-- now reads the locks table whole — it holds the tags pushed within worker.retain_done_hours, a
+-- small table — and every release and re-acquire is HOT. locks_pkey (name) stays: every lock
+-- operation is by name.
+DROP INDEX locks_expires;
+ALTER TABLE locks SET (fillfactor = 70);

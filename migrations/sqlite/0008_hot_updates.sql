@@ -7,3 +7,5 @@ DROP INDEX executions_account_attestation;
 -- Lease heartbeats change lease_expires_at; running jobs are few, found by state alone.
 DROP INDEX jobs_running;
 CREATE INDEX jobs_running ON jobs (id) WHERE state = 'running';
+-- Lock releases and re-acquires change expires_at; retention reads the small locks table whole.
+DROP INDEX locks_expires;
