@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
-use super::{Digest, Job, JobKind, NewExecution, PushRecord, StoreError};
+use super::{BuildCompleted, Digest, Job, JobKind, NewExecution, PushRecord, StoreError};
 
 pub async fn connect(
     url: &str,
@@ -212,45 +212,27 @@ pub async fn insert_builds(
         }
     }
     let builds = || batch.iter().map(|n| &n.build);
+    // One text array per column.
+    let texts = |column: fn(&BuildCompleted) -> &str| builds().map(column).collect::<Vec<_>>();
     let builder_versions = builds()
         .map(|b| serde_json::to_string(&b.builder_version))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let inserted: Vec<Uuid> = sqlx::query_scalar(RECORD_BUILDS)
         .bind(batch.iter().map(|n| n.id.0).collect::<Vec<_>>())
-        .bind(builds().map(|b| b.account.as_str()).collect::<Vec<_>>())
-        .bind(
-            builds()
-                .map(|b| b.pipeline_execution_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            builds()
-                .map(|b| b.pipeline_identifier.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            builds()
-                .map(|b| b.repository_url.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(builds().map(|b| b.branch.as_str()).collect::<Vec<_>>())
-        .bind(builds().map(|b| b.commit_sha.as_str()).collect::<Vec<_>>())
-        .bind(
-            builds()
-                .map(|b| b.trigger_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            builds()
-                .map(|b| b.triggered_by.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(builds().map(|b| b.builder_id.as_str()).collect::<Vec<_>>())
+        .bind(texts(|b| b.account.as_str()))
+        .bind(texts(|b| &b.pipeline_execution_id))
+        .bind(texts(|b| &b.pipeline_identifier))
+        .bind(texts(|b| &b.repository_url))
+        .bind(texts(|b| &b.branch))
+        .bind(texts(|b| &b.commit_sha))
+        .bind(texts(|b| &b.trigger_type))
+        .bind(texts(|b| &b.triggered_by))
+        .bind(texts(|b| &b.builder_id))
         .bind(builder_versions)
         .bind(builds().map(|b| b.started_on).collect::<Vec<_>>())
         .bind(builds().map(|b| b.finished_on).collect::<Vec<_>>())
-        .bind(builds().map(|b| b.status.as_str()).collect::<Vec<_>>())
+        .bind(texts(|b| b.status.as_str()))
         .bind(
             batch
                 .iter()
