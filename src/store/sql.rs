@@ -1,4 +1,5 @@
-//! Every statement the store sends, written once (only ingest's insert is written per dialect).
+//! Every statement the store sends, written once (written per dialect, in postgres.rs and
+//! sqlite.rs: ingest's inserts, and PostgreSQL's one-statement job completions).
 //! Parameters are `$n`; SQLite binds them by number, reads one left unbound as NULL and ignores
 //! arguments a statement does not name.
 //! Where the dialects must differ, a template carries a `{marker}` that each dialect renders once
