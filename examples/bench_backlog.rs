@@ -124,6 +124,7 @@ impl Bench {
         let r = self
             .http
             .post(format!("{}/v1/webhooks/build", self.attestd))
+            .header("content-type", "application/json")
             .header("x-attestd-signature-256", sig)
             .body(body)
             .send()

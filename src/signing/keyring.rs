@@ -993,9 +993,9 @@ mod tests {
     }
 
     /// A migrated SQLite store in `dir`.
-    async fn sqlite_store(dir: &Path) -> crate::store::SqliteStore {
+    async fn sqlite_store(dir: &Path) -> crate::store::SqlStore {
         let url = format!("sqlite:{}", dir.join("keys.db").display());
-        let store = crate::store::SqliteStore::connect(&url, 1, std::time::Duration::from_secs(5))
+        let store = crate::store::SqlStore::sqlite(&url, 1, std::time::Duration::from_secs(5))
             .await
             .unwrap();
         store.migrate().await.unwrap();

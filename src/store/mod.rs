@@ -1,6 +1,6 @@
-//! Persistence behind one [`Store`] trait with a PostgreSQL (production) and a SQLite (embedded)
-//! implementation. Every method is a use case that runs in one transaction; an execution, its
-//! artifacts, its statement and its outbox job are written together or not at all.
+//! Persistence behind one [`Store`] trait, implemented once ([`SqlStore`]) over PostgreSQL
+//! (production) or SQLite (embedded). Every method is a use case that runs in one transaction; an
+//! execution, its artifacts, its statement and its outbox job are written together or not at all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,13 +12,16 @@ use uuid::Uuid;
 
 use crate::domain::{AccountId, BuildCompleted, BuildStatus, Digest, ExecutionId, ImageRef};
 
+mod dialect;
 pub mod migrations;
-pub mod postgres;
+mod postgres;
 pub mod process_lock;
-pub mod sqlite;
+mod rows;
+mod sql;
+mod sql_store;
+mod sqlite;
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sql_store::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -765,19 +768,12 @@ pub async fn connect(
     max_connections: u32,
     acquire_timeout: std::time::Duration,
 ) -> Result<DynStore, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            SqliteStore::connect(url, max_connections, acquire_timeout).await?,
-        ))
+    Ok(Arc::new(if url.starts_with("sqlite:") {
+        SqlStore::sqlite(url, max_connections, acquire_timeout).await?
     } else {
-        Ok(Arc::new(
-            PgStore::connect(url, max_connections, acquire_timeout).await?,
-        ))
-    }
+        SqlStore::postgres(url, max_connections, acquire_timeout).await?
+    }))
 }
-
-mod rows;
-mod sql;
 
 fn split_policies(s: String) -> Vec<String> {
     s.split(',')
@@ -848,16 +844,6 @@ fn match_digest_hits(hits: Vec<(uuid::Uuid, i32)>, executions: Vec<Execution>) -
             })
         })
         .collect()
-}
-
-/// A pool's connections as sqlx counts them.
-fn pool_stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
-    PoolStats {
-        name,
-        size: pool.size(),
-        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
-        max: pool.options().get_max_connections(),
-    }
 }
 
 #[cfg(test)]

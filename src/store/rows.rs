@@ -1,5 +1,5 @@
-//! Row shapes shared by both dialects and their conversion into domain records. SQLite rows
-//! are converted into these first (its timestamps are epoch milliseconds).
+//! Row shapes of executions and artifacts as both dialects read them (times already decoded),
+//! and their conversion into domain records.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{ArtifactRecord, AttestationState, Execution, PushState, StoreError};
 use crate::domain::ExecutionId;
 
-/// Columns selected for an execution, in this order, by both dialects.
+/// Columns selected for an execution, in this order.
 pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipeline_identifier, \
     repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, builder_version, \
     started_on, finished_on, status, received_at, attestation_state, key_id, signed_at, \

@@ -1,5 +1,230 @@
-//! SQL text both dialects send unchanged. Parameters are `$n` (SQLite accepts them too);
-//! statements that differ between dialects (casts, locking, time types) stay in their file.
+//! Every statement the store sends, written once (written per dialect, in postgres.rs and
+//! sqlite.rs: ingest's inserts, and PostgreSQL's one-statement job completions).
+//! Parameters are `$n`; SQLite binds them by number, reads one left unbound as NULL and ignores
+//! arguments a statement does not name.
+//! Where the dialects must differ, a template carries a `{marker}` that each dialect renders once
+//! per process ([`Statements::render`]): the clock (`{now $n}` is PostgreSQL's `now()` and a
+//! bound epoch-millisecond time on SQLite; `{now+ $n}`/`{now- $n}` add or subtract `$n`
+//! milliseconds, which SQLite binds already applied), row locks (`{skip locked}`), casts
+//! PostgreSQL needs on a parameter used only in `IS NULL` (`{bigint $n}`, `{text $n}`) and the
+//! time arithmetic of the dashboard (`{day column}`, `{seconds from to}`). A `{now $n}` parameter
+//! is bound last: PostgreSQL has no such parameter.
+
+use super::rows::{ARTIFACT_COLUMNS, EXECUTION_COLUMNS};
+
+/// One part of a template that a dialect writes its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker<'a> {
+    /// The current time; `$n` on SQLite.
+    Now(&'a str),
+    /// The current time plus `$n` milliseconds.
+    Later(&'a str),
+    /// The current time minus `$n` milliseconds.
+    Earlier(&'a str),
+    /// Skip rows another transaction has locked, and lock the rows selected.
+    SkipLocked,
+    /// `$n`, an integer that may be NULL.
+    Bigint(&'a str),
+    /// `$n`, a text that may be NULL.
+    Text(&'a str),
+    /// The UTC day (`YYYY-MM-DD`) of a time column.
+    Day(&'a str),
+    /// Seconds (float) from the first time column to the second.
+    Seconds(&'a str, &'a str),
+}
+
+/// Replace each `{marker}` of `template` with how `dialect` writes it. An unknown marker is left
+/// as it is, so the statement fails to parse (the tests render every statement).
+pub fn render(template: &str, dialect: fn(Marker<'_>) -> String) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some((before, after)) = rest.split_once('{') {
+        out.push_str(before);
+        let Some((inside, after)) = after.split_once('}') else {
+            out.push('{');
+            rest = after;
+            break;
+        };
+        let words: Vec<&str> = inside.split_whitespace().collect();
+        let marker = match words.as_slice() {
+            ["now", p] => Marker::Now(p),
+            ["now+", p] => Marker::Later(p),
+            ["now-", p] => Marker::Earlier(p),
+            ["skip", "locked"] => Marker::SkipLocked,
+            ["bigint", p] => Marker::Bigint(p),
+            ["text", p] => Marker::Text(p),
+            ["day", column] => Marker::Day(column),
+            ["seconds", from, to] => Marker::Seconds(from, to),
+            _ => {
+                out.push('{');
+                out.push_str(inside);
+                out.push('}');
+                rest = after;
+                continue;
+            }
+        };
+        out.push_str(&dialect(marker));
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The statements that differ between the dialects (or are assembled from column lists), as one
+/// dialect sends them. Rendered once per process.
+pub struct Statements {
+    pub execution_by_id: String,
+    pub digest_hits: String,
+    pub stats_daily: String,
+    pub stats_seconds: String,
+    pub stats_failures: String,
+    pub stats_backlog: String,
+    pub stopped_jobs: String,
+    pub stopped_jobs_locked: String,
+    pub claim_job: String,
+    pub renew_lease: String,
+    pub fail_job: String,
+    pub fail_artifact: String,
+    pub try_lock: String,
+    pub renew_lock: String,
+    pub holds_lock: String,
+    pub unlock: String,
+    pub prune_jobs: String,
+    pub prune_locks: String,
+}
+
+impl Statements {
+    pub fn render(dialect: fn(Marker<'_>) -> String) -> Self {
+        let r = |template: &str| render(template, dialect);
+        Self {
+            execution_by_id: format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"),
+            digest_hits: r(DIGEST_HITS),
+            stats_daily: r(STATS_DAILY),
+            stats_seconds: r(STATS_SECONDS),
+            stats_failures: r(STATS_FAILURES),
+            stats_backlog: r(STATS_BACKLOG),
+            stopped_jobs: r(STOPPED_JOBS),
+            stopped_jobs_locked: r(&format!("{STOPPED_JOBS} {{skip locked}}")),
+            claim_job: r(CLAIM_JOB),
+            renew_lease: r(RENEW_LEASE),
+            fail_job: r(FAIL_JOB),
+            fail_artifact: r(FAIL_ARTIFACT),
+            try_lock: r(TRY_LOCK),
+            renew_lock: r(RENEW_LOCK),
+            holds_lock: r(HOLDS_LOCK),
+            unlock: r(UNLOCK),
+            prune_jobs: r(PRUNE_JOBS),
+            prune_locks: r(PRUNE_LOCKS),
+        }
+    }
+}
+
+/// The start of a select of artifacts by execution; the dialect appends the id list.
+pub fn artifacts_of() -> String {
+    format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE ")
+}
+
+/// The start of a select of executions by id; the dialect appends the id list.
+pub fn executions_of() -> String {
+    format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE ")
+}
+
+/// The start of a filtered list of executions.
+pub fn executions_where() -> String {
+    format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE")
+}
+
+/// Artifacts of a digest, newest execution first. `$1` digest, `$2` account or NULL.
+const DIGEST_HITS: &str = "SELECT a.execution_id, a.position FROM artifacts a JOIN executions e ON e.id = a.execution_id \
+    WHERE a.digest = $1 AND ({text $2} IS NULL OR e.account_id = $2) ORDER BY a.execution_id DESC, a.position";
+
+/// Executions per UTC day, status and state. `$1`/`$2` id bounds, `$3` account or NULL.
+const STATS_DAILY: &str = "SELECT {day received_at} AS day, status, attestation_state, COUNT(*) \
+    FROM executions WHERE id >= $1 AND id < $2 AND ({text $3} IS NULL OR account_id = $3) \
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
+
+/// Day and seconds to attest of each attested execution. `$1`/`$2` id bounds, `$3` account or NULL.
+const STATS_SECONDS: &str = "SELECT {day received_at}, {seconds received_at attested_at} FROM executions \
+    WHERE id >= $1 AND id < $2 AND ({text $3} IS NULL OR account_id = $3) \
+    AND attested_at IS NOT NULL";
+
+/// Errors of failed executions. `$1`/`$2` id bounds, `$3` account or NULL.
+const STATS_FAILURES: &str = "SELECT last_error FROM executions WHERE id >= $1 AND id < $2 \
+    AND ({text $3} IS NULL OR account_id = $3) AND attestation_state = 'failed'";
+
+/// Jobs waiting or running by kind and state. `$1` account or NULL.
+const STATS_BACKLOG: &str = "SELECT j.kind, j.state, COUNT(*) FROM jobs j JOIN executions e ON e.id = j.execution_id \
+    WHERE j.state IN ('queued', 'running') AND ({text $1} IS NULL OR e.account_id = $1) \
+    GROUP BY 1, 2 ORDER BY 1, 2";
+
+/// The next running job whose lease expired once too often. `$1` max reclaims, `$2` max
+/// attempts, `$3` now.
+const STOPPED_JOBS: &str = "SELECT id, kind, execution_id, artifact_position, attempts, \
+    lease_token, lease_owner, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= {now $3} \
+    AND (reclaims >= $1 OR attempts >= $2) ORDER BY lease_expires_at, id LIMIT 1";
+
+/// Lease the next runnable job. Each subquery walks its own partial index in order and stops at
+/// the first row; SKIP LOCKED keeps concurrent claimers off each other's rows (SQLite's single
+/// writer connection makes the one UPDATE atomic). `$1` owner, `$2` token, `$3` max reclaims,
+/// `$4` max attempts, `$5` lease (ms), `$6` now.
+const CLAIM_JOB: &str = "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+    reclaims = reclaims + CASE WHEN state = 'running' THEN 1 ELSE 0 END, lease_owner = $1, \
+    lease_token = $2, lease_expires_at = {now+ $5}, updated_at = {now $6} \
+    WHERE id = COALESCE( \
+       (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= {now $6} \
+        ORDER BY run_after, id LIMIT 1 {skip locked}), \
+       (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= {now $6} \
+        AND reclaims < $3 AND attempts < $4 \
+        ORDER BY lease_expires_at, id LIMIT 1 {skip locked})) \
+    RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner";
+
+/// `$1` job, `$2` lease token, `$3` lease (ms).
+const RENEW_LEASE: &str = "UPDATE jobs SET lease_expires_at = {now+ $3} \
+    WHERE id = $1 AND lease_token = $2 AND state = 'running'";
+
+/// A failed attempt: queued again `$3` ms from now, or dead when NULL. `$1` job, `$2` lease
+/// token, `$4` error, `$5` attempts, `$6` now.
+const FAIL_JOB: &str = "UPDATE jobs SET state = CASE WHEN {bigint $3} IS NULL THEN 'dead' ELSE 'queued' END, \
+    run_after = COALESCE({now+ $3}, run_after), attempts = $5, \
+    last_error = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+    updated_at = {now $6} \
+    WHERE id = $1 AND lease_token = $2 AND state = 'running'";
+
+/// A push job's failed attempt on its artifact. `$1` execution, `$2` position, `$3` retry in
+/// (ms) or NULL, `$4` attempts, `$5` error.
+const FAIL_ARTIFACT: &str = "UPDATE artifacts SET push_state = CASE WHEN {bigint $3} IS NULL THEN 'dead' ELSE 'retrying' END, \
+    push_attempts = $4, next_attempt_at = {now+ $3}, last_error = $5 \
+    WHERE execution_id = $1 AND position = $2";
+
+/// Take a lock that is free, expired or the owner's. `$1` name, `$2` owner, `$3` ttl (ms), `$4` now.
+const TRY_LOCK: &str = "INSERT INTO locks (name, owner, expires_at, token) \
+    VALUES ($1, $2, {now+ $3}, 1) \
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
+    expires_at = excluded.expires_at, token = locks.token + 1 \
+    WHERE locks.expires_at <= {now $4} OR locks.owner = excluded.owner RETURNING token";
+
+/// `$1` name, `$2` owner, `$3` token, `$4` ttl (ms).
+const RENEW_LOCK: &str = "UPDATE locks SET expires_at = {now+ $4} \
+    WHERE name = $1 AND owner = $2 AND token = $3";
+
+/// `$1` name, `$2` owner, `$3` token, `$4` now.
+const HOLDS_LOCK: &str = "SELECT EXISTS (SELECT 1 FROM locks WHERE name = $1 AND owner = $2 AND token = $3 \
+    AND expires_at > {now $4})";
+
+/// `$1` name, `$2` owner, `$3` token, `$4` now.
+const UNLOCK: &str = "UPDATE locks SET expires_at = {now $4} \
+    WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > {now $4}";
+
+/// Bounded deletes that skip rows someone else has locked: never a long transaction, never a
+/// wait on the claim path. `$1` age (ms), `$2` limit.
+const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'done' \
+    AND updated_at < {now- $1} \
+    ORDER BY updated_at, id LIMIT $2 {skip locked})";
+
+/// `$1` age (ms), `$2` limit.
+const PRUNE_LOCKS: &str = "DELETE FROM locks WHERE name IN (SELECT name FROM locks \
+    WHERE expires_at < {now- $1} \
+    ORDER BY expires_at LIMIT $2 {skip locked})";
 
 /// `$1` execution.
 pub const CLEAR_LAST_ERROR: &str = "UPDATE executions SET last_error = NULL WHERE id = $1";
@@ -109,3 +334,86 @@ pub const REFRESH_STATE: &str = "UPDATE executions SET attestation_state = CASE 
         WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = executions.id AND a.push_state <> 'pushed') THEN 'attested' \
         ELSE 'pushing' END \
     WHERE id = $1";
+
+#[cfg(test)]
+mod tests {
+    use super::super::{postgres, sqlite};
+    use super::*;
+
+    fn all(s: &Statements) -> [&str; 18] {
+        [
+            &s.execution_by_id,
+            &s.digest_hits,
+            &s.stats_daily,
+            &s.stats_seconds,
+            &s.stats_failures,
+            &s.stats_backlog,
+            &s.stopped_jobs,
+            &s.stopped_jobs_locked,
+            &s.claim_job,
+            &s.renew_lease,
+            &s.fail_job,
+            &s.fail_artifact,
+            &s.try_lock,
+            &s.renew_lock,
+            &s.holds_lock,
+            &s.unlock,
+            &s.prune_jobs,
+            &s.prune_locks,
+        ]
+    }
+
+    fn squeeze(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn every_marker_is_rendered_in_both_dialects() {
+        for sql in all(&postgres::STATEMENTS)
+            .into_iter()
+            .chain(all(&sqlite::STATEMENTS))
+        {
+            assert!(!sql.contains(['{', '}']), "{sql}");
+        }
+        for sql in all(&sqlite::STATEMENTS) {
+            assert!(
+                !sql.contains("now()") && !sql.contains("FOR UPDATE"),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_reads_its_own_clock_and_skips_locked_rows() {
+        let pg = &postgres::STATEMENTS;
+        assert_eq!(
+            squeeze(&pg.claim_job),
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, reclaims = reclaims + CASE WHEN state = 'running' THEN 1 ELSE 0 END, lease_owner = $1, lease_token = $2, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now() WHERE id = COALESCE( (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= now() ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED), (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= now() AND reclaims < $3 AND attempts < $4 ORDER BY lease_expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)) RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner"
+        );
+        assert_eq!(
+            squeeze(&pg.fail_job),
+            "UPDATE jobs SET state = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'queued' END, run_after = COALESCE(now() + $3 * interval '1 millisecond', run_after), attempts = $5, last_error = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND lease_token = $2 AND state = 'running'"
+        );
+        assert_eq!(
+            squeeze(&pg.prune_jobs),
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'done' AND updated_at < now() - $1 * interval '1 millisecond' ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        );
+        assert!(
+            pg.stopped_jobs_locked
+                .ends_with("LIMIT 1 FOR UPDATE SKIP LOCKED")
+        );
+    }
+
+    #[test]
+    fn sqlite_is_given_the_clock_as_parameters() {
+        let lite = &sqlite::STATEMENTS;
+        assert_eq!(
+            squeeze(&lite.try_lock),
+            "INSERT INTO locks (name, owner, expires_at, token) VALUES ($1, $2, $3, 1) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, token = locks.token + 1 WHERE locks.expires_at <= $4 OR locks.owner = excluded.owner RETURNING token"
+        );
+        assert_eq!(
+            squeeze(&lite.stats_seconds),
+            "SELECT date(received_at / 1000, 'unixepoch'), (attested_at - received_at) / 1000.0 FROM executions WHERE id >= $1 AND id < $2 AND ($3 IS NULL OR account_id = $3) AND attested_at IS NOT NULL"
+        );
+    }
+}

@@ -1,11 +1,12 @@
-//! SQLite store: the embedded zero-setup backend. One writer connection serializes writes
-//! (SQLite allows one writer at a time anyway, and this avoids busy errors); reads use a
-//! separate pool and see committed data through WAL. Timestamps are epoch milliseconds.
+//! SQLite, the embedded zero-setup dialect: times are epoch milliseconds, JSON is text, and the
+//! clock is this process's (SQLite has one attestd process). A single writer connection
+//! serializes writes, so one statement is atomic without row locks.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -13,13 +14,52 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::rows::{self, ARTIFACT_COLUMNS, ArtifactRow, EXECUTION_COLUMNS, ExecutionRow};
-use super::sql;
-use super::*;
+use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
+use super::sql::{self, Marker, Statements};
+use super::{NewExecution, StoreError};
 
-pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+/// Open (creating if missing) the database at a `sqlite:` URL.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<Db, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    if let Some(parent) = options.get_filename().parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    }
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options.clone())
+        .await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok(Db::Sqlite { writer, reader })
+}
+
+pub static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::render(marker));
+
+fn marker(m: Marker<'_>) -> String {
+    match m {
+        // The clock is bound: `now` with the milliseconds already added or subtracted.
+        Marker::Now(p) | Marker::Later(p) | Marker::Earlier(p) => p.to_owned(),
+        Marker::Bigint(p) | Marker::Text(p) => p.to_owned(),
+        // One writer: nothing to skip or lock.
+        Marker::SkipLocked => String::new(),
+        Marker::Day(column) => format!("date({column} / 1000, 'unixepoch')"),
+        Marker::Seconds(from, to) => format!("({to} - {from}) / 1000.0"),
+    }
 }
 
 fn ms(t: OffsetDateTime) -> i64 {
@@ -31,932 +71,153 @@ fn from_ms(v: i64) -> Result<OffsetDateTime, sqlx::Error> {
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-fn opt_ms(r: &SqliteRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-    r.try_get::<Option<i64>, _>(col)?.map(from_ms).transpose()
-}
-
-fn now_ms() -> i64 {
-    ms(OffsetDateTime::now_utc())
-}
-
-impl SqliteStore {
-    /// Open (creating if missing) the database at a `sqlite:` URL.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        if let Some(parent) = options.get_filename().parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
-        }
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(acquire_timeout)
-            .connect_with(options.clone())
-            .await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(acquire_timeout)
-            .connect_with(options.read_only(true))
-            .await?;
-        Ok(Self { writer, reader })
+impl Encoding for Sqlite {
+    fn bind_time(q: SqlxQuery<Self>, t: Option<OffsetDateTime>) -> SqlxQuery<Self> {
+        q.bind(t.map(ms))
     }
 
-    async fn load(
-        &self,
-        pool: &SqlitePool,
-        rows: Vec<ExecutionRow>,
-    ) -> Result<Vec<Execution>, StoreError> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE execution_id IN ("
-        ));
-        let mut ids = q.separated(", ");
-        for r in &rows {
-            ids.push_bind(r.id);
-        }
-        q.push(")");
-        let artifacts = q
-            .build()
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(artifact_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        rows::assemble(rows, artifacts)
+    fn bind_json(q: SqlxQuery<Self>, v: &serde_json::Value) -> SqlxQuery<Self> {
+        q.bind(v.to_string())
     }
 
-    async fn execution_on(
-        &self,
-        pool: &SqlitePool,
-        id: ExecutionId,
-    ) -> Result<Option<Execution>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"
-        )))
-        .bind(id.0)
-        .fetch_optional(pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(self.load(pool, vec![execution_row(&row)?]).await?.pop())
-    }
-
-    /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
-    /// reason on the job, its artifact and its execution. A cheap probe on a reader comes first:
-    /// usually there is none, and the writer is not taken.
-    async fn bury_stopped_jobs(&self, leasing: &Leasing) -> Result<(), StoreError> {
-        const STOPPED: &str = "SELECT id, kind, execution_id, artifact_position, attempts, \
-            lease_token, lease_owner, reclaims FROM jobs WHERE state = 'running' AND lease_expires_at <= $3 \
-            AND (reclaims >= $1 OR attempts >= $2) ORDER BY lease_expires_at, id LIMIT 1";
-        for _ in 0..16 {
-            let probe = sqlx::query(STOPPED)
-                .bind(i64::from(leasing.max_reclaims))
-                .bind(i64::from(leasing.max_attempts))
-                .bind(now_ms())
-                .fetch_optional(&self.reader)
-                .await?;
-            if probe.is_none() {
-                return Ok(());
-            }
-            let mut tx = self.writer.begin().await?;
-            let Some(row) = sqlx::query(STOPPED)
-                .bind(i64::from(leasing.max_reclaims))
-                .bind(i64::from(leasing.max_attempts))
-                .bind(now_ms())
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                return Ok(());
-            };
-            let job = job_row(&row)?;
-            let reclaims: i32 = row.try_get("reclaims")?;
-            let Some(reason) = stopped_for_good(reclaims, job.attempts, leasing) else {
-                return Ok(());
-            };
-            fail_in(&mut tx, &job, &reason, None).await?;
-            tx.commit().await?;
-            tracing::warn!(job.id = job.id, execution.id = %job.execution_id, reason = %reason, "job is dead");
-        }
-        Ok(())
-    }
-
-    async fn finish_job(
-        tx: &mut sqlx::Transaction<'_, Sqlite>,
-        job: &Job,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let done = sqlx::query(sql::FINISH_JOB)
-            .bind(job.id)
-            .bind(job.lease_token)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost(job.id));
-        }
-        Ok(())
-    }
-}
-
-fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
-    let builder_version: String = r.try_get("builder_version")?;
-    let builder_version: BTreeMap<String, String> =
-        serde_json::from_str(&builder_version).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(ExecutionRow {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        pipeline_execution_id: r.try_get("pipeline_execution_id")?,
-        pipeline_identifier: r.try_get("pipeline_identifier")?,
-        repository_url: r.try_get("repository_url")?,
-        branch: r.try_get("branch")?,
-        commit_sha: r.try_get("commit_sha")?,
-        trigger_type: r.try_get("trigger_type")?,
-        triggered_by: r.try_get("triggered_by")?,
-        builder_id: r.try_get("builder_id")?,
-        builder_version,
-        started_on: from_ms(r.try_get("started_on")?)?,
-        finished_on: from_ms(r.try_get("finished_on")?)?,
-        status: r.try_get("status")?,
-        received_at: from_ms(r.try_get("received_at")?)?,
-        attestation_state: r.try_get("attestation_state")?,
-        key_id: r.try_get("key_id")?,
-        signed_at: opt_ms(r, "signed_at")?,
-        attested_at: opt_ms(r, "attested_at")?,
-        last_error: r.try_get("last_error")?,
-        signed_by: r.try_get("signed_by")?,
-    })
-}
-
-fn artifact_row(r: &SqliteRow) -> Result<ArtifactRow, sqlx::Error> {
-    Ok(ArtifactRow {
-        execution_id: r.try_get("execution_id")?,
-        position: r.try_get("position")?,
-        registry: r.try_get("registry")?,
-        repository: r.try_get("repository")?,
-        tag: r.try_get("tag")?,
-        digest: r.try_get("digest")?,
-        push_state: r.try_get("push_state")?,
-        push_attempts: r.try_get("push_attempts")?,
-        next_attempt_at: opt_ms(r, "next_attempt_at")?,
-        last_error: r.try_get("last_error")?,
-        pushed_reference: r.try_get("pushed_reference")?,
-        manifest_digest: r.try_get("manifest_digest")?,
-        pushed_at: opt_ms(r, "pushed_at")?,
-        resolved_at: opt_ms(r, "resolved_at")?,
-        pushed_by: r.try_get("pushed_by")?,
-    })
-}
-
-#[async_trait::async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        super::migrations::SQLITE.run(&self.writer).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query(sql::PING).execute(&self.reader).await?;
-        Ok(())
-    }
-
-    async fn record_build(&self, new: NewExecution) -> Result<Recorded, StoreError> {
-        let b = &new.build;
-        let (state, push_state, job) = new.initial_states();
-        let mut tx = self.writer.begin().await?;
-        let existing: Option<(Uuid, String)> = sqlx::query_as(sql::EXISTING_EXECUTION)
-            .bind(b.account.as_str())
-            .bind(&b.pipeline_execution_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some((id, hash)) = existing {
-            tx.rollback().await?;
-            if hash != new.request_sha256 {
-                return Err(super::conflict(b));
-            }
-            let execution = self
-                .execution_on(&self.writer, ExecutionId(id))
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            return Ok(Recorded::Existing(execution));
-        }
-        let builder_version = serde_json::to_string(&b.builder_version)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
-             repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
-             builder_version, started_on, finished_on, status, request_sha256, received_at, \
-             statement, attestation_state, statement_template) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-        )
-        .bind(new.id.0)
-        .bind(b.account.as_str())
-        .bind(&b.pipeline_execution_id)
-        .bind(&b.pipeline_identifier)
-        .bind(&b.repository_url)
-        .bind(&b.branch)
-        .bind(&b.commit_sha)
-        .bind(&b.trigger_type)
-        .bind(&b.triggered_by)
-        .bind(&b.builder_id)
-        .bind(builder_version)
-        .bind(ms(b.started_on))
-        .bind(ms(b.finished_on))
-        .bind(b.status.as_str())
-        .bind(&new.request_sha256)
-        .bind(ms(new.received_at))
-        .bind(new.statement())
-        .bind(state.as_str())
-        .bind(new.statement_template())
-        .execute(&mut *tx)
-        .await?;
-
-        let new_artifacts = new.new_artifacts();
-        // A CI's failed run may name no image at all; an empty VALUES list is not SQL.
-        if !new_artifacts.is_empty() {
-            let mut artifacts = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
-            );
-            artifacts.push_values(new_artifacts.iter().enumerate(), |mut row, (i, a)| {
-                row.push_bind(new.id.0)
-                    .push_bind(i as i32)
-                    .push_bind(a.image.registry.clone())
-                    .push_bind(a.image.repository.clone())
-                    .push_bind(a.image.tag.clone())
-                    .push_bind(a.digest.map_or_else(String::new, ToString::to_string))
-                    .push_bind(push_state.as_str());
-            });
-            artifacts.build().execute(&mut *tx).await?;
-        }
-        if let Some(job) = job {
-            sqlx::query(
-                "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
-                 VALUES ($3, $1, 'queued', $2, $2, $2)",
-            )
-            .bind(new.id.0)
-            .bind(ms(new.received_at))
-            .bind(job.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        let execution = self
-            .execution_on(&self.writer, new.id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(Recorded::Created(execution))
-    }
-
-    async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
-        self.execution_on(&self.reader, id).await
-    }
-
-    async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE 1 = 1"
-        ));
-        if let Some(v) = &f.account {
-            q.push(" AND account_id = ").push_bind(v.to_string());
-        }
-        if let Some(v) = &f.pipeline {
-            q.push(" AND pipeline_identifier = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.repository {
-            q.push(" AND repository_url = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.branch {
-            q.push(" AND branch = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.commit {
-            q.push(" AND commit_sha = ").push_bind(v.clone());
-        }
-        if let Some(v) = f.status {
-            q.push(" AND status = ").push_bind(v.as_str());
-        }
-        if let Some(v) = f.attestation {
-            q.push(" AND attestation_state = ").push_bind(v.as_str());
-        }
-        if let Some(v) = f.started_after {
-            q.push(" AND started_on >= ").push_bind(ms(v));
-        }
-        if let Some(v) = f.started_before {
-            q.push(" AND started_on < ").push_bind(ms(v));
-        }
-        if let Some(v) = f.finished_after {
-            q.push(" AND finished_on >= ").push_bind(ms(v));
-        }
-        if let Some(v) = f.finished_before {
-            q.push(" AND finished_on < ").push_bind(ms(v));
-        }
-        if let Some(after) = f.after {
-            q.push(if f.ascending {
-                " AND id > "
-            } else {
-                " AND id < "
-            })
-            .push_bind(after.0);
-        }
-        q.push(if f.ascending {
-            " ORDER BY id ASC"
-        } else {
-            " ORDER BY id DESC"
-        });
-        q.push(" LIMIT ").push_bind(i64::from(f.limit));
-        let rows = q
-            .build()
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(execution_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.load(&self.reader, rows).await
-    }
-
-    async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(sql::SELECT_STATEMENT)
-            .bind(id.0)
-            .fetch_optional(&self.reader)
-            .await?
-            .flatten())
-    }
-
-    async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(sql::SELECT_STATEMENT_TEMPLATE)
-            .bind(id.0)
-            .fetch_optional(&self.reader)
-            .await?
-            .flatten())
-    }
-
-    async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(sql::SELECT_ENVELOPE)
-            .bind(id.0)
-            .fetch_optional(&self.reader)
-            .await?
-            .flatten())
-    }
-
-    async fn executions_by_digest(
-        &self,
-        digest: &Digest,
-        account: Option<&AccountId>,
-    ) -> Result<Vec<DigestMatch>, StoreError> {
-        let hits: Vec<(Uuid, i32)> = sqlx::query_as(
-            "SELECT a.execution_id, a.position FROM artifacts a JOIN executions e ON e.id = a.execution_id \
-             WHERE a.digest = $1 AND ($2 IS NULL OR e.account_id = $2) ORDER BY a.execution_id DESC, a.position",
-        )
-        .bind(digest.as_str())
-        .bind(account.map(AccountId::as_str))
-        .fetch_all(&self.reader)
-        .await?;
-        if hits.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id IN ("
-        ));
-        let mut ids = q.separated(", ");
-        for (id, _) in &hits {
-            ids.push_bind(*id);
-        }
-        q.push(")");
-        let rows = q
-            .build()
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(execution_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let executions = self.load(&self.reader, rows).await?;
-        Ok(super::match_digest_hits(hits, executions))
-    }
-
-    async fn stats(
-        &self,
-        account: Option<&AccountId>,
-        from: OffsetDateTime,
-        to: OffsetDateTime,
-    ) -> Result<Stats, StoreError> {
-        let daily = sqlx::query_as::<_, (String, String, String, i64)>(
-            "SELECT date(received_at / 1000, 'unixepoch') AS day, status, attestation_state, COUNT(*) \
-             FROM executions WHERE id >= $1 AND id < $2 AND ($3 IS NULL OR account_id = $3) \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        )
-        .bind(ExecutionId::lower_bound(from))
-        .bind(ExecutionId::lower_bound(to))
-        .bind(account.map(AccountId::as_str))
-        .fetch_all(&self.reader)
-        .await?
-        .into_iter()
-        .map(|(day, status, attestation, count)| DailyCount { day, status, attestation, count })
-        .collect();
-        let per_day: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT date(received_at / 1000, 'unixepoch'), attested_at - received_at FROM executions \
-             WHERE id >= $1 AND id < $2 AND ($3 IS NULL OR account_id = $3) \
-             AND attested_at IS NOT NULL",
-        )
-        .bind(ExecutionId::lower_bound(from))
-        .bind(ExecutionId::lower_bound(to))
-        .bind(account.map(AccountId::as_str))
-        .fetch_all(&self.reader)
-        .await?;
-        let errors: Vec<Option<String>> = sqlx::query_scalar(
-            "SELECT last_error FROM executions WHERE id >= $1 AND id < $2 \
-             AND ($3 IS NULL OR account_id = $3) AND attestation_state = 'failed'",
-        )
-        .bind(ExecutionId::lower_bound(from))
-        .bind(ExecutionId::lower_bound(to))
-        .bind(account.map(AccountId::as_str))
-        .fetch_all(&self.reader)
-        .await?;
-        let backlog = sqlx::query_as::<_, (String, String, i64)>(
-            "SELECT j.kind, j.state, COUNT(*) FROM jobs j JOIN executions e ON e.id = j.execution_id \
-             WHERE j.state IN ('queued', 'running') AND ($1 IS NULL OR e.account_id = $1) \
-             GROUP BY 1, 2 ORDER BY 1, 2",
-        )
-        .bind(account.map(AccountId::as_str))
-        .fetch_all(&self.reader)
-        .await?
-        .into_iter()
-        .map(|(kind, state, count)| super::BacklogCount { kind, state, count })
-        .collect();
-        let per_day: Vec<(String, f64)> = per_day
-            .into_iter()
-            .map(|(day, ms)| (day, ms as f64 / 1000.0))
-            .collect();
-        Ok(Stats {
-            daily,
-            time_to_attest: super::time_to_attest(per_day.iter().map(|(_, s)| *s).collect()),
-            time_to_attest_daily: super::time_to_attest_by_day(per_day),
-            failures: super::failures_by_reason(errors),
-            backlog,
+    fn bind_clock(q: SqlxQuery<Self>, c: Clock) -> SqlxQuery<Self> {
+        q.bind(match c {
+            Clock::Now(now) => Some(ms(now)),
+            Clock::Later(now, d) => d.map(|d| ms(now).saturating_add(millis(d))),
+            Clock::Earlier(now, d) => Some(ms(now).saturating_sub(millis(d))),
         })
     }
 
-    async fn record_verification(&self, v: &NewVerification) -> Result<(), StoreError> {
-        sqlx::query(sql::INSERT_VERIFICATION)
-            .bind(v.execution_id.0)
-            .bind(&v.image)
-            .bind(v.digest.as_str())
-            .bind(v.verified)
-            .bind(v.allowed)
-            .bind(v.policies.join(","))
-            .bind(&v.reason_code)
-            .bind(&v.reason)
-            .bind(v.report.to_string())
-            .bind(now_ms())
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    fn bind_uuids(_: SqlxQuery<Self>, _: &[Uuid]) -> Result<SqlxQuery<Self>, StoreError> {
+        // An error, not a parameter left unbound: SQLite would read that as NULL.
+        Err(StoreError::Database(sqlx::Error::Encode(
+            "SQLite has no id arrays; list the ids".into(),
+        )))
     }
 
-    async fn verifications(&self, id: ExecutionId) -> Result<Vec<VerificationRecord>, StoreError> {
-        let rows = sqlx::query(sql::SELECT_VERIFICATIONS)
-            .bind(id.0)
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(VerificationRecord {
-                    image: r.try_get("image")?,
-                    digest: r.try_get("digest")?,
-                    verified: r.try_get("verified")?,
-                    allowed: r.try_get("allowed")?,
-                    policies: super::split_policies(r.try_get("policies")?),
-                    reason_code: r.try_get("reason_code")?,
-                    reason: r.try_get("reason")?,
-                    verified_at: from_ms(r.try_get("created_at")?)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
+    fn time(row: &SqliteRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+        row.try_get::<Option<i64>, _>(col)?.map(from_ms).transpose()
     }
 
-    async fn remember_signing_key(&self, key: &NewSigningKey) -> Result<(), StoreError> {
-        sqlx::query(sql::REMEMBER_SIGNING_KEY)
-            .bind(&key.key_id)
-            .bind(&key.name)
-            .bind(&key.kind)
-            .bind(&key.public_key_pem)
-            .bind(now_ms())
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    fn json<T: DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, sqlx::Error> {
+        let text: String = row.try_get(col)?;
+        serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
     }
+}
 
-    async fn signing_key(&self, key_id: &str) -> Result<Option<SigningKeyRecord>, StoreError> {
-        let row = sqlx::query(sql::SELECT_SIGNING_KEY)
-            .bind(key_id)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(signing_key_row).transpose()?)
-    }
+/// Insert a new execution with its artifacts and first job in one transaction on the writer,
+/// or return the `(id, request hash)` of the one already recorded under its idempotency key.
+pub async fn insert_build(
+    writer: &SqlitePool,
+    new: &NewExecution,
+) -> Result<Option<(Uuid, String)>, StoreError> {
+    let mut tx = writer.begin().await?;
+    let existing = insert_in(&mut tx, new).await?;
+    tx.commit().await?;
+    Ok(existing)
+}
 
-    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
-        let rows = sqlx::query(sql::SELECT_SIGNING_KEYS)
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(signing_key_row)
-            .collect::<Result<Vec<_>, _>>()?)
-    }
-
-    async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError> {
-        self.bury_stopped_jobs(leasing).await?;
-        // A single UPDATE on the single writer connection is atomic: no two claims interleave.
-        // This process's clock is the database clock: SQLite has one attestd process.
-        let now = now_ms();
-        let row = sqlx::query(
-            // Each subquery walks its own partial index in order and stops at the first row.
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
-             reclaims = reclaims + CASE WHEN state = 'running' THEN 1 ELSE 0 END, lease_owner = $1, \
-             lease_token = $2, lease_expires_at = $3, updated_at = $4 \
-             WHERE id = COALESCE( \
-                (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $4 ORDER BY run_after, id LIMIT 1), \
-                (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $4 \
-                 AND reclaims < $5 AND attempts < $6 ORDER BY lease_expires_at, id LIMIT 1)) \
-             RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner",
-        )
-        .bind(owner)
-        .bind(Uuid::new_v4())
-        .bind(now.saturating_add(millis(leasing.lease)))
-        .bind(now)
-        .bind(i64::from(leasing.max_reclaims))
-        .bind(i64::from(leasing.max_attempts))
-        .fetch_optional(&self.writer)
-        .await?;
-        row.as_ref().map(job_row).transpose()
-    }
-
-    async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(now_ms().saturating_add(millis(lease)))
-        .execute(&self.writer)
-        .await?;
-        Ok(renewed.rows_affected() == 1)
-    }
-
-    async fn complete_resolve(
-        &self,
-        job: &Job,
-        digests: &[(i32, Digest)],
-        statement: &[u8],
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        Self::finish_job(&mut tx, job, now).await?;
-        for (position, digest) in digests {
-            sqlx::query(sql::MARK_RESOLVED)
-                .bind(job.execution_id.0)
-                .bind(position)
-                .bind(digest.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+/// [`insert_build`] for a batch in ONE transaction (one commit, one WAL sync), each item in a
+/// savepoint of its own so that a failing item is rolled back alone and its neighbours commit.
+/// Per item, in input order, what [`insert_build`] returns. `Err` when the transaction itself
+/// failed, and then nothing of the batch was written.
+pub async fn insert_builds(
+    writer: &SqlitePool,
+    batch: &[NewExecution],
+) -> Result<Vec<Result<Option<(Uuid, String)>, StoreError>>, StoreError> {
+    let mut tx = writer.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for new in batch {
+        let mut item = sqlx::Connection::begin(&mut *tx).await?;
+        match insert_in(&mut item, new).await {
+            Ok(existing) => {
+                item.commit().await?;
+                results.push(Ok(existing));
+            }
+            Err(e) => {
+                item.rollback().await?;
+                results.push(Err(e));
+            }
         }
-        let unresolved: i64 = sqlx::query_scalar(sql::COUNT_RESOLVING)
-            .bind(job.execution_id.0)
-            .fetch_one(&mut *tx)
-            .await?;
-        let stored = sqlx::query(sql::STORE_RESOLVED_STATEMENT)
-            .bind(job.execution_id.0)
-            .bind(statement)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if unresolved != 0 || stored != 1 {
-            return Err(super::unresolvable(job, unresolved));
-        }
-        sqlx::query(sql::QUEUE_SIGN_JOB)
-            .bind(job.execution_id.0)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        refresh_state(&mut tx, job.execution_id.0).await?;
-        tx.commit().await?;
-        Ok(())
     }
-
-    async fn complete_sign(
-        &self,
-        job: &Job,
-        envelope: &[u8],
-        key_id: &str,
-    ) -> Result<Vec<u8>, StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        Self::finish_job(&mut tx, job, now).await?;
-        let stored: Vec<u8> = sqlx::query_scalar(sql::STORE_ENVELOPE)
-            .bind(job.execution_id.0)
-            .bind(envelope)
-            .bind(key_id)
-            .bind(now)
-            .bind(&job.owner)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(sql::QUEUE_PUSH_JOBS)
-            .bind(job.execution_id.0)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        refresh_state(&mut tx, job.execution_id.0).await?;
-        tx.commit().await?;
-        Ok(stored)
-    }
-
-    async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        Self::finish_job(&mut tx, job, now).await?;
-        sqlx::query(sql::MARK_PUSHED)
-            .bind(job.execution_id.0)
-            .bind(job.artifact_position)
-            .bind(job.attempts)
-            .bind(&record.reference)
-            .bind(&record.manifest_digest)
-            .bind(now)
-            .bind(&job.owner)
-            .execute(&mut *tx)
-            .await?;
-        refresh_state(&mut tx, job.execution_id.0).await?;
-        sqlx::query(sql::MARK_ATTESTED)
-            .bind(job.execution_id.0)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn fail_job(
-        &self,
-        job: &Job,
-        error: &str,
-        retry_in: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        fail_in(&mut tx, job, error, retry_in).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn release_job(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(sql::RELEASE_JOB)
-            .bind(job.id)
-            .bind(job.lease_token)
-            .bind(now_ms())
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn retry_execution(&self, id: ExecutionId) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let requeued = sqlx::query(sql::REQUEUE_JOBS)
-            .bind(id.0)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(sql::RESET_ARTIFACTS)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::CLEAR_LAST_ERROR)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
-        refresh_state(&mut tx, id.0).await?;
-        tx.commit().await?;
-        Ok(requeued)
-    }
-
-    async fn unfinished_jobs(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(sql::COUNT_UNFINISHED_JOBS)
-            .fetch_one(&self.writer)
-            .await?;
-        Ok(n as u64)
-    }
-
-    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
-        sqlx::query(sql::COUNT_JOBS_BY_KIND_AND_STATE)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(JobCount {
-                    kind: r.try_get("kind")?,
-                    state: r.try_get("state")?,
-                    count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-
-    fn pool_stats(&self) -> Vec<PoolStats> {
-        vec![
-            pool_stats("writer", &self.writer),
-            pool_stats("reader", &self.reader),
-        ]
-    }
-
-    async fn try_lock(
-        &self,
-        name: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lock>, StoreError> {
-        let now = now_ms();
-        let token: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO locks (name, owner, expires_at, token) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
-             expires_at = excluded.expires_at, token = locks.token + 1 \
-             WHERE locks.expires_at <= $4 OR locks.owner = excluded.owner RETURNING token",
-        )
-        .bind(name)
-        .bind(owner)
-        .bind(now.saturating_add(millis(ttl)))
-        .bind(now)
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(token.map(|token| Lock {
-            name: name.to_owned(),
-            owner: owner.to_owned(),
-            token,
-        }))
-    }
-
-    async fn renew_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool, StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE locks SET expires_at = $4 WHERE name = $1 AND owner = $2 AND token = $3",
-        )
-        .bind(&lock.name)
-        .bind(&lock.owner)
-        .bind(lock.token)
-        .bind(now_ms().saturating_add(millis(ttl)))
-        .execute(&self.writer)
-        .await?;
-        Ok(renewed.rows_affected() == 1)
-    }
-
-    async fn holds_lock(&self, lock: &Lock) -> Result<bool, StoreError> {
-        // On the writer: the fence must see the latest take-over, not a reader's snapshot.
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM locks WHERE name = $1 AND owner = $2 AND token = $3 \
-             AND expires_at > $4)",
-        )
-        .bind(&lock.name)
-        .bind(&lock.owner)
-        .bind(lock.token)
-        .bind(now_ms())
-        .fetch_one(&self.writer)
-        .await?)
-    }
-
-    async fn unlock(&self, lock: &Lock) -> Result<(), StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE locks SET expires_at = $4 \
-             WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > $4",
-        )
-        .bind(&lock.name)
-        .bind(&lock.owner)
-        .bind(lock.token)
-        .bind(now)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn prune(&self, age: Duration, limit: u32) -> Result<Pruned, StoreError> {
-        // Each bounded DELETE holds the single writer for milliseconds; claims run in between.
-        let before = now_ms().saturating_sub(millis(age));
-        let jobs = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'done' \
-             AND updated_at < $1 ORDER BY updated_at, id LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        let locks = sqlx::query(
-            "DELETE FROM locks WHERE name IN (SELECT name FROM locks WHERE expires_at < $1 \
-             ORDER BY expires_at LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(Pruned { jobs, locks })
-    }
+    tx.commit().await?;
+    Ok(results)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn job_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    Ok(Job {
-        id: row.try_get("id")?,
-        kind: JobKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
-        execution_id: ExecutionId(row.try_get("execution_id")?),
-        artifact_position: row.try_get("artifact_position")?,
-        attempts: row.try_get("attempts")?,
-        lease_token: row.try_get("lease_token")?,
-        owner: row
-            .try_get::<Option<String>, _>("lease_owner")?
-            .unwrap_or_default(),
-    })
-}
-
-/// Record a failed attempt inside the caller's transaction: the job is queued again `retry_in`
-/// from now, or dead; a push job's artifact and the execution show the error.
-async fn fail_in(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    job: &Job,
-    error: &str,
-    retry_in: Option<Duration>,
-) -> Result<(), StoreError> {
-    let now = now_ms();
-    let retry_at = retry_in.map(|d| now.saturating_add(millis(d)));
-    let updated = sqlx::query(
-        "UPDATE jobs SET state = CASE WHEN $3 IS NULL THEN 'dead' ELSE 'queued' END, \
-         run_after = COALESCE($3, run_after), attempts = $6, last_error = $4, lease_owner = NULL, \
-         lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
-         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+/// Insert a build on the caller's transaction, unless its idempotency key is already recorded:
+/// then nothing is written and the recorded execution's id and request hash are returned.
+async fn insert_in(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewExecution,
+) -> Result<Option<(Uuid, String)>, StoreError> {
+    let b = &new.build;
+    let (state, push_state, job) = new.initial_states();
+    let existing: Option<(Uuid, String)> = sqlx::query_as(sql::EXISTING_EXECUTION)
+        .bind(b.account.as_str())
+        .bind(&b.pipeline_execution_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if existing.is_some() {
+        return Ok(existing);
+    }
+    let builder_version = serde_json::to_string(&b.builder_version)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
+         repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
+         builder_version, started_on, finished_on, status, request_sha256, received_at, \
+         statement, attestation_state, statement_template) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     )
-    .bind(job.id)
-    .bind(job.lease_token)
-    .bind(retry_at)
-    .bind(error)
-    .bind(now)
-    .bind(job.attempts)
-    .execute(&mut **tx)
+    .bind(new.id.0)
+    .bind(b.account.as_str())
+    .bind(&b.pipeline_execution_id)
+    .bind(&b.pipeline_identifier)
+    .bind(&b.repository_url)
+    .bind(&b.branch)
+    .bind(&b.commit_sha)
+    .bind(&b.trigger_type)
+    .bind(&b.triggered_by)
+    .bind(&b.builder_id)
+    .bind(builder_version)
+    .bind(ms(b.started_on))
+    .bind(ms(b.finished_on))
+    .bind(b.status.as_str())
+    .bind(&new.request_sha256)
+    .bind(ms(new.received_at))
+    .bind(new.statement())
+    .bind(state.as_str())
+    .bind(new.statement_template())
+    .execute(&mut *conn)
     .await?;
-    if updated.rows_affected() == 0 {
-        return Err(StoreError::LeaseLost(job.id));
+
+    let new_artifacts = new.new_artifacts();
+    // A CI's failed run may name no image at all; an empty VALUES list is not SQL.
+    if !new_artifacts.is_empty() {
+        let mut artifacts = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) ",
+        );
+        artifacts.push_values(new_artifacts.iter().enumerate(), |mut row, (i, a)| {
+            row.push_bind(new.id.0)
+                .push_bind(i as i32)
+                .push_bind(a.image.registry.clone())
+                .push_bind(a.image.repository.clone())
+                .push_bind(a.image.tag.clone())
+                .push_bind(a.digest.map_or_else(String::new, ToString::to_string))
+                .push_bind(push_state.as_str());
+        });
+        artifacts.build().execute(&mut *conn).await?;
     }
-    if job.kind == JobKind::Push {
+    if let Some(job) = job {
         sqlx::query(
-            "UPDATE artifacts SET push_state = CASE WHEN $3 IS NULL THEN 'dead' ELSE 'retrying' END, \
-             push_attempts = $4, next_attempt_at = $3, last_error = $5 \
-             WHERE execution_id = $1 AND position = $2",
+            "INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
+             VALUES ($3, $1, 'queued', $2, $2, $2)",
         )
-        .bind(job.execution_id.0)
-        .bind(job.artifact_position)
-        .bind(retry_at)
-        .bind(job.attempts)
-        .bind(error)
-        .execute(&mut **tx)
+        .bind(new.id.0)
+        .bind(ms(new.received_at))
+        .bind(job.as_str())
+        .execute(&mut *conn)
         .await?;
     }
-    sqlx::query(sql::SET_LAST_ERROR)
-        .bind(job.execution_id.0)
-        .bind(error)
-        .execute(&mut **tx)
-        .await?;
-    refresh_state(tx, job.execution_id.0).await
-}
-
-fn signing_key_row(r: &SqliteRow) -> Result<SigningKeyRecord, sqlx::Error> {
-    Ok(SigningKeyRecord {
-        key_id: r.try_get("key_id")?,
-        name: r.try_get("name")?,
-        kind: r.try_get("kind")?,
-        public_key_pem: r.try_get("public_key_pem")?,
-        first_seen_at: from_ms(r.try_get("first_seen_at")?)?,
-        last_seen_at: from_ms(r.try_get("last_seen_at")?)?,
-    })
-}
-
-/// Recompute the execution's attestation state inside the caller's transaction.
-async fn refresh_state(tx: &mut sqlx::Transaction<'_, Sqlite>, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query(sql::REFRESH_STATE)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    Ok(None)
 }

@@ -32,6 +32,8 @@ backend_tests!(
     signing_keys_are_remembered_once_with_their_first_public_key,
     images_from_templates_wait_resolving_until_one_transaction_writes_digests_statement_and_sign_job,
     a_dead_resolve_job_fails_the_execution_and_retry_resolves_again,
+    a_batch_records_new_redelivered_conflicting_and_duplicate_items_exactly_as_one_by_one,
+    a_poisoned_item_fails_alone_and_its_batch_neighbours_are_stored,
 );
 
 struct Fixture {
@@ -855,4 +857,170 @@ async fn a_dead_resolve_job_fails_the_execution_and_retry_resolves_again(backend
     assert_eq!(again.last_error, None);
     let job = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     assert_eq!((job.kind, job.attempts), (JobKind::Resolve, 1));
+}
+
+/// An outcome of `record_build(s)`, comparable across two databases given the same items.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Created(attestd::store::Execution),
+    Existing(attestd::store::Execution),
+    Conflict,
+    Failed,
+}
+
+fn outcome(r: Result<Recorded, StoreError>) -> Outcome {
+    match r {
+        Ok(Recorded::Created(e)) => Outcome::Created(e),
+        Ok(Recorded::Existing(e)) => Outcome::Existing(e),
+        Err(StoreError::Conflict(_)) => Outcome::Conflict,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+/// Every execution (with artifacts) and the job counts: what a batch must leave as one-by-one does.
+async fn contents(f: &Fixture) -> (Vec<attestd::store::Execution>, Vec<(String, String, u64)>) {
+    let executions = f
+        .store
+        .list_executions(&attestd::store::ExecutionFilter {
+            ascending: true,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let jobs = f
+        .store
+        .job_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.state, c.count))
+        .collect();
+    (executions, jobs)
+}
+
+async fn a_batch_records_new_redelivered_conflicting_and_duplicate_items_exactly_as_one_by_one(
+    backend: Backend,
+) {
+    let earlier = [new_execution("run-old", 1), new_execution("run-changed", 2)];
+    let mut changed = new_execution("run-changed", 2);
+    changed.request_sha256 = "0".repeat(64);
+    let mut failed_build = new_execution("run-failed", 1);
+    failed_build.signing = Signing::Nothing;
+    let mut duplicate_changed = new_execution("run-c", 1);
+    duplicate_changed.request_sha256 = "1".repeat(64);
+    let batch = vec![
+        new_execution("run-a", 2),
+        new_execution("run-old", 1), // redelivery of an earlier request
+        changed,                     // same key as an earlier request, other content
+        new_execution("run-b", 1),
+        new_execution("run-b", 1), // redelivery within the batch
+        new_execution("run-c", 1),
+        duplicate_changed, // same key as an item before it in the batch, other content
+        templated_execution("run-t"),
+        failed_build,
+    ];
+
+    let one_by_one = fixture(backend).await;
+    let batched = fixture(backend).await;
+    for f in [&one_by_one, &batched] {
+        for new in &earlier {
+            assert!(matches!(
+                f.store.record_build(new.clone()).await,
+                Ok(Recorded::Created(_))
+            ));
+        }
+    }
+    let mut expected = Vec::new();
+    for new in batch.clone() {
+        expected.push(outcome(one_by_one.store.record_build(new).await));
+    }
+    let got: Vec<Outcome> = batched
+        .store
+        .record_builds(batch.clone())
+        .await
+        .into_iter()
+        .map(outcome)
+        .collect();
+
+    let kinds: Vec<&str> = expected
+        .iter()
+        .map(|o| match o {
+            Outcome::Created(_) => "created",
+            Outcome::Existing(_) => "existing",
+            Outcome::Conflict => "conflict",
+            Outcome::Failed => "failed",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created", "existing", "conflict", "created", "existing", "created", "conflict",
+            "created", "created"
+        ],
+        "the one-by-one baseline itself"
+    );
+    assert_eq!(got, expected);
+    // The in-batch redelivery is the execution its first occurrence created.
+    match (&got[3], &got[4]) {
+        (Outcome::Created(first), Outcome::Existing(again)) => {
+            assert_eq!(again.id, first.id);
+            assert_eq!(first.id, batch[3].id);
+        }
+        other => panic!("run-b: {other:?}"),
+    }
+    assert_eq!(contents(&batched).await, contents(&one_by_one).await);
+    let (executions, _) = contents(&batched).await;
+    assert_eq!(executions.len(), 2 + 5);
+    assert_eq!(batched.store.unfinished_jobs().await.unwrap(), 2 + 4);
+}
+
+async fn a_poisoned_item_fails_alone_and_its_batch_neighbours_are_stored(backend: Backend) {
+    let f = fixture(backend).await;
+    // A real failure inside the database for one item only.
+    match backend {
+        Backend::Postgres => {
+            f.db.execute(
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.pipeline_execution_id = 'run-poison' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+                 RETURN NEW; END $$",
+            )
+            .await;
+            f.db.execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON executions FOR EACH ROW EXECUTE FUNCTION poison()",
+            )
+            .await;
+        }
+        Backend::Sqlite => {
+            f.db.execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON executions \
+                 WHEN NEW.pipeline_execution_id = 'run-poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+            )
+            .await;
+        }
+    }
+    let already = created(&f, "run-0").await;
+    let batch = vec![
+        new_execution("run-1", 2),
+        new_execution("run-poison", 1),
+        new_execution("run-0", 1),
+        new_execution("run-2", 1),
+    ];
+    let ids: Vec<ExecutionId> = batch.iter().map(|n| n.id).collect();
+    let outcomes = f.store.record_builds(batch).await;
+    assert_eq!(outcomes.len(), 4);
+    assert!(
+        matches!(&outcomes[0], Ok(Recorded::Created(e)) if e.id == ids[0] && e.artifacts.len() == 2)
+    );
+    match &outcomes[1] {
+        Err(StoreError::Database(e)) => assert!(e.to_string().contains("poisoned"), "{e}"),
+        other => panic!("the poisoned item: {other:?}"),
+    }
+    assert!(matches!(&outcomes[2], Ok(Recorded::Existing(e)) if e.id == already.id));
+    assert!(matches!(&outcomes[3], Ok(Recorded::Created(e)) if e.id == ids[3]));
+    for (id, stored) in [(ids[0], true), (ids[1], false), (ids[3], true)] {
+        assert_eq!(f.store.execution(id).await.unwrap().is_some(), stored);
+    }
+    // run-0's sign job, then one for each stored item of the batch.
+    assert_eq!(f.store.unfinished_jobs().await.unwrap(), 3);
 }
