@@ -328,7 +328,7 @@ const COMPLETE_SIGN: &str = concat!(
 /// Complete a push job in one statement: finish the job, record the pushed artifact, and set
 /// the execution's state — attested (stamped once, its last error cleared) when every other
 /// artifact was already pushed. `$4` position, `$5` attempts, `$6` reference, `$7` manifest
-/// digest, `$8` worker. Returns whether the job was finished (0 or 1).
+/// digest, `$8` worker. Returns whether the job was finished (0 or 1) and the state written.
 const COMPLETE_PUSH: &str = concat!(
     "WITH ",
     done_cte!(),
@@ -346,7 +346,21 @@ const COMPLETE_PUSH: &str = concat!(
         attested_at = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN $3 ELSE x.attested_at END, \
         last_error = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN NULL ELSE x.last_error END \
         FROM s WHERE x.id = s.id) \
-    SELECT COUNT(*) AS done FROM done"
+    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT state FROM s) AS state"
+);
+
+/// Promote an execution left `pushing` whose artifacts are all pushed by now: run after a push
+/// completion committed with `pushing`. Two pushes of one execution completing at once each see
+/// the other's artifact unpushed in their statement's snapshot, so both write `pushing`; this
+/// runs after each commit with a fresh snapshot, and the later of the two sees both. It only
+/// ever moves `pushing` to `attested`, so a stale snapshot makes it do nothing, never regress.
+/// `$1` execution, `$2` now.
+const PROMOTE_ATTESTED: &str = concat!(
+    "UPDATE executions x SET attestation_state = 'attested', attested_at = COALESCE(x.attested_at, $2), \
+        last_error = CASE WHEN x.attested_at IS NULL THEN NULL ELSE x.last_error END \
+    WHERE x.id = $1 AND x.attestation_state = 'pushing' AND x.envelope IS NOT NULL AND NOT ",
+    any_dead!(),
+    " AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND a.push_state <> 'pushed')"
 );
 
 /// Complete a resolve job in one statement, or write nothing: when the lease holds, every
@@ -432,10 +446,11 @@ pub async fn complete_push(
     job: &Job,
     record: &PushRecord,
 ) -> Result<(), StoreError> {
-    let done: i64 = sqlx::query_scalar(COMPLETE_PUSH)
+    let now = OffsetDateTime::now_utc();
+    let (done, state): (i64, Option<String>) = sqlx::query_as(COMPLETE_PUSH)
         .bind(job.id)
         .bind(job.lease_token)
-        .bind(OffsetDateTime::now_utc())
+        .bind(now)
         .bind(job.artifact_position)
         .bind(job.attempts)
         .bind(&record.reference)
@@ -445,6 +460,13 @@ pub async fn complete_push(
         .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
+    }
+    if state.as_deref() == Some("pushing") {
+        sqlx::query(PROMOTE_ATTESTED)
+            .bind(job.execution_id.0)
+            .bind(now)
+            .execute(pool)
+            .await?;
     }
     Ok(())
 }

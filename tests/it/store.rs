@@ -1024,3 +1024,78 @@ async fn a_poisoned_item_fails_alone_and_its_batch_neighbours_are_stored(backend
     // run-0's sign job, then one for each stored item of the batch.
     assert_eq!(f.store.unfinished_jobs().await.unwrap(), 3);
 }
+
+/// Two pushes of one execution completing at the same moment, on PostgreSQL: each completion's
+/// statement sees the other artifact unpushed, so each alone would leave the execution
+/// `pushing` for ever. A third connection holds the execution row until both completions are
+/// waiting on it, so their snapshots are taken before either commits — the race, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attested() {
+    use sqlx::Connection as _;
+
+    let f = fixture(Backend::Postgres).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 2))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    f.store
+        .complete_sign(&sign, b"envelope", "key-1")
+        .await
+        .unwrap();
+    let first = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    let second = f.store.claim_job("b", &LEASING).await.unwrap().unwrap();
+    assert_eq!((first.kind, second.kind), (JobKind::Push, JobKind::Push));
+
+    let mut holder = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE")
+        .bind(e.id.0)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let complete = |job: attestd::store::Job, n: usize| {
+        let store = f.store.clone();
+        tokio::spawn(async move {
+            let record = PushRecord {
+                reference: format!("ref-{n}"),
+                manifest_digest: format!("sha256:{n:064x}"),
+            };
+            store.complete_push(&job, &record).await
+        })
+    };
+    let (a, b) = (complete(first, 1), complete(second, 2));
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+        if waiting == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(waiting, 2, "both completions wait on the execution row");
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+
+    let e = f.store.execution(e.id).await.unwrap().unwrap();
+    assert!(
+        e.artifacts
+            .iter()
+            .all(|a| a.push_state == PushState::Pushed),
+        "{:?}",
+        e.artifacts
+    );
+    assert_eq!(e.attestation, AttestationState::Attested);
+    assert!(e.attested_at.is_some());
+}
