@@ -14,7 +14,7 @@ use super::views::ExecutionView;
 use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
-use crate::store::{AttestationState, Execution, ExecutionFilter};
+use crate::store::{AttestationState, Document, Execution, ExecutionFilter, StoredDocument};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -186,6 +186,21 @@ pub async fn readable_execution(
     }
 }
 
+/// An execution's statement or envelope in one read, if the execution exists and `reader` may
+/// see it; otherwise the same 404 as [`readable_execution`].
+async fn readable_document(
+    state: &AppState,
+    reader: &Reader,
+    id: &str,
+    which: Document,
+) -> Result<(ExecutionId, StoredDocument), ApiError> {
+    let id: ExecutionId = id.parse().map_err(|_| ApiError::execution_not_found())?;
+    match state.store.document(id, which).await? {
+        Some(doc) if reader.can_read(&doc.account) => Ok((id, doc)),
+        _ => Err(ApiError::execution_not_found()),
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/executions/{execution_id}",
@@ -237,21 +252,20 @@ pub async fn get_provenance(
     reader: Reader,
     Path(execution_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let e = readable_execution(&state, &reader, &execution_id).await?;
-    let bytes = state.store.statement(e.id).await?.ok_or_else(|| {
+    let (id, doc) = readable_document(&state, &reader, &execution_id, Document::Statement).await?;
+    let bytes = doc.bytes.ok_or_else(|| {
         ApiError::NotFound(
             "provenance_not_found",
             format!(
-                "execution {} has no provenance: the build {}",
-                e.id,
-                e.status.as_str()
+                "execution {id} has no provenance: the build {}",
+                doc.status.as_str()
             ),
         )
     })?;
     Ok(raw_json(
         bytes,
         "application/vnd.in-toto+json",
-        format!("{}.intoto.json", e.id),
+        format!("{id}.intoto.json"),
     ))
 }
 
@@ -271,21 +285,20 @@ pub async fn get_attestation(
     reader: Reader,
     Path(execution_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let e = readable_execution(&state, &reader, &execution_id).await?;
-    let bytes = state.store.envelope(e.id).await?.ok_or_else(|| {
+    let (id, doc) = readable_document(&state, &reader, &execution_id, Document::Envelope).await?;
+    let bytes = doc.bytes.ok_or_else(|| {
         ApiError::NotFound(
             "attestation_not_found",
             format!(
-                "execution {} has no signed attestation yet (state: {})",
-                e.id,
-                e.attestation.as_str()
+                "execution {id} has no signed attestation yet (state: {})",
+                doc.attestation.as_str()
             ),
         )
     })?;
     Ok(raw_json(
         bytes,
         "application/vnd.dsse.envelope.v1+json",
-        format!("{}.dsse.json", e.id),
+        format!("{id}.dsse.json"),
     ))
 }
 

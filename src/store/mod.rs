@@ -39,23 +39,28 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// One item of a batch whose database was unavailable (the batch's error, as text).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
     /// The database could not be reached or did not answer in time (as opposed to refusing a
     /// statement): the request may succeed when retried.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Self::Database(
-                sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::WorkerCrashed
+        matches!(self, Self::Unavailable(_))
+            || matches!(
+                self,
+                Self::Database(
+                    sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::Protocol(_)
+                        | sqlx::Error::WorkerCrashed
+                )
             )
-        ) || matches!(self, Self::Database(sqlx::Error::Database(e)) if is_shutdown_code(e.code().as_deref()))
+            || matches!(self, Self::Database(sqlx::Error::Database(e)) if is_shutdown_code(e.code().as_deref()))
     }
 }
 
@@ -629,6 +634,25 @@ pub struct SigningKeyRecord {
     pub last_seen_at: OffsetDateTime,
 }
 
+/// Which stored document of an execution [`Store::document`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    /// The in-toto statement, as serialized once.
+    Statement,
+    /// The DSSE envelope, as signed.
+    Envelope,
+}
+
+/// A stored document with what reading it is decided on.
+#[derive(Debug)]
+pub struct StoredDocument {
+    pub account: AccountId,
+    pub status: BuildStatus,
+    pub attestation: AttestationState,
+    /// `None` while there is none (an unsuccessful build's statement; an unsigned envelope).
+    pub bytes: Option<Vec<u8>>,
+}
+
 /// The persistence operations attestd needs, identical on every backend.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -665,6 +689,13 @@ pub trait Store: Send + Sync {
     async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
     /// The stored DSSE envelope bytes, exactly as serialized when signed.
     async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The statement or envelope of an execution with its account, build status and state, in
+    /// one read: what the API needs to decide a reader may see it and to answer.
+    async fn document(
+        &self,
+        id: ExecutionId,
+        which: Document,
+    ) -> Result<Option<StoredDocument>, StoreError>;
     /// Executions with an artifact of this digest, newest first, optionally for one account.
     async fn executions_by_digest(
         &self,

@@ -26,10 +26,26 @@ pub async fn connect(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
+        // sqlx pings every connection on its way back into the pool, and by default again on
+        // its way out: two extra round trips per query. A connection pinged on release within
+        // the last few seconds is live, so only one idle for longer is pinged before use (the
+        // database may have restarted meanwhile).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await?;
     Ok(Db::Postgres(pool))
 }
+
+/// A pooled connection idle for this long is pinged before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 
 pub static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::render(marker));
 

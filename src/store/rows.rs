@@ -19,6 +19,18 @@ pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository
     push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at, \
     resolved_at, pushed_by";
 
+/// An execution's columns (`e.`) beside its artifacts' (`a.`, renamed `a_<column>`), for reads
+/// that join the two so a page and its artifacts come back in one query.
+pub fn joined_columns() -> String {
+    let execution = EXECUTION_COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{}", c.trim()));
+    let artifact = ARTIFACT_COLUMNS
+        .split(", ")
+        .map(|c| format!("a.{0} AS a_{0}", c.trim()));
+    execution.chain(artifact).collect::<Vec<_>>().join(", ")
+}
+
 pub struct ExecutionRow {
     pub id: Uuid,
     pub account_id: String,

@@ -10,7 +10,7 @@
 //! time arithmetic of the dashboard (`{day column}`, `{seconds from to}`). A `{now $n}` parameter
 //! is bound last: PostgreSQL has no such parameter.
 
-use super::rows::{ARTIFACT_COLUMNS, EXECUTION_COLUMNS};
+use super::rows::{ARTIFACT_COLUMNS, EXECUTION_COLUMNS, joined_columns};
 
 /// One part of a template that a dialect writes its own way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,10 @@ impl Statements {
     pub fn render(dialect: fn(Marker<'_>) -> String) -> Self {
         let r = |template: &str| render(template, dialect);
         Self {
-            execution_by_id: format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"),
+            execution_by_id: format!(
+                "SELECT {} FROM executions e LEFT JOIN artifacts a ON a.execution_id = e.id WHERE e.id = $1",
+                joined_columns()
+            ),
             digest_hits: r(DIGEST_HITS),
             stats_daily: r(STATS_DAILY),
             stats_seconds: r(STATS_SECONDS),
@@ -129,9 +132,23 @@ pub fn executions_of() -> String {
     format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE ")
 }
 
-/// The start of a filtered list of executions.
+/// The start of a filtered page of executions with their artifacts: the caller appends its
+/// filters (`AND …`), order and limit, then [`executions_where_end`].
 pub fn executions_where() -> String {
-    format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE")
+    format!(
+        "SELECT {} FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE",
+        joined_columns()
+    )
+}
+
+/// The end of [`executions_where`]: its page (`$limit` already pushed), then each execution's
+/// artifacts, joined in the page's order.
+pub fn executions_where_end(ascending: bool) -> &'static str {
+    if ascending {
+        ") e LEFT JOIN artifacts a ON a.execution_id = e.id ORDER BY e.id ASC, a.position"
+    } else {
+        ") e LEFT JOIN artifacts a ON a.execution_id = e.id ORDER BY e.id DESC, a.position"
+    }
 }
 
 /// Artifacts of a digest, newest execution first. `$1` digest, `$2` account or NULL.
@@ -248,6 +265,11 @@ pub const SELECT_ENVELOPE: &str = "SELECT envelope FROM executions WHERE id = $1
 
 /// An execution's statement bytes. `$1` execution.
 pub const SELECT_STATEMENT: &str = "SELECT statement FROM executions WHERE id = $1";
+
+/// An execution's statement or envelope with what reading it is decided on. `$1` execution.
+pub const SELECT_STATEMENT_OWNED: &str = "SELECT account_id, status, attestation_state, statement AS bytes FROM executions WHERE id = $1";
+pub const SELECT_ENVELOPE_OWNED: &str =
+    "SELECT account_id, status, attestation_state, envelope AS bytes FROM executions WHERE id = $1";
 
 /// An execution's statement template (images from templates, until resolved). `$1` execution.
 pub const SELECT_STATEMENT_TEMPLATE: &str =

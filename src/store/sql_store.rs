@@ -43,10 +43,7 @@ impl SqlStore {
 
     async fn execution_on(&self, on: On, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
         let q = Query::new(&self.db.sql().execution_by_id).bind(id.0);
-        let Some(row) = self.db.fetch_optional(on, q).await? else {
-            return Ok(None);
-        };
-        Ok(self.load(on, vec![execution_row(&row)?]).await?.pop())
+        Ok(joined(self.db.fetch_all(on, q).await?)?.pop())
     }
 
     /// The executions of `rows` with their artifacts (fetched in one query).
@@ -241,24 +238,82 @@ fn execution_row(r: &Row) -> Result<ExecutionRow, sqlx::Error> {
     })
 }
 
+/// Column names of [`rows::ARTIFACT_COLUMNS`], as selected from `artifacts` and as renamed by
+/// [`rows::joined_columns`].
+const ARTIFACT_NAMES: [&str; 15] = [
+    "execution_id",
+    "position",
+    "registry",
+    "repository",
+    "tag",
+    "digest",
+    "push_state",
+    "push_attempts",
+    "next_attempt_at",
+    "last_error",
+    "pushed_reference",
+    "manifest_digest",
+    "pushed_at",
+    "resolved_at",
+    "pushed_by",
+];
+const JOINED_ARTIFACT_NAMES: [&str; 15] = [
+    "a_execution_id",
+    "a_position",
+    "a_registry",
+    "a_repository",
+    "a_tag",
+    "a_digest",
+    "a_push_state",
+    "a_push_attempts",
+    "a_next_attempt_at",
+    "a_last_error",
+    "a_pushed_reference",
+    "a_manifest_digest",
+    "a_pushed_at",
+    "a_resolved_at",
+    "a_pushed_by",
+];
+
 fn artifact_row(r: &Row) -> Result<ArtifactRow, sqlx::Error> {
+    artifact_row_named(r, &ARTIFACT_NAMES)
+}
+
+fn artifact_row_named(r: &Row, n: &[&str; 15]) -> Result<ArtifactRow, sqlx::Error> {
     Ok(ArtifactRow {
-        execution_id: r.get("execution_id")?,
-        position: r.get("position")?,
-        registry: r.get("registry")?,
-        repository: r.get("repository")?,
-        tag: r.get("tag")?,
-        digest: r.get("digest")?,
-        push_state: r.get("push_state")?,
-        push_attempts: r.get("push_attempts")?,
-        next_attempt_at: r.opt_time("next_attempt_at")?,
-        last_error: r.get("last_error")?,
-        pushed_reference: r.get("pushed_reference")?,
-        manifest_digest: r.get("manifest_digest")?,
-        pushed_at: r.opt_time("pushed_at")?,
-        resolved_at: r.opt_time("resolved_at")?,
-        pushed_by: r.get("pushed_by")?,
+        execution_id: r.get(n[0])?,
+        position: r.get(n[1])?,
+        registry: r.get(n[2])?,
+        repository: r.get(n[3])?,
+        tag: r.get(n[4])?,
+        digest: r.get(n[5])?,
+        push_state: r.get(n[6])?,
+        push_attempts: r.get(n[7])?,
+        next_attempt_at: r.opt_time(n[8])?,
+        last_error: r.get(n[9])?,
+        pushed_reference: r.get(n[10])?,
+        manifest_digest: r.get(n[11])?,
+        pushed_at: r.opt_time(n[12])?,
+        resolved_at: r.opt_time(n[13])?,
+        pushed_by: r.get(n[14])?,
     })
+}
+
+/// Executions read joined with their artifacts ([`rows::joined_columns`]): one row per artifact
+/// (one with NULL artifact columns for an execution without any), executions in query order.
+fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
+    let mut executions: Vec<ExecutionRow> = Vec::new();
+    let mut artifacts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: Uuid = r.get("id")?;
+        if executions.last().is_none_or(|e| e.id != id) {
+            executions.push(execution_row(r)?);
+        }
+        if r.get::<Option<i32>, _>("a_position")?.is_some() {
+            artifacts.push(artifact_row_named(r, &JOINED_ARTIFACT_NAMES)?);
+        }
+    }
+    rows::assemble(executions, artifacts)
 }
 
 fn job_row(row: &Row) -> Result<Job, StoreError> {
@@ -322,6 +377,16 @@ impl Store for SqlStore {
             _ => self.db.insert_builds(&batch).await.map_err(Some),
         };
         match results {
+            // An unreachable database fails every item the same way; one by one would make
+            // each wait for a connection in turn.
+            Err(Some(e)) if e.is_unavailable() => {
+                let e = e.to_string();
+                outcomes.extend(
+                    batch
+                        .iter()
+                        .map(|_| Err(StoreError::Unavailable(e.clone()))),
+                );
+            }
             Ok(results) => {
                 for (new, result) in batch.into_iter().zip(results) {
                     outcomes.push(match result {
@@ -397,14 +462,8 @@ impl Store for SqlStore {
             " ORDER BY id DESC"
         });
         q.push(" LIMIT ").push_bind(i64::from(f.limit));
-        let rows = self
-            .db
-            .fetch_all(On::Read, q)
-            .await?
-            .iter()
-            .map(execution_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.load(On::Read, rows).await
+        q.push(sql::executions_where_end(f.ascending));
+        joined(self.db.fetch_all(On::Read, q).await?)
     }
 
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -417,6 +476,37 @@ impl Store for SqlStore {
 
     async fn envelope(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
         self.bytes(sql::SELECT_ENVELOPE, id).await
+    }
+
+    async fn document(
+        &self,
+        id: ExecutionId,
+        which: Document,
+    ) -> Result<Option<StoredDocument>, StoreError> {
+        let sql = match which {
+            Document::Statement => sql::SELECT_STATEMENT_OWNED,
+            Document::Envelope => sql::SELECT_ENVELOPE_OWNED,
+        };
+        let Some(r) = self
+            .db
+            .fetch_optional(On::Read, Query::new(sql).bind(id.0))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
+        let account: String = r.get("account_id")?;
+        let status: String = r.get("status")?;
+        let attestation: String = r.get("attestation_state")?;
+        Ok(Some(StoredDocument {
+            account: account
+                .parse()
+                .map_err(|_| corrupt("account_id", &account))?,
+            status: status.parse().map_err(|_| corrupt("status", &status))?,
+            attestation: AttestationState::parse(&attestation)
+                .ok_or_else(|| corrupt("attestation_state", &attestation))?,
+            bytes: r.get("bytes")?,
+        }))
     }
 
     async fn executions_by_digest(

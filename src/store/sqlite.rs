@@ -37,11 +37,15 @@ pub async fn connect(
     }
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
+        // In process: there is no connection to lose, so no ping before each use.
+        .test_before_acquire(false)
         .acquire_timeout(acquire_timeout)
         .connect_with(options.clone())
         .await?;
     let reader = SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
+        // In process: there is no connection to lose, so no ping before each use.
+        .test_before_acquire(false)
         .acquire_timeout(acquire_timeout)
         .connect_with(options.read_only(true))
         .await?;
