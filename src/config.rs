@@ -29,6 +29,7 @@ pub struct Settings {
     pub signing: SigningSettings,
     pub verify: VerifySettings,
     pub metrics: MetricsSettings,
+    pub ingest: IngestSettings,
     #[serde(default)]
     pub registries: Vec<RegistrySettings>,
 }
@@ -361,6 +362,39 @@ pub struct MetricsSettings {
     pub refresh_secs: u64,
 }
 
+/// Group commit at ingest: concurrent webhooks are recorded in small batches, one commit each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Most webhooks recorded by one commit.
+    pub batch_max_rows: usize,
+    /// Microseconds a batch may wait for more webhooks while another batch is committing.
+    pub batch_max_wait_us: u64,
+    /// Batches committing at once; 0 = automatic ([`IngestSettings::batch_concurrency`]).
+    pub batch_concurrency: usize,
+    /// Webhooks waiting for a batch at most; beyond it `503 overloaded`.
+    pub queue_rows: usize,
+}
+
+impl IngestSettings {
+    /// Batches committing at once: as configured, or automatically one for SQLite (one writer)
+    /// and a quarter of the pool for PostgreSQL, so reads and the worker keep connections.
+    pub fn batch_concurrency(&self, database: &DatabaseSettings) -> usize {
+        if self.batch_concurrency > 0 {
+            self.batch_concurrency
+        } else if database.url.expose_secret().starts_with("sqlite:") {
+            1
+        } else {
+            (database.max_connections as usize / 4).max(1)
+        }
+    }
+
+    /// The wait for more webhooks while another batch commits.
+    pub fn batch_max_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.batch_max_wait_us)
+    }
+}
+
 /// `""` as `None`, anything else parsed.
 fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
@@ -517,6 +551,24 @@ impl Settings {
         }
         if self.database.acquire_timeout_ms == 0 {
             return invalid("database.acquire_timeout_ms", "must be at least 1".into());
+        }
+        if self.ingest.batch_max_rows == 0 {
+            return invalid("ingest.batch_max_rows", "must be at least 1".into());
+        }
+        if self.ingest.queue_rows < self.ingest.batch_max_rows {
+            return invalid(
+                "ingest.queue_rows",
+                format!(
+                    "must be at least ingest.batch_max_rows ({})",
+                    self.ingest.batch_max_rows
+                ),
+            );
+        }
+        if self.ingest.batch_max_wait_us > 1_000_000 {
+            return invalid(
+                "ingest.batch_max_wait_us",
+                "must be at most 1000000 (one second); a few hundred microseconds is plenty".into(),
+            );
         }
         if self.server.header_read_timeout_secs == 0 || self.server.body_read_timeout_secs == 0 {
             return invalid(
@@ -864,6 +916,12 @@ impl Settings {
                 "max_connections": self.database.max_connections,
                 "migrate_on_start": self.database.migrate_on_start,
                 "acquire_timeout_ms": self.database.acquire_timeout_ms,
+            },
+            "ingest": {
+                "batch_max_rows": self.ingest.batch_max_rows,
+                "batch_max_wait_us": self.ingest.batch_max_wait_us,
+                "batch_concurrency": self.ingest.batch_concurrency,
+                "queue_rows": self.ingest.queue_rows,
             },
             "auth": {
                 "anonymous_reads_on_loopback": self.auth.anonymous_reads_on_loopback,

@@ -1,0 +1,241 @@
+//! Group commit at ingest (`[ingest]`): webhooks arriving together are recorded in batches, and
+//! each still gets exactly the answer and the rows that delivering them one by one would give —
+//! created, redelivery or conflict — only after its batch committed; a build the database
+//! refuses fails alone.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::support::app::*;
+use crate::support::{Backend, TestDatabase};
+
+/// One batch at a time, so that webhooks sent together share batches.
+async fn spawn_batching(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, |s| {
+        s.ingest.batch_concurrency = 1;
+        s.ingest.batch_max_rows = 16;
+    })
+    .await
+}
+
+/// `acme`'s webhook for `id`, built from `commit` (a different commit is different content).
+fn hook(id: &str, commit: char) -> Value {
+    let mut h = webhook(id);
+    h["commitSha"] = json!(commit.to_string().repeat(40));
+    h
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    id: Option<String>,
+    code: Option<String>,
+}
+
+async fn send_together(app: &TestApp, hooks: &[Value]) -> Vec<Answer> {
+    join_all(hooks.iter().map(|h| async move {
+        let resp = app.post_webhook(h).await;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("JSON answer");
+        Answer {
+            status,
+            id: body["id"].as_str().map(str::to_owned),
+            code: body["error"]["code"].as_str().map(str::to_owned),
+        }
+    }))
+    .await
+}
+
+/// The stored commit of `acme`'s execution for `pipeline_execution_id`, if any.
+async fn stored_commit(db: &TestDatabase, pipeline_execution_id: &str) -> Option<String> {
+    db.text(&format!(
+        "SELECT commit_sha FROM executions WHERE pipeline_execution_id = '{pipeline_execution_id}'"
+    ))
+    .await
+}
+
+/// `_sum` and `_count` of `attestd_ingest_batch_rows` in a scrape.
+async fn batch_rows(app: &TestApp) -> (f64, f64) {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("attestd_ingest_batch_rows_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no attestd_ingest_batch_rows_{suffix} in\n{text}"))
+    };
+    (value("sum"), value("count"))
+}
+
+async fn concurrent_webhooks_get_the_answers_and_rows_of_sequential_delivery(backend: Backend) {
+    let app = spawn_batching(backend).await;
+    // Recorded before: redelivered unchanged, or with other content (conflict).
+    let mut before = BTreeMap::new();
+    for n in 0..6 {
+        let id = format!("old-{n}");
+        before.insert(id.clone(), app.record(&hook(&id, 'a')).await);
+    }
+
+    let mut hooks = Vec::new();
+    // 0..40: new builds.
+    for n in 0..40 {
+        hooks.push(hook(&format!("new-{n}"), 'b'));
+    }
+    // 40..46: redeliveries; 46..52: conflicts with what was recorded before.
+    for n in 0..6 {
+        hooks.push(hook(&format!("old-{n}"), 'a'));
+    }
+    for n in 0..6 {
+        hooks.push(hook(&format!("old-{n}"), 'c'));
+    }
+    // 52..68: identical pairs in the same instant; 68..84: pairs with different content.
+    for n in 0..8 {
+        hooks.push(hook(&format!("twin-{n}"), 'd'));
+        hooks.push(hook(&format!("twin-{n}"), 'd'));
+    }
+    for n in 0..8 {
+        hooks.push(hook(&format!("rival-{n}"), 'e'));
+        hooks.push(hook(&format!("rival-{n}"), 'f'));
+    }
+    let answers = send_together(&app, &hooks).await;
+
+    for (n, a) in answers[..40].iter().enumerate() {
+        assert_eq!(a.status, 202, "new-{n}: {a:?}");
+        let e: Value = app
+            .get(&format!("/v1/executions/{}", a.id.as_ref().unwrap()), TOKEN)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(e["pipelineExecutionId"], format!("new-{n}"), "{e}");
+    }
+    for (n, a) in answers[40..46].iter().enumerate() {
+        assert_eq!(a.status, 200, "redelivered old-{n}: {a:?}");
+        assert_eq!(a.id.as_ref(), before.get(&format!("old-{n}")));
+    }
+    for (n, a) in answers[46..52].iter().enumerate() {
+        assert_eq!(a.status, 409, "conflicting old-{n}: {a:?}");
+        assert_eq!(a.code.as_deref(), Some("execution_conflict"));
+    }
+    for (n, pair) in answers[52..68].chunks(2).enumerate() {
+        let mut statuses = [pair[0].status, pair[1].status];
+        statuses.sort();
+        assert_eq!(statuses, [200, 202], "twin-{n}: {pair:?}");
+        assert_eq!(pair[0].id, pair[1].id, "twin-{n}: one execution");
+    }
+    for (n, pair) in answers[68..84].chunks(2).enumerate() {
+        let mut statuses = [pair[0].status, pair[1].status];
+        statuses.sort();
+        assert_eq!(statuses, [202, 409], "rival-{n}: {pair:?}");
+        // What is stored is what the 202 answered.
+        let winner = if pair[0].status == 202 { 'e' } else { 'f' };
+        assert_eq!(
+            stored_commit(&app.db, &format!("rival-{n}")).await,
+            Some(winner.to_string().repeat(40)),
+            "rival-{n}"
+        );
+    }
+    for n in 0..6 {
+        assert_eq!(
+            stored_commit(&app.db, &format!("old-{n}")).await,
+            Some("a".repeat(40)),
+            "a conflict never overwrites"
+        );
+    }
+    // Rows: one execution per pipeline execution, each with one sign job, as sequentially.
+    let executions = 6 + 40 + 8 + 8;
+    assert_eq!(app.execution_count().await, executions);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM jobs").await,
+        executions as i64
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM jobs WHERE kind = 'sign'")
+            .await,
+        executions as i64
+    );
+    // And they were batched: fewer commits than webhooks.
+    let (rows, batches) = batch_rows(&app).await;
+    assert!(rows >= hooks.len() as f64 + 6.0, "rows {rows}");
+    assert!(
+        batches < rows,
+        "{batches} batches for {rows} webhooks: nothing was batched"
+    );
+}
+
+/// A trigger makes the database refuse one build (its pipeline execution id is `poison`).
+async fn poison(db: &TestDatabase) {
+    match db.backend() {
+        Backend::Postgres => {
+            db.execute(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION 'poisoned build refused by the test trigger'; END $$",
+            )
+            .await;
+            db.execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON executions FOR EACH ROW \
+                 WHEN (NEW.pipeline_execution_id = 'poison') EXECUTE FUNCTION refuse_poison()",
+            )
+            .await;
+        }
+        Backend::Sqlite => {
+            db.execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON executions FOR EACH ROW \
+                 WHEN NEW.pipeline_execution_id = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned build refused by the test trigger'); END",
+            )
+            .await;
+        }
+    }
+}
+
+async fn a_build_the_database_refuses_fails_alone_and_its_batch_neighbours_are_stored(
+    backend: Backend,
+) {
+    let app = spawn_batching(backend).await;
+    poison(&app.db).await;
+    for round in 0..3 {
+        let mut hooks: Vec<Value> = (0..15)
+            .map(|n| hook(&format!("r{round}-n{n}"), 'b'))
+            .collect();
+        hooks.insert(7, hook("poison", 'b'));
+        let answers = send_together(&app, &hooks).await;
+        for (hook, a) in hooks.iter().zip(&answers) {
+            let id = hook["pipelineExecutionId"].as_str().unwrap();
+            if id == "poison" {
+                assert_eq!(a.status, 500, "{a:?}");
+                assert_eq!(a.code.as_deref(), Some("record_failed"), "{a:?}");
+            } else {
+                assert_eq!(a.status, 202, "{id}: {a:?}");
+                assert_eq!(stored_commit(&app.db, id).await, Some("b".repeat(40)));
+            }
+        }
+    }
+    assert_eq!(stored_commit(&app.db, "poison").await, None);
+    assert_eq!(app.execution_count().await, 45);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM jobs").await, 45);
+    // Without the trigger, the same build is recorded.
+    app.db
+        .execute(match backend {
+            Backend::Postgres => "DROP TRIGGER refuse_poison ON executions",
+            Backend::Sqlite => "DROP TRIGGER refuse_poison",
+        })
+        .await;
+    assert_eq!(app.post_webhook(&hook("poison", 'b')).await.status(), 202);
+}
+
+backend_tests!(
+    concurrent_webhooks_get_the_answers_and_rows_of_sequential_delivery,
+    a_build_the_database_refuses_fails_alone_and_its_batch_neighbours_are_stored,
+);
