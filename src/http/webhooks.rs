@@ -142,6 +142,7 @@ async fn ingest(
             }
         }
     };
+    refuse_nul(&build)?;
     if !problems.is_empty() {
         tracing::warn!(webhook.source = %source.name, problems = ?problems, "outputs that cannot be attested");
     }
@@ -173,6 +174,23 @@ async fn ingest(
         })?;
     let images = images.into_iter().map(|(_, image)| image).collect();
     record(state, build, images, &problems).await
+}
+
+/// `422` for a NUL character in anything stored, on every backend (PostgreSQL cannot store it).
+fn refuse_nul(build: &BuildCompleted) -> Result<(), ApiError> {
+    let fields = build.fields_with_nul();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Validation(
+        fields
+            .into_iter()
+            .map(|field| FieldError {
+                field,
+                message: "must not contain the NUL character (U+0000)".into(),
+            })
+            .collect(),
+    ))
 }
 
 /// `202 {"ignored": reason}`: not a finished build attestd acts on; nothing stored.

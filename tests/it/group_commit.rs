@@ -1,7 +1,8 @@
 //! Group commit at ingest (`[ingest]`): webhooks arriving together are recorded in batches, and
 //! each still gets exactly the answer and the rows that delivering them one by one would give —
 //! created, redelivery or conflict — only after its batch committed; a build the database
-//! refuses fails alone.
+//! refuses fails alone. Also: a NUL character, which PostgreSQL cannot store, is a `422` on every
+//! backend.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
+use crate::ci_webhooks::{GITLAB_TOKEN, payload, post, sources};
 use crate::support::app::*;
 use crate::support::{Backend, TestDatabase};
 
@@ -235,7 +237,61 @@ async fn a_build_the_database_refuses_fails_alone_and_its_batch_neighbours_are_s
     assert_eq!(app.post_webhook(&hook("poison", 'b')).await.status(), 202);
 }
 
+async fn a_nul_character_in_a_webhook_is_refused_with_422_on_every_backend(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.webhook.sources.extend(sources(REGISTRY));
+    })
+    .await;
+    // attestd's schema: a text field, and a builderVersion value (not checked for control
+    // characters before).
+    let mut h = webhook("nul-1");
+    h["branch"] = json!("ma\u{0}in");
+    let resp = app.post_webhook(&h).await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(error_code(resp).await, "validation_failed");
+    let mut h = webhook("nul-2");
+    h["builderVersion"] = json!({"ci": "2.4\u{0}.1"});
+    let resp = app.post_webhook(&h).await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "builderVersion.ci");
+    // A CI's own dialect: GitLab's ref (the branch) and user.
+    let mut gitlab: Value =
+        serde_json::from_str(&payload("gitlab/pipeline.failed.json", "", "")).unwrap();
+    gitlab["object_attributes"]["ref"] = json!("mas\u{0}ter");
+    gitlab["user"]["username"] = json!("ro\u{0}ot");
+    let headers = vec![
+        ("x-gitlab-event", "Pipeline Hook".to_owned()),
+        ("x-gitlab-token", GITLAB_TOKEN.to_owned()),
+        (
+            "idempotency-key",
+            "0b6c9f1e-2f4d-4c61-8a3e-5d2b7e9c1a40".to_owned(),
+        ),
+    ];
+    let resp = post(&app, "acme-gitlab", &headers, &gitlab.to_string()).await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+    assert!(
+        body["error"]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["message"].as_str().unwrap().contains("NUL")),
+        "{body}"
+    );
+    assert_eq!(app.execution_count().await, 0);
+    // Without the NUL, the same GitLab webhook is recorded.
+    let clean = payload("gitlab/pipeline.failed.json", "", "");
+    assert_eq!(
+        post(&app, "acme-gitlab", &headers, &clean).await.status(),
+        202
+    );
+}
+
 backend_tests!(
     concurrent_webhooks_get_the_answers_and_rows_of_sequential_delivery,
     a_build_the_database_refuses_fails_alone_and_its_batch_neighbours_are_stored,
+    a_nul_character_in_a_webhook_is_refused_with_422_on_every_backend,
 );
