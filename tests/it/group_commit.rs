@@ -237,6 +237,104 @@ async fn a_build_the_database_refuses_fails_alone_and_its_batch_neighbours_are_s
     assert_eq!(app.post_webhook(&hook("poison", 'b')).await.status(), 202);
 }
 
+/// Another connection holding a lock that keeps attestd's batches from writing `executions`,
+/// until it is released. PostgreSQL only: on SQLite an outside writer's lock makes attestd's
+/// transaction fail at once (`SQLITE_BUSY` on its read-to-write upgrade) instead of waiting, so a
+/// stuck store cannot be staged from outside there.
+struct Blocker(sqlx::PgConnection);
+
+impl Blocker {
+    async fn hold(db: &TestDatabase) -> Self {
+        use sqlx::Connection as _;
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        Self(c)
+    }
+
+    async fn release(mut self) {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut self.0)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_full_queue_sheds_and_a_stuck_store_answers_store_unavailable_in_time() {
+    const ANSWER_WITHIN_MS: u64 = 2000;
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(Backend::Postgres, |s| {
+            s.ingest.batch_concurrency = 1;
+            s.ingest.batch_max_rows = 1;
+            s.ingest.queue_rows = 1;
+            s.database.acquire_timeout_ms = ANSWER_WITHIN_MS;
+        })
+        .await,
+    );
+    let blocker = Blocker::hold(&app.db).await;
+    let send = |id: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = app.post_webhook(&hook(id, 'b')).await;
+            let retry_after = resp.headers().contains_key("retry-after");
+            (
+                resp.status().as_u16(),
+                error_code(resp).await,
+                retry_after,
+                started.elapsed(),
+            )
+        })
+    };
+    // q-1 is taken into the one batch, which waits for the lock; q-2 waits in the queue; the
+    // queue holds one, so q-3 is shed at once.
+    let first = send("q-1");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = send("q-2");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, code, retry_after, took) = send("q-3").await.unwrap();
+    assert_eq!(
+        (status, code.as_str(), retry_after),
+        (503, "overloaded", true)
+    );
+    assert!(
+        took < std::time::Duration::from_millis(500),
+        "shed in {took:?}"
+    );
+    // The store does not answer: both are told so within the acquire timeout (and a bit).
+    for (name, answer) in [("q-1", first), ("q-2", second)] {
+        let (status, code, retry_after, took) = answer.await.unwrap();
+        assert_eq!(
+            (status, code.as_str(), retry_after),
+            (503, "store_unavailable", true),
+            "{name}"
+        );
+        assert!(
+            took < std::time::Duration::from_millis(ANSWER_WITHIN_MS + 700),
+            "{name} answered after {took:?}"
+        );
+    }
+    blocker.release().await;
+    // q-1's batch was already writing: it is recorded though its client was not told, so the
+    // retry is a redelivery. q-2 had not been taken into a batch: nothing was written for it.
+    let mut recorded = 0;
+    for _ in 0..50 {
+        recorded = app.execution_count().await;
+        if recorded > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(recorded, 1);
+    assert!(stored_commit(&app.db, "q-1").await.is_some());
+    assert_eq!(app.post_webhook(&hook("q-1", 'b')).await.status(), 200);
+    assert_eq!(app.post_webhook(&hook("q-2", 'b')).await.status(), 202);
+    assert_eq!(app.post_webhook(&hook("q-3", 'b')).await.status(), 202);
+}
+
 async fn a_nul_character_in_a_webhook_is_refused_with_422_on_every_backend(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.webhook.sources.extend(sources(REGISTRY));
