@@ -378,14 +378,15 @@ pub struct IngestSettings {
 
 impl IngestSettings {
     /// Batches committing at once: as configured, or automatically one for SQLite (one writer)
-    /// and a quarter of the pool for PostgreSQL, so reads and the worker keep connections.
+    /// and a quarter of the pool, 1 to 4, for PostgreSQL: reads and the worker keep their
+    /// connections, and more slots would only make the batches smaller.
     pub fn batch_concurrency(&self, database: &DatabaseSettings) -> usize {
         if self.batch_concurrency > 0 {
             self.batch_concurrency
         } else if database.url.expose_secret().starts_with("sqlite:") {
             1
         } else {
-            (database.max_connections as usize / 4).max(1)
+            (database.max_connections as usize / 4).clamp(1, 4)
         }
     }
 
@@ -1093,6 +1094,35 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
         assert!(s.database.url.expose_secret().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn ingest_batches_default_to_one_writer_on_sqlite_and_a_quarter_of_the_pool_on_postgres() {
+        let with = |extra: &str| -> Settings {
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string(extra))
+                .extract()
+                .unwrap()
+        };
+        let s = with("");
+        assert_eq!(s.ingest.batch_concurrency(&s.database), 1);
+        let pg = "[database]\nurl = \"postgres://a@h/d\"\n";
+        for (pool, slots) in [(1, 1), (8, 2), (16, 4), (100, 4)] {
+            let s = with(&format!("{pg}max_connections = {pool}"));
+            assert_eq!(
+                s.ingest.batch_concurrency(&s.database),
+                slots,
+                "pool {pool}"
+            );
+        }
+        let s = with(&format!("{pg}[ingest]\nbatch_concurrency = 7"));
+        assert_eq!(s.ingest.batch_concurrency(&s.database), 7);
+        let s = with("[ingest]\nbatch_max_rows = 64\nqueue_rows = 10");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.queue_rows"), "{err}");
+        let s = with("[ingest]\nbatch_max_rows = 0");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.batch_max_rows"), "{err}");
     }
 
     #[test]
