@@ -295,8 +295,8 @@ fn record_error(e: RecordError) -> ApiError {
     }
 }
 
-/// Record an admitted build with the next group commit: the execution with its statement and a sign job,
-/// or — for `images` from templates — with the statement template and a resolve job.
+/// Record an admitted build with the next group commit: the execution with its statement and a
+/// sign job, or — for `images` from templates — with the statement template and a resolve job.
 async fn record(
     state: &AppState,
     build: BuildCompleted,
