@@ -287,7 +287,7 @@ fn record_error(e: RecordError) -> ApiError {
         RecordError::TimedOut(waited) => {
             tracing::warn!(
                 waited_ms = waited.as_millis(),
-                "no answer from the store in time"
+                "no batch took the build in time; not recorded"
             );
             ApiError::StoreUnavailable
         }

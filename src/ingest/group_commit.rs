@@ -6,9 +6,12 @@
 //! One task drains a bounded queue: it waits for a free batch slot (`ingest.batch_concurrency`),
 //! then takes what is queued, up to `ingest.batch_max_rows`. An idle server commits a lone
 //! webhook at once; under load the next batch fills while earlier ones commit. A full queue sheds
-//! (`503 overloaded`), and a webhook not answered within `database.acquire_timeout_ms` gets
-//! `503 store_unavailable`, as when it waited that long for a connection of its own.
+//! (`503 overloaded`). A webhook that no batch took within `database.acquire_timeout_ms` gets
+//! `503 store_unavailable` and is never written, as when it waited that long for a connection of
+//! its own; one a batch took is answered with that batch's outcome, whatever it is, so a build is
+//! never written after its client was told it was not.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +34,9 @@ pub enum RecordError {
     /// The server is shutting down and takes no more webhooks; nothing was recorded.
     #[error("attestd is shutting down")]
     ShuttingDown,
-    /// No answer within the acquire timeout. The build may still be recorded by its batch; a
-    /// redelivery then finds it.
-    #[error("no answer from the store within {0:?}")]
+    /// No batch took the build within the acquire timeout (every batch slot was busy); it will
+    /// not be written.
+    #[error("no batch took the build within {0:?}")]
     TimedOut(Duration),
     /// The batch recording this build ended without answering (a panic in the store).
     #[error("the batch recording this build ended without an answer")]
@@ -43,6 +46,8 @@ pub enum RecordError {
 struct Queued {
     new: NewExecution,
     answer: oneshot::Sender<Result<Recorded, StoreError>>,
+    /// Set by whichever comes first: a batch taking the item, or its handler giving up on it.
+    claimed: Arc<AtomicBool>,
 }
 
 /// The queue the webhook handlers record through, and the task that drains it.
@@ -82,19 +87,31 @@ impl GroupCommit {
 
     /// Record `new` with the next batch; returns once that batch has committed (or failed).
     pub async fn record(&self, new: NewExecution) -> Result<Recorded, RecordError> {
-        let (answer, outcome) = oneshot::channel();
+        let (answer, mut outcome) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(false));
         self.queue
-            .try_send(Queued { new, answer })
+            .try_send(Queued {
+                new,
+                answer,
+                claimed: claimed.clone(),
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => RecordError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => RecordError::ShuttingDown,
             })?;
-        match tokio::time::timeout(self.answer_within, outcome).await {
-            Ok(Ok(outcome)) => outcome.map_err(RecordError::Store),
-            Ok(Err(_)) => Err(RecordError::Lost),
-            // Dropping `outcome` tells the drain task to leave the item out if it has not
-            // taken it into a batch yet.
-            Err(_) => Err(RecordError::TimedOut(self.answer_within)),
+        let answered = match tokio::time::timeout(self.answer_within, &mut outcome).await {
+            Ok(answered) => answered,
+            // Still queued: give it up, and no batch will take it.
+            Err(_) if !claimed.swap(true, Ordering::AcqRel) => {
+                return Err(RecordError::TimedOut(self.answer_within));
+            }
+            // A batch has it and may commit it: its outcome is the answer (the store's own
+            // acquire timeout bounds the wait for a connection).
+            Err(_) => outcome.await,
+        };
+        match answered {
+            Ok(outcome) => outcome.map_err(RecordError::Store),
+            Err(_) => Err(RecordError::Lost),
         }
     }
 
@@ -161,10 +178,10 @@ async fn drain(
     let _all = slots.acquire_many(limits.concurrency as u32).await;
 }
 
-/// Add `item` to the batch unless nobody waits for it any more (the client went away or its
-/// request timed out): it was never acknowledged, so it is not recorded either.
+/// Add `item` to the batch unless nobody waits for it any more (the client went away, or its
+/// handler gave up on it): it was never acknowledged, so it is not recorded either.
 fn take(batch: &mut Vec<Queued>, item: Queued) {
-    if !item.answer.is_closed() {
+    if !item.claimed.swap(true, Ordering::AcqRel) && !item.answer.is_closed() {
         batch.push(item);
     }
 }
