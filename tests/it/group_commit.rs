@@ -247,7 +247,7 @@ impl Blocker {
     async fn hold(db: &TestDatabase) -> Self {
         use sqlx::Connection as _;
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::raw_sql("BEGIN; LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
+        sqlx::raw_sql("BEGIN; LOCK TABLE executions IN EXCLUSIVE MODE")
             .execute(&mut c)
             .await
             .unwrap();
@@ -330,6 +330,77 @@ async fn postgres_a_full_queue_sheds_and_a_build_no_batch_took_in_time_is_refuse
     assert_eq!(app.post_webhook(&hook("q-3", 'b')).await.status(), 202);
 }
 
+async fn closing_records_every_queued_build_before_it_returns_and_refuses_later_ones(
+    backend: Backend,
+) {
+    use attestd::config::{DatabaseSettings, IngestSettings};
+    use attestd::ingest::group_commit::{GroupCommit, RecordError};
+    use attestd::store::Recorded;
+
+    let db = TestDatabase::new(backend).await;
+    let store = attestd::store::connect(&db.url, 8, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let database = DatabaseSettings {
+        url: db.url.clone().into(),
+        max_connections: 8,
+        migrate_on_start: false,
+        acquire_timeout_ms: 5000,
+    };
+    let ingest = IngestSettings {
+        batch_max_rows: 4,
+        batch_max_wait_us: 0,
+        batch_concurrency: 1,
+        queue_rows: 64,
+    };
+    let group = std::sync::Arc::new(GroupCommit::start(store.clone(), &ingest, &database));
+    // On PostgreSQL nothing can commit until the lock is released, so the queue is surely full
+    // when it is closed.
+    let blocker = match backend {
+        Backend::Postgres => Some(Blocker::hold(&db).await),
+        Backend::Sqlite => None,
+    };
+    let waiting: Vec<_> = (0..40)
+        .map(|n| {
+            let group = group.clone();
+            tokio::spawn(async move {
+                group
+                    .record(crate::store::new_execution(&format!("close-{n}"), 1))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let closing = tokio::spawn({
+        let group = group.clone();
+        async move { group.close().await }
+    });
+    if let Some(blocker) = blocker {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !closing.is_finished(),
+            "closing returned while builds were still waiting to be committed"
+        );
+        assert_eq!(db.count("SELECT COUNT(*) FROM executions").await, 0);
+        blocker.release().await;
+    }
+    closing.await.unwrap();
+    // Closing returned after the last batch: everything queued is committed already.
+    assert_eq!(db.count("SELECT COUNT(*) FROM executions").await, 40);
+    for (n, w) in waiting.into_iter().enumerate() {
+        match w.await.unwrap() {
+            Ok(Recorded::Created(_)) => {}
+            other => panic!("close-{n}: {other:?}"),
+        }
+    }
+    let late = group
+        .record(crate::store::new_execution("close-late", 1))
+        .await;
+    assert!(matches!(late, Err(RecordError::ShuttingDown)), "{late:?}");
+    assert_eq!(db.count("SELECT COUNT(*) FROM executions").await, 40);
+}
+
 async fn a_nul_character_in_a_webhook_is_refused_with_422_on_every_backend(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.webhook.sources.extend(sources(REGISTRY));
@@ -386,5 +457,6 @@ async fn a_nul_character_in_a_webhook_is_refused_with_422_on_every_backend(backe
 backend_tests!(
     concurrent_webhooks_get_the_answers_and_rows_of_sequential_delivery,
     a_build_the_database_refuses_fails_alone_and_its_batch_neighbours_are_stored,
+    closing_records_every_queued_build_before_it_returns_and_refuses_later_ones,
     a_nul_character_in_a_webhook_is_refused_with_422_on_every_backend,
 );
