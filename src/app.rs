@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::domain::scope::{RepositoryPattern, RepositoryScope};
 use crate::domain::template::ImageTemplate;
 use crate::http::auth::{Reader, Tokens};
+use crate::ingest::group_commit::GroupCommit;
 use crate::ingest::{WebhookSource, WebhookSources};
 use crate::policy::isolated::Evaluator;
 use crate::registry::Registries;
@@ -40,6 +41,8 @@ pub struct App {
     pub public_url: String,
     /// Wakes the worker when new jobs were queued.
     pub jobs_queued: Notify,
+    /// Records webhooks in small batches, one commit each (`[ingest]`).
+    pub group_commit: GroupCommit,
     pub shutdown: CancellationToken,
     /// Faults tests inject into the worker; attestd never sets any.
     pub faults: crate::worker::Faults,
@@ -116,7 +119,9 @@ impl App {
             anonymous
                 .then(|| crate::http::auth::anonymous_hosts(settings.server.listen, &public_url)),
         );
+        let group_commit = GroupCommit::start(store.clone(), &settings.ingest, &settings.database);
         Ok(Self {
+            group_commit,
             settings,
             store,
             sources,
@@ -200,6 +205,8 @@ impl App {
             grace: grace(&self.settings),
         };
         crate::http::server::serve(listener, router, limits, shutdown).await;
+        // No request waits any more: record what is still queued before anything else stops.
+        self.group_commit.close().await;
         // Whatever ended serving, stop the worker too and let it finish or release its jobs.
         self.shutdown.cancel();
         if let Some(worker) = worker {

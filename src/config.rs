@@ -29,6 +29,7 @@ pub struct Settings {
     pub signing: SigningSettings,
     pub verify: VerifySettings,
     pub metrics: MetricsSettings,
+    pub ingest: IngestSettings,
     #[serde(default)]
     pub registries: Vec<RegistrySettings>,
 }
@@ -361,6 +362,40 @@ pub struct MetricsSettings {
     pub refresh_secs: u64,
 }
 
+/// Group commit at ingest: concurrent webhooks are recorded in small batches, one commit each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Most webhooks recorded by one commit.
+    pub batch_max_rows: usize,
+    /// Microseconds a batch may wait for more webhooks while another batch is committing.
+    pub batch_max_wait_us: u64,
+    /// Batches committing at once; 0 = automatic ([`IngestSettings::batch_concurrency`]).
+    pub batch_concurrency: usize,
+    /// Webhooks waiting for a batch at most; beyond it `503 overloaded`.
+    pub queue_rows: usize,
+}
+
+impl IngestSettings {
+    /// Batches committing at once: as configured, or automatically one for SQLite (one writer)
+    /// and a quarter of the pool, 1 to 4, for PostgreSQL: reads and the worker keep their
+    /// connections, and more slots would only make the batches smaller.
+    pub fn batch_concurrency(&self, database: &DatabaseSettings) -> usize {
+        if self.batch_concurrency > 0 {
+            self.batch_concurrency
+        } else if database.url.expose_secret().starts_with("sqlite:") {
+            1
+        } else {
+            (database.max_connections as usize / 4).clamp(1, 4)
+        }
+    }
+
+    /// The wait for more webhooks while another batch commits.
+    pub fn batch_max_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.batch_max_wait_us)
+    }
+}
+
 /// `""` as `None`, anything else parsed.
 fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
@@ -517,6 +552,24 @@ impl Settings {
         }
         if self.database.acquire_timeout_ms == 0 {
             return invalid("database.acquire_timeout_ms", "must be at least 1".into());
+        }
+        if self.ingest.batch_max_rows == 0 {
+            return invalid("ingest.batch_max_rows", "must be at least 1".into());
+        }
+        if self.ingest.queue_rows < self.ingest.batch_max_rows {
+            return invalid(
+                "ingest.queue_rows",
+                format!(
+                    "must be at least ingest.batch_max_rows ({})",
+                    self.ingest.batch_max_rows
+                ),
+            );
+        }
+        if self.ingest.batch_max_wait_us > 1_000_000 {
+            return invalid(
+                "ingest.batch_max_wait_us",
+                "must be at most 1000000 (one second); a few hundred microseconds is plenty".into(),
+            );
         }
         if self.server.header_read_timeout_secs == 0 || self.server.body_read_timeout_secs == 0 {
             return invalid(
@@ -865,6 +918,12 @@ impl Settings {
                 "migrate_on_start": self.database.migrate_on_start,
                 "acquire_timeout_ms": self.database.acquire_timeout_ms,
             },
+            "ingest": {
+                "batch_max_rows": self.ingest.batch_max_rows,
+                "batch_max_wait_us": self.ingest.batch_max_wait_us,
+                "batch_concurrency": self.ingest.batch_concurrency,
+                "queue_rows": self.ingest.queue_rows,
+            },
             "auth": {
                 "anonymous_reads_on_loopback": self.auth.anonymous_reads_on_loopback,
                 "tokens": self.auth.tokens.iter().map(|t| serde_json::json!({
@@ -1035,6 +1094,35 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
         assert!(s.database.url.expose_secret().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn ingest_batches_default_to_one_writer_on_sqlite_and_a_quarter_of_the_pool_on_postgres() {
+        let with = |extra: &str| -> Settings {
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string(extra))
+                .extract()
+                .unwrap()
+        };
+        let s = with("");
+        assert_eq!(s.ingest.batch_concurrency(&s.database), 1);
+        let pg = "[database]\nurl = \"postgres://a@h/d\"\n";
+        for (pool, slots) in [(1, 1), (8, 2), (16, 4), (100, 4)] {
+            let s = with(&format!("{pg}max_connections = {pool}"));
+            assert_eq!(
+                s.ingest.batch_concurrency(&s.database),
+                slots,
+                "pool {pool}"
+            );
+        }
+        let s = with(&format!("{pg}[ingest]\nbatch_concurrency = 7"));
+        assert_eq!(s.ingest.batch_concurrency(&s.database), 7);
+        let s = with("[ingest]\nbatch_max_rows = 64\nqueue_rows = 10");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.queue_rows"), "{err}");
+        let s = with("[ingest]\nbatch_max_rows = 0");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.batch_max_rows"), "{err}");
     }
 
     #[test]

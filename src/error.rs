@@ -57,6 +57,10 @@ pub enum ApiError {
     /// Well-formed request whose values cannot be used (bad key PEM, policy that does not parse).
     #[error("{1}")]
     Unprocessable(&'static str, String),
+    /// The store refused to record this one build (its own transaction rolled back); other
+    /// webhooks are not affected.
+    #[error("this build could not be recorded; nothing was stored for it")]
+    RecordFailed(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -116,7 +120,7 @@ impl ApiError {
             }
             Self::Upstream(..) => StatusCode::BAD_GATEWAY,
             Self::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::RecordFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -142,6 +146,7 @@ impl ApiError {
             Self::StoreUnavailable => "store_unavailable",
             Self::Overloaded(_) => "overloaded",
             Self::Upstream(code, _) | Self::Unprocessable(code, _) => code,
+            Self::RecordFailed(_) => "record_failed",
             Self::Internal(_) => "internal",
         }
     }
@@ -152,8 +157,17 @@ impl ApiError {
 
     /// Log an internal cause once, with its chain; every rendering (JSON or HTML) calls this.
     pub fn log_if_internal(&self) {
-        if let Self::Internal(cause) = self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
+        match self {
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+            }
+            Self::RecordFailed(cause) => {
+                tracing::error!(
+                    error = format!("{cause:#}"),
+                    "a build could not be recorded"
+                );
+            }
+            _ => {}
         }
     }
 }

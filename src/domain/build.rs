@@ -37,6 +37,53 @@ pub struct BuildCompleted {
     pub delivery_id: Option<String>,
 }
 
+impl BuildCompleted {
+    /// The fields (as the webhook schema names them) holding a NUL character (U+0000), which
+    /// PostgreSQL's `text` and `jsonb` cannot store, so no backend accepts it.
+    pub fn fields_with_nul(&self) -> Vec<String> {
+        let has_nul = |s: &str| s.contains('\0');
+        let mut fields: Vec<String> = [
+            ("source", self.source.as_str()),
+            ("pipelineIdentifier", &self.pipeline_identifier),
+            ("pipelineExecutionId", &self.pipeline_execution_id),
+            ("repositoryURL", &self.repository_url),
+            ("branch", &self.branch),
+            ("commitSha", &self.commit_sha),
+            ("triggerType", &self.trigger_type),
+            ("triggeredBy", &self.triggered_by),
+            ("builderId", &self.builder_id),
+            ("buildType", &self.build_type),
+            ("invocationId", &self.invocation_id),
+            (
+                "deliveryId",
+                self.delivery_id.as_deref().unwrap_or_default(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, value)| has_nul(value))
+        .map(|(field, _)| field.to_owned())
+        .collect();
+        fields.extend(
+            self.builder_version
+                .iter()
+                .filter(|(k, v)| has_nul(k) || has_nul(v))
+                .map(|(k, _)| format!("builderVersion.{}", k.replace('\0', "\\u0000"))),
+        );
+        fields.extend(
+            self.artifacts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| {
+                    has_nul(&a.image.registry)
+                        || has_nul(&a.image.repository)
+                        || a.image.tag.as_deref().is_some_and(has_nul)
+                })
+                .map(|(i, _)| format!("artifacts[{i}].image")),
+        );
+        fields
+    }
+}
+
 /// How the build ended. Only `Succeeded` builds are attested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -17,11 +17,12 @@ use crate::domain::{BuildCompleted, BuildStatus, ExecutionId, ImageRef, provenan
 use crate::error::ApiError;
 use crate::ingest::adapters::{self, Event, SourceKind};
 use crate::ingest::build_webhook::{WebhookError, parse_json};
+use crate::ingest::group_commit::RecordError;
 use crate::ingest::standard_webhooks;
 use crate::ingest::{
     FieldError, Refusal, SIGNATURE_HEADER, WebhookSource, fingerprint, parse_build_webhook,
 };
-use crate::store::{NewExecution, Recorded, Signing};
+use crate::store::{NewExecution, Recorded, Signing, StoreError};
 
 #[utoipa::path(
     post,
@@ -39,6 +40,8 @@ use crate::store::{NewExecution, Recorded, Signing};
         (status = 413, description = "Body over server.body_limit_bytes", body = crate::error::ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
         (status = 422, description = "Invalid fields, unsupported schema version or unlisted registry", body = crate::error::ErrorResponse),
+        (status = 500, description = "This build could not be recorded (`record_failed`); nothing was stored for it, and webhooks recorded with it are not affected", body = crate::error::ErrorResponse),
+        (status = 503, description = "Retry shortly: the store is unreachable (`store_unavailable`) or too many webhooks are in flight or waiting (`overloaded`); with Retry-After", body = crate::error::ErrorResponse),
     )
 )]
 pub async fn receive_build_webhook(
@@ -67,6 +70,8 @@ pub async fn receive_build_webhook(
         (status = 409, description = "Same execution key, different content", body = crate::error::ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorResponse),
         (status = 422, description = "A field the build needs is missing or invalid, or an image template cannot be rendered for it (`images[i]`: a variable the build lacks, or not an image reference)", body = crate::error::ErrorResponse),
+        (status = 500, description = "This build could not be recorded (`record_failed`); nothing was stored for it, and webhooks recorded with it are not affected", body = crate::error::ErrorResponse),
+        (status = 503, description = "Retry shortly: the store is unreachable (`store_unavailable`) or too many webhooks are in flight or waiting (`overloaded`); with Retry-After", body = crate::error::ErrorResponse),
     )
 )]
 pub async fn receive_source_webhook(
@@ -137,6 +142,7 @@ async fn ingest(
             }
         }
     };
+    refuse_nul(&build)?;
     if !problems.is_empty() {
         tracing::warn!(webhook.source = %source.name, problems = ?problems, "outputs that cannot be attested");
     }
@@ -168,6 +174,23 @@ async fn ingest(
         })?;
     let images = images.into_iter().map(|(_, image)| image).collect();
     record(state, build, images, &problems).await
+}
+
+/// `422` for a NUL character in anything stored, on every backend (PostgreSQL cannot store it).
+fn refuse_nul(build: &BuildCompleted) -> Result<(), ApiError> {
+    let fields = build.fields_with_nul();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Validation(
+        fields
+            .into_iter()
+            .map(|field| FieldError {
+                field,
+                message: "must not contain the NUL character (U+0000)".into(),
+            })
+            .collect(),
+    ))
 }
 
 /// `202 {"ignored": reason}`: not a finished build attestd acts on; nothing stored.
@@ -248,8 +271,32 @@ fn refused(source: &WebhookSource, refusal: Refusal) -> ApiError {
     }
 }
 
-/// Record an admitted build in one transaction: the execution with its statement and a sign job,
-/// or — for `images` from templates — with the statement template and a resolve job.
+/// The answer to a build the store did not record: its own conflict or outage as usual; a
+/// failure of this one item `500 record_failed`; a full queue `503 overloaded`.
+fn record_error(e: RecordError) -> ApiError {
+    match e {
+        RecordError::Store(e @ (StoreError::Conflict(_) | StoreError::NotFound)) => e.into(),
+        RecordError::Store(e) if e.is_unavailable() => e.into(),
+        RecordError::Store(e) => ApiError::RecordFailed(e.into()),
+        RecordError::QueueFull => ApiError::Overloaded(
+            "too many webhooks are waiting to be recorded; retry shortly".into(),
+        ),
+        RecordError::ShuttingDown => {
+            ApiError::Unavailable("attestd is shutting down; retry shortly".into())
+        }
+        RecordError::TimedOut(waited) => {
+            tracing::warn!(
+                waited_ms = waited.as_millis(),
+                "no batch took the build in time; not recorded"
+            );
+            ApiError::StoreUnavailable
+        }
+        RecordError::Lost => ApiError::Internal(RecordError::Lost.into()),
+    }
+}
+
+/// Record an admitted build with the next group commit: the execution with its statement and a
+/// sign job, or — for `images` from templates — with the statement template and a resolve job.
 async fn record(
     state: &AppState,
     build: BuildCompleted,
@@ -268,15 +315,16 @@ async fn record(
     };
     let id = ExecutionId::new();
     let recorded = state
-        .store
-        .record_build(NewExecution {
+        .group_commit
+        .record(NewExecution {
             id,
             build,
             request_sha256,
             signing,
             received_at: id.created_at(),
         })
-        .await?;
+        .await
+        .map_err(record_error)?;
     let (status, execution) = match recorded {
         Recorded::Created(e) => {
             tracing::info!(execution.id = %e.id, account.id = %e.account, pipeline.execution_id = %e.pipeline_execution_id, "build recorded");

@@ -4,6 +4,7 @@
 pub mod adapters;
 pub mod admission;
 pub mod build_webhook;
+pub mod group_commit;
 pub mod signature;
 pub mod standard_webhooks;
 

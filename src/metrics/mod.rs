@@ -34,10 +34,18 @@ pub const SECRET_ERRORS: &str = "attestd_secret_backend_errors_total";
 pub const REGISTRY_ERRORS: &str = "attestd_registry_errors_total";
 pub const DB_CONNECTIONS: &str = "attestd_db_connections";
 pub const DB_CONNECTIONS_MAX: &str = "attestd_db_connections_max";
+pub const INGEST_BATCH_ROWS: &str = "attestd_ingest_batch_rows";
+pub const INGEST_BATCH_DURATION: &str = "attestd_ingest_batch_duration_seconds";
 
 /// Webhook handling is milliseconds unless the database is slow.
 const WEBHOOK_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Webhooks per group commit: 1 when idle, up to `ingest.batch_max_rows` under load.
+const BATCH_ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// One commit of a batch: a few milliseconds, up to the pool's acquire timeout when it is down.
+const BATCH_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 /// A push is several registry round trips, cut off at `worker.push_deadline_secs`.
 const PUSH_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -75,6 +83,8 @@ fn install() -> Option<PrometheusHandle> {
         (PUSH_DURATION, PUSH_BUCKETS),
         (SIGNING_DURATION, SIGNING_BUCKETS),
         (RECEIPT_TO_ATTESTED, ATTESTED_BUCKETS),
+        (INGEST_BATCH_ROWS, BATCH_ROWS_BUCKETS),
+        (INGEST_BATCH_DURATION, BATCH_DURATION_BUCKETS),
     ];
     let mut builder = PrometheusBuilder::new();
     for (name, values) in buckets {
@@ -159,6 +169,15 @@ fn describe() {
         "Database connections by pool and state (in_use or idle)."
     );
     describe_gauge!(DB_CONNECTIONS_MAX, "The size limit of each database pool.");
+    describe_histogram!(
+        INGEST_BATCH_ROWS,
+        "Webhooks recorded by one group commit at ingest."
+    );
+    describe_histogram!(
+        INGEST_BATCH_DURATION,
+        Unit::Seconds,
+        "Time one group commit at ingest took, connection wait included."
+    );
 }
 
 /// `attestd_build_info{version, store} 1`.
@@ -208,6 +227,12 @@ fn histogram<const N: usize>(
         .map(|(k, v)| ::metrics::Label::new(k, v))
         .collect();
     ::metrics::histogram!(name, labels).record(value.as_secs_f64());
+}
+
+/// One group commit at ingest recorded `rows` webhooks (each succeeded or failed on its own).
+pub fn ingest_batch(rows: usize, elapsed: Duration) {
+    ::metrics::histogram!(INGEST_BATCH_ROWS).record(rows as f64);
+    histogram(INGEST_BATCH_DURATION, elapsed, []);
 }
 
 /// A worker took a job (first attempt, retry or take-over).

@@ -671,6 +671,12 @@ pub trait Store: Send + Sync {
     /// is exactly what [`Store::record_build`] would have returned for it alone, in input order:
     /// created, redelivery or conflict, and an item's failure never fails another item. Nothing
     /// is reported before the commit that made it durable.
+    ///
+    /// Ingest's group commit (`ingest::group_commit`) waits for this answer once a batch has
+    /// taken a webhook, so the whole call should wait for a connection at most once
+    /// (`database.acquire_timeout_ms`): when the database is unavailable, answer every remaining
+    /// item unavailable rather than retrying them one by one, and fall back to one transaction
+    /// per item only when a statement was refused.
     async fn record_builds(&self, batch: Vec<NewExecution>) -> Vec<Result<Recorded, StoreError>> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for new in batch {

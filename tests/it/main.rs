@@ -6,6 +6,7 @@ mod check;
 mod ci_webhooks;
 mod cli;
 mod fencing;
+mod group_commit;
 mod hardening;
 mod image_templates;
 mod keys;

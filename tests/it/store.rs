@@ -50,7 +50,7 @@ async fn fixture(backend: Backend) -> Fixture {
     Fixture { store, db }
 }
 
-fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution {
+pub(crate) fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> NewExecution {
     let mut hook = webhook(pipeline_execution_id);
     hook["artifacts"] = (0..artifacts)
         .map(|i| serde_json::json!({"image": format!("127.0.0.1:5999/acme/app{i}"), "digest": format!("sha256:{:064x}", i + 1)}))

@@ -42,6 +42,8 @@ async fn a_scrape_after_webhooks_signing_and_pushes_passes_promtool_check_metric
         "attestd_registry_errors_total",
         "attestd_db_connections",
         "attestd_db_connections_max",
+        "attestd_ingest_batch_rows",
+        "attestd_ingest_batch_duration_seconds",
     ] {
         assert!(
             text.contains(&format!("# HELP {family} "))
@@ -54,6 +56,8 @@ async fn a_scrape_after_webhooks_signing_and_pushes_passes_promtool_check_metric
         "attestd_push_duration_seconds",
         "attestd_receipt_to_attested_seconds",
         "attestd_signing_duration_seconds",
+        "attestd_ingest_batch_rows",
+        "attestd_ingest_batch_duration_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {histogram} histogram"))
