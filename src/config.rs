@@ -370,26 +370,13 @@ pub struct IngestSettings {
     pub batch_max_rows: usize,
     /// Microseconds a batch may wait for more webhooks while another batch is committing.
     pub batch_max_wait_us: u64,
-    /// Batches committing at once; 0 = automatic ([`IngestSettings::batch_concurrency`]).
+    /// Batches committing at once (at least 1).
     pub batch_concurrency: usize,
     /// Webhooks waiting for a batch at most; beyond it `503 overloaded`.
     pub queue_rows: usize,
 }
 
 impl IngestSettings {
-    /// Batches committing at once: as configured, or automatically one for SQLite (one writer)
-    /// and a quarter of the pool, 1 to 4, for PostgreSQL: reads and the worker keep their
-    /// connections, and more slots would only make the batches smaller.
-    pub fn batch_concurrency(&self, database: &DatabaseSettings) -> usize {
-        if self.batch_concurrency > 0 {
-            self.batch_concurrency
-        } else if database.url.expose_secret().starts_with("sqlite:") {
-            1
-        } else {
-            (database.max_connections as usize / 4).clamp(1, 4)
-        }
-    }
-
     /// The wait for more webhooks while another batch commits.
     pub fn batch_max_wait(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.batch_max_wait_us)
@@ -552,6 +539,9 @@ impl Settings {
         }
         if self.database.acquire_timeout_ms == 0 {
             return invalid("database.acquire_timeout_ms", "must be at least 1".into());
+        }
+        if self.ingest.batch_concurrency == 0 {
+            return invalid("ingest.batch_concurrency", "must be at least 1".into());
         }
         if self.ingest.batch_max_rows == 0 {
             return invalid("ingest.batch_max_rows", "must be at least 1".into());
@@ -1097,7 +1087,7 @@ mod tests {
     }
 
     #[test]
-    fn ingest_batches_default_to_one_writer_on_sqlite_and_a_quarter_of_the_pool_on_postgres() {
+    fn ingest_batches_default_to_one_in_flight_and_are_validated() {
         let with = |extra: &str| -> Settings {
             Figment::from(Toml::string(DEFAULT_TOML))
                 .merge(Toml::string(extra))
@@ -1105,18 +1095,12 @@ mod tests {
                 .unwrap()
         };
         let s = with("");
-        assert_eq!(s.ingest.batch_concurrency(&s.database), 1);
-        let pg = "[database]\nurl = \"postgres://a@h/d\"\n";
-        for (pool, slots) in [(1, 1), (8, 2), (16, 4), (100, 4)] {
-            let s = with(&format!("{pg}max_connections = {pool}"));
-            assert_eq!(
-                s.ingest.batch_concurrency(&s.database),
-                slots,
-                "pool {pool}"
-            );
-        }
-        let s = with(&format!("{pg}[ingest]\nbatch_concurrency = 7"));
-        assert_eq!(s.ingest.batch_concurrency(&s.database), 7);
+        assert_eq!(s.ingest.batch_concurrency, 1);
+        let err = with("[ingest]\nbatch_concurrency = 0")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.batch_concurrency"), "{err}");
         let s = with("[ingest]\nbatch_max_rows = 64\nqueue_rows = 10");
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.queue_rows"), "{err}");

@@ -72,7 +72,7 @@ impl GroupCommit {
         let limits = Limits {
             max_rows: ingest.batch_max_rows.max(1),
             max_wait: ingest.batch_max_wait(),
-            concurrency: ingest.batch_concurrency(database).max(1),
+            concurrency: ingest.batch_concurrency.max(1),
         };
         let (queue, rx) = mpsc::channel(ingest.queue_rows.max(limits.max_rows));
         let closing = CancellationToken::new();

@@ -461,7 +461,10 @@ impl Store for SqlStore {
         } else {
             " ORDER BY id DESC"
         });
-        q.push(" LIMIT ").push_bind(i64::from(f.limit));
+        // The limit is written into the text, not bound: with `LIMIT $n` PostgreSQL cannot cost
+        // a generic plan and plans every page anew; with the number (an integer, never text
+        // from the request) it keeps one plan per filter shape and page size.
+        q.push(&format!(" LIMIT {}", f.limit));
         q.push(sql::executions_where_end(f.ascending));
         joined(self.db.fetch_all(On::Read, q).await?)
     }
