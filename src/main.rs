@@ -10,12 +10,6 @@ use clap::{Parser, Subcommand};
 use attestd::App;
 use attestd::config::Settings;
 
-/// mimalloc instead of the system allocator: a request allocates and frees many small buffers
-/// (rows, JSON, headers) from several threads, where glibc's malloc spent a quarter of the
-/// read path's CPU (see docs/PERFORMANCE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "attestd",
