@@ -77,7 +77,7 @@ async fn main() {
     for c in 0..concurrency {
         let (client, urls, auth, mode) = (client.clone(), urls.clone(), auth.clone(), mode.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1) * 0x2545_F491_4F6C_DD1D);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x2545_F491_4F6C_DD1D));
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let url = &urls[rng.below(urls.len())];
