@@ -48,7 +48,13 @@ struct Queued {
     answer: oneshot::Sender<Result<Recorded, StoreError>>,
     /// Set by whichever comes first: a batch taking the item, or its handler giving up on it.
     claimed: Arc<AtomicBool>,
+    queued_at: Instant,
 }
+
+/// When the last batch found the database unavailable: items queued before then are answered
+/// `503` at once instead of being batched again, so that during an outage no webhook waits for
+/// two acquire timeouts (one for the batch ahead of it, one for its own).
+type LastUnavailable = Arc<Mutex<Option<Instant>>>;
 
 /// The queue the webhook handlers record through, and the task that drains it.
 pub struct GroupCommit {
@@ -94,6 +100,7 @@ impl GroupCommit {
                 new,
                 answer,
                 claimed: claimed.clone(),
+                queued_at: Instant::now(),
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => RecordError::QueueFull,
@@ -135,6 +142,7 @@ async fn drain(
     closing: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.concurrency));
+    let unavailable: LastUnavailable = Arc::default();
     let mut closed = false;
     loop {
         // A free slot first, so that under load the batch fills while the others commit.
@@ -152,6 +160,8 @@ async fn drain(
             }
         };
         let Some(first) = first else { break };
+        let unavailable_since = unavailable.lock().ok().and_then(|t| *t);
+        let take = |batch: &mut Vec<Queued>, item| take(batch, item, unavailable_since);
         let mut batch = Vec::with_capacity(limits.max_rows);
         take(&mut batch, first);
         while batch.len() < limits.max_rows {
@@ -171,7 +181,7 @@ async fn drain(
             }
         }
         if !batch.is_empty() {
-            tokio::spawn(commit(store.clone(), batch, slot));
+            tokio::spawn(commit(store.clone(), batch, slot, unavailable.clone()));
         }
     }
     // Every batch still committing holds a slot; wait for them to answer.
@@ -179,19 +189,41 @@ async fn drain(
 }
 
 /// Add `item` to the batch unless nobody waits for it any more (the client went away, or its
-/// handler gave up on it): it was never acknowledged, so it is not recorded either.
-fn take(batch: &mut Vec<Queued>, item: Queued) {
-    if !item.claimed.swap(true, Ordering::AcqRel) && !item.answer.is_closed() {
-        batch.push(item);
+/// handler gave up on it): it was never acknowledged, so it is not recorded either. An item
+/// queued while the database was found unavailable is answered so at once, unrecorded.
+fn take(batch: &mut Vec<Queued>, item: Queued, unavailable_since: Option<Instant>) {
+    if item.claimed.swap(true, Ordering::AcqRel) || item.answer.is_closed() {
+        return;
+    }
+    match unavailable_since {
+        Some(t) if item.queued_at < t => {
+            let _ = item.answer.send(Err(StoreError::Unavailable(
+                "the database was unavailable to the batch ahead of this build".into(),
+            )));
+        }
+        _ => batch.push(item),
     }
 }
 
-async fn commit(store: DynStore, batch: Vec<Queued>, _slot: OwnedSemaphorePermit) {
+async fn commit(
+    store: DynStore,
+    batch: Vec<Queued>,
+    _slot: OwnedSemaphorePermit,
+    unavailable: LastUnavailable,
+) {
     let started = Instant::now();
     let rows = batch.len();
     let (news, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.new, q.answer)).unzip();
     let outcomes = store.record_builds(news).await;
     crate::metrics::ingest_batch(rows, started.elapsed());
+    let down = outcomes
+        .iter()
+        .any(|o| o.as_ref().is_err_and(StoreError::is_unavailable));
+    if let Ok(mut since) = unavailable.lock() {
+        // Set before the slot is released (at the end of this function), so the next batch
+        // sees it; cleared by the first batch that reached the database.
+        *since = down.then(Instant::now);
+    }
     if outcomes.len() != rows {
         tracing::error!(
             batch.rows = rows,
