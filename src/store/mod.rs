@@ -143,6 +143,24 @@ impl NewExecution {
         }
     }
 
+    /// The build's text columns, in the order both dialects' inserts bind them after the id:
+    /// account, pipeline execution id, pipeline, repository, branch, commit, trigger type,
+    /// triggered by, builder id.
+    fn text_columns(&self) -> [&str; 9] {
+        let b = &self.build;
+        [
+            b.account.as_str(),
+            &b.pipeline_execution_id,
+            &b.pipeline_identifier,
+            &b.repository_url,
+            &b.branch,
+            &b.commit_sha,
+            &b.trigger_type,
+            &b.triggered_by,
+            &b.builder_id,
+        ]
+    }
+
     fn statement(&self) -> Option<&[u8]> {
         match &self.signing {
             Signing::Statement(bytes) => Some(bytes),

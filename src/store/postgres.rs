@@ -105,7 +105,7 @@ pub async fn insert_build(
     let artifacts = new.new_artifacts();
     // One statement, so one round trip and one implicit transaction: the execution, its
     // artifacts and (for a successful build) its first job, or nothing on a conflict.
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+    let mut query = sqlx::query_scalar(
         "WITH e AS ( \
             INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
                 repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
@@ -123,34 +123,49 @@ pub async fn insert_build(
             SELECT $24, e.id, 'queued', $16, $16, $16 FROM e WHERE $24::text IS NOT NULL) \
          SELECT id FROM e",
     )
-    .bind(new.id.0)
-    .bind(b.account.as_str())
-    .bind(&b.pipeline_execution_id)
-    .bind(&b.pipeline_identifier)
-    .bind(&b.repository_url)
-    .bind(&b.branch)
-    .bind(&b.commit_sha)
-    .bind(&b.trigger_type)
-    .bind(&b.triggered_by)
-    .bind(&b.builder_id)
-    .bind(Json(&b.builder_version))
-    .bind(b.started_on)
-    .bind(b.finished_on)
-    .bind(b.status.as_str())
-    .bind(&new.request_sha256)
-    .bind(new.received_at)
-    .bind(new.statement())
-    .bind(state.as_str())
-    .bind((0..artifacts.len() as i32).collect::<Vec<_>>())
-    .bind(artifacts.iter().map(|a| a.image.registry.as_str()).collect::<Vec<_>>())
-    .bind(artifacts.iter().map(|a| a.image.repository.as_str()).collect::<Vec<_>>())
-    .bind(artifacts.iter().map(|a| a.image.tag.as_deref()).collect::<Vec<_>>())
-    .bind(artifacts.iter().map(|a| a.digest.map_or("", Digest::as_str)).collect::<Vec<_>>())
-    .bind(job.map(JobKind::as_str))
-    .bind(new.statement_template())
-    .bind(push_state.as_str())
-    .fetch_optional(pool)
-    .await?;
+    .bind(new.id.0);
+    for text in new.text_columns() {
+        query = query.bind(text);
+    }
+    let inserted: Option<Uuid> = query
+        .bind(Json(&b.builder_version))
+        .bind(b.started_on)
+        .bind(b.finished_on)
+        .bind(b.status.as_str())
+        .bind(&new.request_sha256)
+        .bind(new.received_at)
+        .bind(new.statement())
+        .bind(state.as_str())
+        .bind((0..artifacts.len() as i32).collect::<Vec<_>>())
+        .bind(
+            artifacts
+                .iter()
+                .map(|a| a.image.registry.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            artifacts
+                .iter()
+                .map(|a| a.image.repository.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            artifacts
+                .iter()
+                .map(|a| a.image.tag.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            artifacts
+                .iter()
+                .map(|a| a.digest.map_or("", Digest::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .bind(job.map(JobKind::as_str))
+        .bind(new.statement_template())
+        .bind(push_state.as_str())
+        .fetch_optional(pool)
+        .await?;
     if inserted.is_some() {
         return Ok(None);
     }

@@ -166,34 +166,29 @@ async fn insert_in(
     }
     let builder_version = serde_json::to_string(&b.builder_version)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    let mut insert = sqlx::query(
         "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
          repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
          builder_version, started_on, finished_on, status, request_sha256, received_at, \
          statement, attestation_state, statement_template) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     )
-    .bind(new.id.0)
-    .bind(b.account.as_str())
-    .bind(&b.pipeline_execution_id)
-    .bind(&b.pipeline_identifier)
-    .bind(&b.repository_url)
-    .bind(&b.branch)
-    .bind(&b.commit_sha)
-    .bind(&b.trigger_type)
-    .bind(&b.triggered_by)
-    .bind(&b.builder_id)
-    .bind(builder_version)
-    .bind(ms(b.started_on))
-    .bind(ms(b.finished_on))
-    .bind(b.status.as_str())
-    .bind(&new.request_sha256)
-    .bind(ms(new.received_at))
-    .bind(new.statement())
-    .bind(state.as_str())
-    .bind(new.statement_template())
-    .execute(&mut *conn)
-    .await?;
+    .bind(new.id.0);
+    for text in new.text_columns() {
+        insert = insert.bind(text);
+    }
+    insert
+        .bind(builder_version)
+        .bind(ms(b.started_on))
+        .bind(ms(b.finished_on))
+        .bind(b.status.as_str())
+        .bind(&new.request_sha256)
+        .bind(ms(new.received_at))
+        .bind(new.statement())
+        .bind(state.as_str())
+        .bind(new.statement_template())
+        .execute(&mut *conn)
+        .await?;
 
     let new_artifacts = new.new_artifacts();
     // A CI's failed run may name no image at all; an empty VALUES list is not SQL.
