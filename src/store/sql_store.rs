@@ -16,7 +16,14 @@ use super::*;
 /// A [`Store`] over a PostgreSQL or SQLite database.
 pub struct SqlStore {
     db: Db,
+    /// When stopped jobs were last looked for ([`SqlStore::bury_stopped_jobs`]).
+    buried_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// While claims keep finding work, stopped jobs are looked for at most this often: they cannot
+/// be claimed anyway (the claim skips them), so burying them only makes them visible as dead,
+/// and a probe per claim was a round trip per job.
+const BURY_EVERY: Duration = Duration::from_secs(5);
 
 impl SqlStore {
     /// Connect to PostgreSQL at a `postgres://` URL.
@@ -27,6 +34,7 @@ impl SqlStore {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             db: postgres::connect(url, max_connections, acquire_timeout).await?,
+            buried_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -38,6 +46,7 @@ impl SqlStore {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             db: sqlite::connect(url, max_connections, acquire_timeout).await?,
+            buried_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -95,6 +104,14 @@ impl SqlStore {
     /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
     /// reason on the job, its artifact and its execution. A cheap probe comes first (on a SQLite
     /// reader): usually there is none, and no transaction is opened.
+    async fn bury(&self, leasing: &Leasing) -> Result<(), StoreError> {
+        self.bury_stopped_jobs(leasing).await?;
+        if let Ok(mut at) = self.buried_at.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
     async fn bury_stopped_jobs(&self, leasing: &Leasing) -> Result<(), StoreError> {
         let sql = self.db.sql();
         let stopped = |sql: &'static str| {
@@ -688,7 +705,14 @@ impl Store for SqlStore {
     }
 
     async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError> {
-        self.bury_stopped_jobs(leasing).await?;
+        let due = self
+            .buried_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= BURY_EVERY))
+            .unwrap_or(true);
+        if due {
+            self.bury(leasing).await?;
+        }
         let now = OffsetDateTime::now_utc();
         let row = self
             .db
@@ -703,7 +727,15 @@ impl Store for SqlStore {
                     .bind(Clock::Now(now)),
             )
             .await?;
-        row.as_ref().map(job_row).transpose()
+        match row {
+            Some(row) => job_row(&row).map(Some),
+            // Idle: a stopped job may be what is left; bury it now rather than at the next probe.
+            None if !due => {
+                self.bury(leasing).await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 
     async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
