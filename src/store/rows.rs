@@ -2,6 +2,7 @@
 //! and their conversion into domain records.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -15,21 +16,41 @@ pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipe
     started_on, finished_on, status, received_at, attestation_state, key_id, signed_at, \
     attested_at, last_error, signed_by";
 
-pub const ARTIFACT_COLUMNS: &str = "execution_id, position, registry, repository, tag, digest, \
-    push_state, push_attempts, next_attempt_at, last_error, pushed_reference, manifest_digest, pushed_at, \
-    resolved_at, pushed_by";
+/// Columns selected for an artifact, in this order: [`ARTIFACT_COLUMNS`] and the names its rows
+/// are read by.
+pub const ARTIFACT_NAMES: [&str; 15] = [
+    "execution_id",
+    "position",
+    "registry",
+    "repository",
+    "tag",
+    "digest",
+    "push_state",
+    "push_attempts",
+    "next_attempt_at",
+    "last_error",
+    "pushed_reference",
+    "manifest_digest",
+    "pushed_at",
+    "resolved_at",
+    "pushed_by",
+];
+
+pub static ARTIFACT_COLUMNS: LazyLock<String> = LazyLock::new(|| ARTIFACT_NAMES.join(", "));
+
+/// [`ARTIFACT_NAMES`] as [`JOINED_COLUMNS`] renames them: `a_<column>`.
+pub static JOINED_ARTIFACT_NAMES: LazyLock<[String; 15]> =
+    LazyLock::new(|| ARTIFACT_NAMES.map(|c| format!("a_{c}")));
 
 /// An execution's columns (`e.`) beside its artifacts' (`a.`, renamed `a_<column>`), for reads
-/// that join the two so a page and its artifacts come back in one query.
-pub fn joined_columns() -> String {
+/// that join the two so a page and its artifacts come back in one query. Built once.
+pub static JOINED_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     let execution = EXECUTION_COLUMNS
-        .split(", ")
+        .split(',')
         .map(|c| format!("e.{}", c.trim()));
-    let artifact = ARTIFACT_COLUMNS
-        .split(", ")
-        .map(|c| format!("a.{0} AS a_{0}", c.trim()));
+    let artifact = ARTIFACT_NAMES.iter().map(|c| format!("a.{c} AS a_{c}"));
     execution.chain(artifact).collect::<Vec<_>>().join(", ")
-}
+});
 
 pub struct ExecutionRow {
     pub id: Uuid,

@@ -10,7 +10,7 @@
 //! time arithmetic of the dashboard (`{day column}`, `{seconds from to}`). A `{now $n}` parameter
 //! is bound last: PostgreSQL has no such parameter.
 
-use super::rows::{ARTIFACT_COLUMNS, EXECUTION_COLUMNS, joined_columns};
+use super::rows::{ARTIFACT_COLUMNS, EXECUTION_COLUMNS, JOINED_COLUMNS};
 
 /// One part of a template that a dialect writes its own way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl Statements {
         Self {
             execution_by_id: format!(
                 "SELECT {} FROM executions e LEFT JOIN artifacts a ON a.execution_id = e.id WHERE e.id = $1",
-                joined_columns()
+                *JOINED_COLUMNS
             ),
             digest_hits: r(DIGEST_HITS),
             stats_daily: r(STATS_DAILY),
@@ -124,7 +124,7 @@ impl Statements {
 
 /// The start of a select of artifacts by execution; the dialect appends the id list.
 pub fn artifacts_of() -> String {
-    format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE ")
+    format!("SELECT {} FROM artifacts WHERE ", *ARTIFACT_COLUMNS)
 }
 
 /// The start of a select of executions by id; the dialect appends the id list.
@@ -137,7 +137,7 @@ pub fn executions_of() -> String {
 pub fn executions_where() -> String {
     format!(
         "SELECT {} FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE",
-        joined_columns()
+        *JOINED_COLUMNS
     )
 }
 

@@ -255,48 +255,13 @@ fn execution_row(r: &Row) -> Result<ExecutionRow, sqlx::Error> {
     })
 }
 
-/// Column names of [`rows::ARTIFACT_COLUMNS`], as selected from `artifacts` and as renamed by
-/// [`rows::joined_columns`].
-const ARTIFACT_NAMES: [&str; 15] = [
-    "execution_id",
-    "position",
-    "registry",
-    "repository",
-    "tag",
-    "digest",
-    "push_state",
-    "push_attempts",
-    "next_attempt_at",
-    "last_error",
-    "pushed_reference",
-    "manifest_digest",
-    "pushed_at",
-    "resolved_at",
-    "pushed_by",
-];
-const JOINED_ARTIFACT_NAMES: [&str; 15] = [
-    "a_execution_id",
-    "a_position",
-    "a_registry",
-    "a_repository",
-    "a_tag",
-    "a_digest",
-    "a_push_state",
-    "a_push_attempts",
-    "a_next_attempt_at",
-    "a_last_error",
-    "a_pushed_reference",
-    "a_manifest_digest",
-    "a_pushed_at",
-    "a_resolved_at",
-    "a_pushed_by",
-];
-
 fn artifact_row(r: &Row) -> Result<ArtifactRow, sqlx::Error> {
-    artifact_row_named(r, &ARTIFACT_NAMES)
+    artifact_row_named(r, &rows::ARTIFACT_NAMES)
 }
 
-fn artifact_row_named(r: &Row, n: &[&str; 15]) -> Result<ArtifactRow, sqlx::Error> {
+/// An artifact read by the column names `n` ([`rows::ARTIFACT_NAMES`] or their joined names).
+fn artifact_row_named<S: AsRef<str>>(r: &Row, n: &[S; 15]) -> Result<ArtifactRow, sqlx::Error> {
+    let n = n.each_ref().map(AsRef::as_ref);
     Ok(ArtifactRow {
         execution_id: r.get(n[0])?,
         position: r.get(n[1])?,
@@ -316,7 +281,7 @@ fn artifact_row_named(r: &Row, n: &[&str; 15]) -> Result<ArtifactRow, sqlx::Erro
     })
 }
 
-/// Executions read joined with their artifacts ([`rows::joined_columns`]): one row per artifact
+/// Executions read joined with their artifacts ([`rows::JOINED_COLUMNS`]): one row per artifact
 /// (one with NULL artifact columns for an execution without any), executions in query order.
 fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
     let mut executions: Vec<ExecutionRow> = Vec::new();
@@ -327,7 +292,7 @@ fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
             executions.push(execution_row(r)?);
         }
         if r.get::<Option<i32>, _>("a_position")?.is_some() {
-            artifacts.push(artifact_row_named(r, &JOINED_ARTIFACT_NAMES)?);
+            artifacts.push(artifact_row_named(r, &rows::JOINED_ARTIFACT_NAMES)?);
         }
     }
     rows::assemble(executions, artifacts)
