@@ -684,6 +684,32 @@ impl Session {
         Ok(out)
     }
 
+    /// `GET /v2/<repository>/referrers/<digest>` (the OCI 1.1 referrers API), optionally
+    /// filtered by artifact type.
+    async fn get_referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut url = self.join(&format!("v2/{repository}/referrers/{digest}"))?;
+        if let Some(t) = artifact_type {
+            url.query_pairs_mut().append_pair("artifactType", t);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(layout::OCI_INDEX));
+        self.send(
+            Method::GET,
+            url,
+            headers,
+            None,
+            (repository, Access::Pull),
+            what,
+        )
+        .await
+    }
+
     /// The referrers list from the native API (only call when it is supported), filtered to
     /// `artifact_type` here too: a registry may ignore the filter.
     pub async fn referrers(
@@ -693,20 +719,8 @@ impl Session {
         what: &str,
     ) -> Result<Vec<serde_json::Value>, RegistryError> {
         let target = subject.digest().unwrap_or_default();
-        let mut url = self.join(&format!("v2/{}/referrers/{target}", subject.repository()))?;
-        url.query_pairs_mut()
-            .append_pair("artifactType", artifact_type);
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(layout::OCI_INDEX));
         let response = self
-            .send(
-                Method::GET,
-                url,
-                headers,
-                None,
-                (subject.repository(), Access::Pull),
-                what,
-            )
+            .get_referrers(subject.repository(), target, Some(artifact_type), what)
             .await?;
         let status = response.status().as_u16();
         let body = response
@@ -737,18 +751,8 @@ impl Session {
             "probe the referrers API of {}",
             reference.resolve_registry()
         );
-        let url = self.join(&format!("v2/{}/referrers/{digest}", reference.repository()))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(layout::OCI_INDEX));
         let response = self
-            .send(
-                Method::GET,
-                url,
-                headers,
-                None,
-                (reference.repository(), Access::Pull),
-                &what,
-            )
+            .get_referrers(reference.repository(), digest.as_str(), None, &what)
             .await?;
         match response.status().as_u16() {
             200 => Ok(true),
