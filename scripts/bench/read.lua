@@ -1,0 +1,47 @@
+-- wrk script for scripts/bench/read: every request reads a random execution of the ids file.
+-- wrk <url> -s read.lua -- <ids-file> <execution|provenance|list> <token>
+-- It prints one line; scripts/bench/read fails the run unless its "non200=" field is 0.
+local ids, mode = {}, nil
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+
+function init(args)
+  for line in io.lines(args[1]) do ids[#ids + 1] = line end
+  mode = args[2]
+  wrk.headers["Authorization"] = "Bearer " .. args[3]
+  table.sort(ids)
+  if mode == "list" then
+    -- the 50 executions received before a random one (never among the oldest 50: pages are full)
+    local page = {}
+    for i = 51, #ids do page[#page + 1] = ids[i] end
+    ids = page
+  end
+  math.randomseed(seed * 7919)
+end
+
+function request()
+  local id = ids[math.random(#ids)]
+  local path
+  if mode == "execution" then
+    path = "/v1/executions/" .. id
+  elseif mode == "provenance" then
+    path = "/v1/executions/" .. id .. "/provenance"
+  else
+    path = "/v1/executions?limit=50&cursor=" .. id
+  end
+  return wrk.format("GET", path)
+end
+
+function done(summary, latency, requests)
+  local non200 = summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout
+  io.write(string.format(
+    "requests=%d throughput=%.0f/s p50=%.2fms p95=%.2fms p99=%.2fms non200=%d\n",
+    summary.requests, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
+    non200))
+end
