@@ -519,6 +519,17 @@ pub struct Job {
     pub owner: String,
 }
 
+/// What completing a sign job wrote.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The envelope that is stored: this one, or an earlier one another worker stored first.
+    pub envelope: Vec<u8>,
+    /// The push job leased to the signing worker (see [`Store::complete_sign`]).
+    pub push: Option<Job>,
+    /// Push jobs queued for any worker.
+    pub queued: u64,
+}
+
 /// The result of a successful push, recorded on the artifact.
 #[derive(Debug, Clone)]
 pub struct PushRecord {
@@ -765,15 +776,27 @@ pub trait Store: Send + Sync {
         statement: &[u8],
     ) -> Result<(), StoreError>;
     /// Store the envelope unless one is stored already, finish the sign job and queue one push
-    /// job per artifact. Returns the envelope that is stored (the earlier one, if any).
+    /// job per artifact waiting for one. With `hand_off` (a lease), the push job of the first
+    /// such artifact is leased to the signing worker in the same write instead of queued, so it
+    /// pushes straight on without a claim; if it stops, the lease expires and any worker takes
+    /// the push over as from a claim.
     async fn complete_sign(
         &self,
         job: &Job,
         envelope: &[u8],
         key_id: &str,
-    ) -> Result<Vec<u8>, StoreError>;
-    /// Record a pushed artifact and finish its job.
-    async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError>;
+        hand_off: Option<Duration>,
+    ) -> Result<Signed, StoreError>;
+    /// Record a pushed artifact and finish its job, releasing `lock` (the tag lock the push held)
+    /// in the same write; nothing is written, the lock included, if the job is no longer the
+    /// caller's. Returns the time from receipt to attestation if this push attested
+    /// its execution (its last artifact to be pushed).
+    async fn complete_push(
+        &self,
+        job: &Job,
+        record: &PushRecord,
+        lock: Option<&Lock>,
+    ) -> Result<Option<Duration>, StoreError>;
     /// Record a failed attempt: retried `retry_in` from now, or dead when `None`.
     async fn fail_job(
         &self,

@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
-use super::{BuildCompleted, Digest, Job, JobKind, NewExecution, PushRecord, StoreError};
+use super::{
+    BuildCompleted, Digest, Job, JobKind, Lock, NewExecution, PushRecord, Signed, StoreError,
+};
 
 pub async fn connect(
     url: &str,
@@ -330,18 +332,26 @@ macro_rules! any_dead {
 
 /// Complete a sign job in one statement: finish the job, keep the first envelope ever stored
 /// (with its key, worker and time), queue one push job per artifact still waiting unless it
-/// has one, and set the execution's state. One statement sees one snapshot, so the state is
-/// computed from what this statement writes (the envelope is stored) rather than re-read.
-/// `$4` envelope, `$5` key id, `$6` worker. Returns whether the job was finished (0 or 1) and
-/// the stored envelope.
+/// has one — the first of them leased to the signing worker (`$6`) under token `$7` for `$8`
+/// milliseconds instead, when `$7` is given — and set the execution's state. One statement sees
+/// one snapshot, so the state is computed from what this statement writes (the envelope is
+/// stored) rather than re-read. `$4` envelope, `$5` key id. Returns whether the job was finished
+/// (0 or 1), the stored envelope, the leased push job's id and position, and how many were
+/// queued.
 const COMPLETE_SIGN: &str = concat!(
     "WITH ",
     done_cte!(),
-    ", pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \
-        SELECT 'push', a.execution_id, a.position, 'queued', $3, $3, $3 FROM done \
-        JOIN artifacts a ON a.execution_id = done.execution_id WHERE a.push_state = 'pending' AND NOT EXISTS ( \
+    ", waiting AS (SELECT a.execution_id, a.position, \
+            $7::uuid IS NOT NULL AND a.position = min(a.position) OVER () AS mine \
+        FROM done JOIN artifacts a ON a.execution_id = done.execution_id WHERE a.push_state = 'pending' AND NOT EXISTS ( \
             SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
             AND j.artifact_position = a.position)), \
+    pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, lease_owner, \
+            lease_token, lease_expires_at, run_after, created_at, updated_at) \
+        SELECT 'push', execution_id, position, CASE WHEN mine THEN 'running' ELSE 'queued' END, \
+            CASE WHEN mine THEN 1 ELSE 0 END, CASE WHEN mine THEN $6 END, CASE WHEN mine THEN $7::uuid END, \
+            CASE WHEN mine THEN now() + $8 * interval '1 millisecond' END, $3, $3, $3 FROM waiting \
+        RETURNING id, artifact_position, state), \
     e AS (UPDATE executions x SET envelope = COALESCE(x.envelope, $4), \
         key_id = CASE WHEN x.envelope IS NULL THEN $5 ELSE x.key_id END, \
         signed_by = CASE WHEN x.envelope IS NULL THEN $6 ELSE x.signed_by END, \
@@ -353,13 +363,18 @@ const COMPLETE_SIGN: &str = concat!(
             WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND a.push_state <> 'pushed') \
             THEN 'attested' ELSE 'pushing' END \
         FROM done WHERE x.id = done.execution_id RETURNING x.envelope) \
-    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT envelope FROM e) AS envelope"
+    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT envelope FROM e) AS envelope, \
+        (SELECT id FROM pushes WHERE state = 'running') AS leased_id, \
+        (SELECT artifact_position FROM pushes WHERE state = 'running') AS leased_position, \
+        (SELECT COUNT(*) FROM pushes WHERE state = 'queued') AS queued"
 );
 
-/// Complete a push job in one statement: finish the job, record the pushed artifact, and set
-/// the execution's state — attested (stamped once, its last error cleared) when every other
-/// artifact was already pushed. `$4` position, `$5` attempts, `$6` reference, `$7` manifest
-/// digest, `$8` worker. Returns whether the job was finished (0 or 1) and the state written.
+/// Complete a push job in one statement: finish the job, record the pushed artifact, set the
+/// execution's state — attested (stamped once, its last error cleared) when every other
+/// artifact was already pushed — and release the tag lock the push held (`$9` name, `$10`
+/// owner, `$11` token). `$4` position, `$5` attempts,
+/// `$6` reference, `$7` manifest digest, `$8` worker. Returns whether the job was finished (0
+/// or 1), the state written, and the execution's receipt time if this statement attested it.
 const COMPLETE_PUSH: &str = concat!(
     "WITH ",
     done_cte!(),
@@ -376,8 +391,11 @@ const COMPLETE_PUSH: &str = concat!(
     e AS (UPDATE executions x SET attestation_state = s.state, \
         attested_at = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN $3 ELSE x.attested_at END, \
         last_error = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN NULL ELSE x.last_error END \
-        FROM s WHERE x.id = s.id) \
-    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT state FROM s) AS state"
+        FROM s WHERE x.id = s.id RETURNING x.received_at, x.attested_at), \
+    unlocked AS (UPDATE locks SET expires_at = now() \
+        WHERE name = $9 AND owner = $10 AND token = $11 AND expires_at > now() AND EXISTS (SELECT 1 FROM done)) \
+    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT state FROM s) AS state, \
+        (SELECT received_at FROM e WHERE attested_at = $3) AS attested_from"
 );
 
 /// Promote an execution left `pushing` whose artifacts are all pushed by now: run after a push
@@ -391,7 +409,8 @@ const PROMOTE_ATTESTED: &str = concat!(
         last_error = CASE WHEN x.attested_at IS NULL THEN NULL ELSE x.last_error END \
     WHERE x.id = $1 AND x.attestation_state = 'pushing' AND x.envelope IS NOT NULL AND NOT ",
     any_dead!(),
-    " AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND a.push_state <> 'pushed')"
+    " AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND a.push_state <> 'pushed') \
+    RETURNING x.received_at, x.attested_at = $2 AS stamped"
 );
 
 /// Complete a resolve job in one statement, or write nothing: when the lease holds, every
@@ -449,55 +468,87 @@ pub async fn complete_resolve(
     Ok(())
 }
 
-/// Complete a sign job with [`COMPLETE_SIGN`]: one statement; returns the stored envelope.
+/// Complete a sign job with [`COMPLETE_SIGN`]: one statement.
 pub async fn complete_sign(
     pool: &PgPool,
     job: &Job,
     envelope: &[u8],
     key_id: &str,
-) -> Result<Vec<u8>, StoreError> {
-    let (done, stored): (i64, Option<Vec<u8>>) = sqlx::query_as(COMPLETE_SIGN)
+    hand_off: Option<Duration>,
+) -> Result<Signed, StoreError> {
+    let token = hand_off.map(|_| Uuid::new_v4());
+    let (done, stored, leased_id, leased_position, queued): SignRow = sqlx::query_as(COMPLETE_SIGN)
         .bind(job.id)
         .bind(job.lease_token)
         .bind(OffsetDateTime::now_utc())
         .bind(envelope)
         .bind(key_id)
         .bind(&job.owner)
+        .bind(token)
+        .bind(hand_off.map(millis))
         .fetch_one(pool)
         .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
     }
-    stored.ok_or(StoreError::NotFound)
+    let push = match (leased_id, token) {
+        (Some(id), Some(lease_token)) => Some(Job {
+            id,
+            kind: JobKind::Push,
+            execution_id: job.execution_id,
+            artifact_position: leased_position,
+            attempts: 1,
+            lease_token,
+            owner: job.owner.clone(),
+        }),
+        _ => None,
+    };
+    Ok(Signed {
+        envelope: stored.ok_or(StoreError::NotFound)?,
+        push,
+        queued: u64::try_from(queued).unwrap_or(0),
+    })
 }
 
-/// Complete a push job with [`COMPLETE_PUSH`]: one statement.
+/// What [`COMPLETE_SIGN`] returns.
+type SignRow = (i64, Option<Vec<u8>>, Option<i64>, Option<i32>, i64);
+
+/// Complete a push job with [`COMPLETE_PUSH`]: one statement (and [`PROMOTE_ATTESTED`] after
+/// it when it left the execution pushing).
 pub async fn complete_push(
     pool: &PgPool,
     job: &Job,
     record: &PushRecord,
-) -> Result<(), StoreError> {
+    lock: Option<&Lock>,
+) -> Result<Option<Duration>, StoreError> {
     let now = OffsetDateTime::now_utc();
-    let (done, state): (i64, Option<String>) = sqlx::query_as(COMPLETE_PUSH)
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(now)
-        .bind(job.artifact_position)
-        .bind(job.attempts)
-        .bind(&record.reference)
-        .bind(&record.manifest_digest)
-        .bind(&job.owner)
-        .fetch_one(pool)
-        .await?;
+    let (done, state, attested_from): (i64, Option<String>, Option<OffsetDateTime>) =
+        sqlx::query_as(COMPLETE_PUSH)
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(now)
+            .bind(job.artifact_position)
+            .bind(job.attempts)
+            .bind(&record.reference)
+            .bind(&record.manifest_digest)
+            .bind(&job.owner)
+            .bind(lock.map(|l| l.name.as_str()))
+            .bind(lock.map(|l| l.owner.as_str()))
+            .bind(lock.map(|l| l.token))
+            .fetch_one(pool)
+            .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
     }
-    if state.as_deref() == Some("pushing") {
-        sqlx::query(PROMOTE_ATTESTED)
+    let attested_from = match (attested_from, state.as_deref()) {
+        (Some(received), _) => Some(received),
+        (None, Some("pushing")) => sqlx::query_as(PROMOTE_ATTESTED)
             .bind(job.execution_id.0)
             .bind(now)
-            .execute(pool)
-            .await?;
-    }
-    Ok(())
+            .fetch_optional(pool)
+            .await?
+            .and_then(|(received, stamped): (OffsetDateTime, bool)| stamped.then_some(received)),
+        (None, _) => None,
+    };
+    Ok(attested_from.map(|received| (now - received).max(time::Duration::ZERO).unsigned_abs()))
 }

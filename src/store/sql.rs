@@ -89,6 +89,7 @@ pub struct Statements {
     pub renew_lock: String,
     pub holds_lock: String,
     pub unlock: String,
+    pub hand_off_push: String,
     pub prune_jobs: String,
     pub prune_locks: String,
 }
@@ -116,6 +117,7 @@ impl Statements {
             renew_lock: r(RENEW_LOCK),
             holds_lock: r(HOLDS_LOCK),
             unlock: r(UNLOCK),
+            hand_off_push: r(HAND_OFF_PUSH),
             prune_jobs: r(PRUNE_JOBS),
             prune_locks: r(PRUNE_LOCKS),
         }
@@ -232,6 +234,17 @@ const HOLDS_LOCK: &str = "SELECT EXISTS (SELECT 1 FROM locks WHERE name = $1 AND
 const UNLOCK: &str = "UPDATE locks SET expires_at = {now $4} \
     WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > {now $4}";
 
+/// The push job of an execution's first artifact waiting for one, leased to the worker that
+/// signed it (SQLite; PostgreSQL does this inside its one-statement sign completion). `$1`
+/// execution, `$2` worker, `$3` lease token, `$4` lease (ms), `$5` now.
+const HAND_OFF_PUSH: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, \
+    lease_owner, lease_token, lease_expires_at, run_after, created_at, updated_at) \
+    SELECT 'push', a.execution_id, a.position, 'running', 1, $2, $3, {now+ $4}, {now $5}, {now $5}, {now $5} \
+    FROM artifacts a WHERE a.execution_id = $1 AND a.push_state = 'pending' AND NOT EXISTS ( \
+        SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id AND j.artifact_position = a.position) \
+    ORDER BY a.position LIMIT 1 \
+    RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner";
+
 /// Bounded deletes that skip rows someone else has locked: never a long transaction, never a
 /// wait on the claim path. `$1` age (ms), `$2` limit.
 const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'done' \
@@ -299,8 +312,9 @@ pub const SET_LAST_ERROR: &str = "UPDATE executions SET last_error = $2 WHERE id
 /// Mark a leased job done. `$1` job, `$2` lease token, `$3` now.
 pub const FINISH_JOB: &str = "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, last_error = NULL, updated_at = $3 WHERE id = $1 AND lease_token = $2 AND state = 'running'";
 
-/// Stamp the time an execution became attested. `$1` execution, `$2` now.
-pub const MARK_ATTESTED: &str = "UPDATE executions SET attested_at = $2, last_error = NULL WHERE id = $1 AND attestation_state = 'attested' AND attested_at IS NULL";
+/// Stamp the time an execution became attested; returns its receipt time if this stamped it.
+/// `$1` execution, `$2` now.
+pub const MARK_ATTESTED: &str = "UPDATE executions SET attested_at = $2, last_error = NULL WHERE id = $1 AND attestation_state = 'attested' AND attested_at IS NULL RETURNING received_at";
 
 /// Record a pushed artifact. `$1` execution, `$2` position, `$3` attempts, `$4` reference, `$5` manifest digest, `$6` now, `$7` worker.
 pub const MARK_PUSHED: &str = "UPDATE artifacts SET push_state = 'pushed', push_attempts = $3, next_attempt_at = NULL, last_error = NULL, pushed_reference = $4, manifest_digest = $5, pushed_at = $6, pushed_by = $7 WHERE execution_id = $1 AND position = $2";

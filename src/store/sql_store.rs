@@ -765,9 +765,10 @@ impl Store for SqlStore {
         job: &Job,
         envelope: &[u8],
         key_id: &str,
-    ) -> Result<Vec<u8>, StoreError> {
+        hand_off: Option<Duration>,
+    ) -> Result<Signed, StoreError> {
         if let Db::Postgres(pool) = &self.db {
-            return postgres::complete_sign(pool, job, envelope, key_id).await;
+            return postgres::complete_sign(pool, job, envelope, key_id, hand_off).await;
         }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
@@ -784,20 +785,50 @@ impl Store for SqlStore {
             )
             .await?
             .get(0)?;
-        tx.execute(Query::new(sql::QUEUE_PUSH_JOBS).bind(id).bind(now))
+        let push = match hand_off {
+            Some(lease) => tx
+                .fetch_optional(
+                    Query::new(&self.db.sql().hand_off_push)
+                        .bind(id)
+                        .bind(&job.owner)
+                        .bind(Uuid::new_v4())
+                        .bind(Clock::Later(now, Some(lease)))
+                        .bind(Clock::Now(now)),
+                )
+                .await?
+                .as_ref()
+                .map(job_row)
+                .transpose()?,
+            None => None,
+        };
+        let queued = tx
+            .execute(Query::new(sql::QUEUE_PUSH_JOBS).bind(id).bind(now))
             .await?;
         refresh_state(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(stored)
+        Ok(Signed {
+            envelope: stored,
+            push,
+            queued,
+        })
     }
 
-    async fn complete_push(&self, job: &Job, record: &PushRecord) -> Result<(), StoreError> {
+    async fn complete_push(
+        &self,
+        job: &Job,
+        record: &PushRecord,
+        lock: Option<&Lock>,
+    ) -> Result<Option<Duration>, StoreError> {
         if let Db::Postgres(pool) = &self.db {
-            return postgres::complete_push(pool, job, record).await;
+            return postgres::complete_push(pool, job, record, lock).await;
         }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
         let mut tx = self.db.begin().await?;
+        if let Some(lock) = lock {
+            tx.execute(lock_query(&self.db.sql().unlock, lock).bind(Clock::Now(now)))
+                .await?;
+        }
         finish_job(&mut tx, job, now).await?;
         tx.execute(
             Query::new(sql::MARK_PUSHED)
@@ -811,9 +842,12 @@ impl Store for SqlStore {
         )
         .await?;
         refresh_state(&mut tx, id).await?;
-        tx.execute(Query::new(sql::MARK_ATTESTED).bind(id).bind(now))
+        let attested = tx
+            .fetch_optional(Query::new(sql::MARK_ATTESTED).bind(id).bind(now))
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        let received = attested.map(|row| row.time("received_at")).transpose()?;
+        Ok(received.map(|r| (now - r).max(time::Duration::ZERO).unsigned_abs()))
     }
 
     async fn fail_job(

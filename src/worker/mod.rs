@@ -27,7 +27,8 @@ use crate::domain::{Artifact, Digest, ImageRef, KeyId};
 use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
 use crate::store::{
-    ArtifactRecord, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState, StoreError,
+    ArtifactRecord, Execution, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState,
+    StoreError,
 };
 
 /// How long a push job waits for another writer of the same tag before retrying later.
@@ -151,8 +152,8 @@ async fn job_loop(app: Arc<App>, owner: String, hard_stop: CancellationToken) {
         // Register interest before claiming, so a notify between the claim and the wait is kept.
         let notified = app.jobs_queued.notified();
         match run_one(&app, &owner, Some(&hard_stop)).await {
-            Ok(true) => continue,
-            Ok(false) => {}
+            Ok(0) => {}
+            Ok(_) => continue,
             Err(e) => tracing::error!(error = %e, "claiming a job failed"),
         }
         tokio::select! {
@@ -168,10 +169,12 @@ async fn job_loop(app: Arc<App>, owner: String, hard_stop: CancellationToken) {
 pub async fn run_pending_jobs(app: &App) -> Result<usize, StoreError> {
     let owner = worker_id(&app.settings.worker.name);
     let mut ran = 0;
-    while run_one(app, &owner, None).await? {
-        ran += 1;
+    loop {
+        match run_one(app, &owner, None).await? {
+            0 => return Ok(ran),
+            n => ran += n,
+        }
     }
-    Ok(ran)
 }
 
 /// How this worker leases jobs, from its settings.
@@ -184,19 +187,54 @@ fn leasing(app: &App) -> Leasing {
     }
 }
 
-/// Claim one job and run it to an outcome. `Ok(false)` when nothing was due.
+/// Claim one job and run it to an outcome, then the push its sign job handed this worker, if
+/// any. Returns how many jobs ran: 0 when nothing was due.
 async fn run_one(
     app: &App,
     owner: &str,
     hard_stop: Option<&CancellationToken>,
-) -> Result<bool, StoreError> {
+) -> Result<usize, StoreError> {
     let leasing = leasing(app);
     let Some(job) = app.store.claim_job(owner, &leasing).await? else {
-        return Ok(false);
+        return Ok(0);
     };
+    let mut ran = 0;
+    let mut next = Some(Leased { job, read: None });
+    while let Some(leased) = next.take() {
+        if ran > 0 && app.shutdown.is_cancelled() {
+            // A stopping worker starts nothing new: the handed-over push goes back to the queue.
+            app.store.release_job(&leased.job).await?;
+            break;
+        }
+        next = run_job(app, owner, hard_stop, &leasing, leased).await?;
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+/// A job this worker holds the lease of, with what its predecessor already read for it.
+struct Leased {
+    job: Job,
+    read: Option<Prefetched>,
+}
+
+/// What a sign job hands its push: the execution and the envelope, so the push reads neither.
+struct Prefetched {
+    execution: Execution,
+    envelope: Vec<u8>,
+}
+
+/// Run one leased job to an outcome; returns the job it handed this worker, if any.
+async fn run_job(
+    app: &App,
+    owner: &str,
+    hard_stop: Option<&CancellationToken>,
+    leasing: &Leasing,
+    Leased { job, read }: Leased,
+) -> Result<Option<Leased>, StoreError> {
     crate::metrics::job_attempt(job.kind.as_str());
     let span = tracing::info_span!("job", worker.id = owner, job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
-    let attempt = AssertUnwindSafe(execute(app, &job, owner)).catch_unwind();
+    let attempt = AssertUnwindSafe(execute(app, &job, owner, read)).catch_unwind();
     let stopped = async {
         match hard_stop {
             Some(stop) => stop.cancelled().await,
@@ -216,16 +254,17 @@ async fn run_one(
         _ = stopped => {
             app.store.release_job(&job).await?;
             tracing::info!(parent: &span, "job released at shutdown");
-            return Ok(true);
+            return Ok(None);
         }
         why = keep_leased(app, &job, leasing.lease) => {
             Err(Failure::retryable(format!("the worker gave the job up: {why}")).because("lease_lost"))
         }
     };
     match result {
-        Ok(()) => {
+        Ok(next) => {
             crate::metrics::job_completed(job.kind.as_str());
-            tracing::info!(parent: &span, "job done")
+            tracing::info!(parent: &span, "job done");
+            return Ok(next);
         }
         Err(f) => {
             let max = app.settings.worker.max_attempts as i32;
@@ -245,7 +284,7 @@ async fn run_one(
             }
         }
     }
-    Ok(true)
+    Ok(None)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -297,11 +336,16 @@ fn backoff(app: &App, attempts: i32) -> Duration {
     Duration::from_millis(exp / 2 + jitter)
 }
 
-async fn execute(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
+async fn execute(
+    app: &App,
+    job: &Job,
+    owner: &str,
+    read: Option<Prefetched>,
+) -> Result<Option<Leased>, Failure> {
     match job.kind {
-        JobKind::Resolve => resolve(app, job).await,
+        JobKind::Resolve => resolve(app, job).await.map(|()| None),
         JobKind::Sign => sign(app, job).await,
-        JobKind::Push => push(app, job, owner).await,
+        JobKind::Push => push(app, job, owner, read).await.map(|()| None),
     }
 }
 
@@ -419,8 +463,8 @@ fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) 
     failure.because(code)
 }
 
-async fn sign(app: &App, job: &Job) -> Result<(), Failure> {
-    let execution = app
+async fn sign(app: &App, job: &Job) -> Result<Option<Leased>, Failure> {
+    let mut execution = app
         .store
         .execution(job.execution_id)
         .await?
@@ -451,17 +495,29 @@ async fn sign(app: &App, job: &Job) -> Result<(), Failure> {
     crate::metrics::signed(key_type, outcome, started.elapsed());
     let envelope = signed.map_err(sign_failure)?;
     let key_id: &KeyId = signer.key_id();
+    let lease = leasing(app).lease;
     match app
         .store
-        .complete_sign(job, &envelope, key_id.as_str())
+        .complete_sign(job, &envelope, key_id.as_str(), Some(lease))
         .await
     {
-        Ok(_) => {
-            app.notify_worker();
-            Ok(())
+        Ok(signed) => {
+            if signed.queued > 0 {
+                app.notify_worker();
+            }
+            // The push reads what this job read, unless another worker's envelope was stored
+            // first (then the push reads it, and its key, from the store).
+            let read = (signed.envelope == envelope).then(|| {
+                execution.key_id = Some(key_id.as_str().to_owned());
+                Prefetched {
+                    execution,
+                    envelope: signed.envelope,
+                }
+            });
+            Ok(signed.push.map(|job| Leased { job, read }))
         }
         // Another worker took the job over; its envelope (or the first stored) wins.
-        Err(StoreError::LeaseLost(_)) => Ok(()),
+        Err(StoreError::LeaseLost(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -476,12 +532,21 @@ fn sign_failure(e: SignError) -> Failure {
     }
 }
 
-async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
-    let execution = app
-        .store
-        .execution(job.execution_id)
-        .await?
-        .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
+async fn push(app: &App, job: &Job, owner: &str, read: Option<Prefetched>) -> Result<(), Failure> {
+    let (execution, envelope) = match read {
+        Some(read) => (read.execution, read.envelope),
+        None => {
+            let execution = app
+                .store
+                .execution(job.execution_id)
+                .await?
+                .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
+            let envelope = app.store.envelope(job.execution_id).await?.ok_or_else(|| {
+                Failure::permanent("no stored envelope to push").because("missing_data")
+            })?;
+            (execution, envelope)
+        }
+    };
     let artifact = job
         .artifact_position
         .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
@@ -489,10 +554,6 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     let digest = artifact.digest.as_ref().ok_or_else(|| {
         Failure::permanent("the artifact's digest is not resolved").because("missing_data")
     })?;
-    let envelope =
-        app.store.envelope(job.execution_id).await?.ok_or_else(|| {
-            Failure::permanent("no stored envelope to push").because("missing_data")
-        })?;
     let image = image_of(artifact);
     let key_id = execution.key_id.clone().unwrap_or_default();
     let name = format!("att:{}/{}@{}", image.registry, image.repository, digest);
@@ -546,12 +607,13 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
     // A manifest write whose fate is unknown (cut off, timed out, a gateway's 502/504) may still
     // land: then the lock is left to expire on its own (at most lock_ttl_secs), so no other writer
     // reads the tag before it has. A write the registry answered (stored or refused) is settled.
-    if pushed.is_ok() || !fence.in_doubt.load(Ordering::SeqCst) {
-        if let Err(e) = app.store.unlock(&lock).await {
-            tracing::warn!(error = %e, lock = %name, "unlock failed; the lock expires on its own");
+    // A pushed attestation's lock is released by its completion, below.
+    if pushed.is_err() {
+        if fence.in_doubt.load(Ordering::SeqCst) {
+            tracing::info!(lock = %name, "push failed with its manifest write's fate unknown; the lock is left to expire");
+        } else {
+            unlock(app, &lock).await;
         }
-    } else {
-        tracing::info!(lock = %name, "push failed with its manifest write's fate unknown; the lock is left to expire");
     }
     let push_outcome = match &pushed {
         Ok(o) if o.already_present => "already_present",
@@ -565,32 +627,28 @@ async fn push(app: &App, job: &Job, owner: &str) -> Result<(), Failure> {
         reference: outcome.reference,
         manifest_digest: outcome.manifest_digest,
     };
-    match app.store.complete_push(job, &record).await {
-        Ok(()) => {
-            observe_attested(app, job).await;
+    match app.store.complete_push(job, &record, Some(&lock)).await {
+        Ok(attested) => {
+            if let Some(after) = attested {
+                crate::metrics::attested(after);
+            }
             Ok(())
         }
-        Err(StoreError::LeaseLost(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // Nothing was written, the lock's release included.
+            unlock(app, &lock).await;
+            match e {
+                StoreError::LeaseLost(_) => Ok(()),
+                e => Err(e.into()),
+            }
+        }
     }
 }
 
-/// If this push made its execution attested, observe the time from receipt. The store stamps
-/// `attested_at` with the same instant as the artifact's `pushed_at` in the push that completes
-/// it, so only that push observes it, whichever worker ran the others.
-async fn observe_attested(app: &App, job: &Job) {
-    let Ok(Some(execution)) = app.store.execution(job.execution_id).await else {
-        return;
-    };
-    let pushed_at = job
-        .artifact_position
-        .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
-        .and_then(|a| a.pushed_at);
-    if let Some(attested_at) = execution.attested_at
-        && pushed_at == Some(attested_at)
-    {
-        let delay = (attested_at - execution.received_at).max(time::Duration::ZERO);
-        crate::metrics::attested(delay.unsigned_abs());
+/// Release a tag lock; if that fails, it expires on its own.
+async fn unlock(app: &App, lock: &Lock) {
+    if let Err(e) = app.store.unlock(lock).await {
+        tracing::warn!(error = %e, lock = %lock.name, "unlock failed; the lock expires on its own");
     }
 }
 

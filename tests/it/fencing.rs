@@ -102,7 +102,8 @@ async fn a_worker_whose_lock_was_taken_over_mid_push_writes_nothing_and_its_retr
     let first = &app.record(&hook_for("run-1", &proxy.host(), &digest)).await;
     let second = &app.record(&hook_for("run-2", &proxy.host(), &digest)).await;
 
-    // Worker A signs both, then stalls in run-1's push while uploading its layer.
+    // Worker A signs run-1 and goes straight on to its push (handed over by the signing), and
+    // stalls there uploading the layer.
     let a = run_until_a_push_stalls(&app, &proxy).await;
 
     // A's lock runs out on the database's clock; worker B takes it over and delivers run-2.
@@ -114,8 +115,8 @@ async fn a_worker_whose_lock_was_taken_over_mid_push_writes_nothing_and_its_retr
     assert_eq!(expired, 1, "A holds the one tag lock");
     assert_eq!(
         app.app.run_pending_jobs().await.unwrap(),
-        1,
-        "B pushes run-2"
+        2,
+        "B signs and pushes run-2"
     );
     assert_eq!(
         att_blobs(&reg, &digest).await,
@@ -128,8 +129,8 @@ async fn a_worker_whose_lock_was_taken_over_mid_push_writes_nothing_and_its_retr
             .await
             .expect("A finishes its attempt")
             .unwrap(),
-        3,
-        "A: both signatures and the push it gave up"
+        2,
+        "A: run-1's signature and the push it gave up"
     );
     assert_eq!(
         att_blobs(&reg, &digest).await,

@@ -71,7 +71,7 @@ async fn stats_count_by_day_status_and_state_and_time_to_attest(backend: Backend
     app.post_webhook(&webhook("ok-0")).await;
     let store = &app.app.store;
     let sign = store.claim_job("t", &LEASING).await.unwrap().unwrap();
-    store.complete_sign(&sign, b"{}", "k").await.unwrap();
+    store.complete_sign(&sign, b"{}", "k", None).await.unwrap();
     let push = store.claim_job("t", &LEASING).await.unwrap().unwrap();
     assert_eq!(push.kind, attestd::store::JobKind::Push);
     store
@@ -81,6 +81,7 @@ async fn stats_count_by_day_status_and_state_and_time_to_attest(backend: Backend
                 reference: "r".into(),
                 manifest_digest: "sha256:00".into(),
             },
+            None,
         )
         .await
         .unwrap();

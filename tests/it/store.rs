@@ -34,6 +34,9 @@ backend_tests!(
     a_dead_resolve_job_fails_the_execution_and_retry_resolves_again,
     a_batch_records_new_redelivered_conflicting_and_duplicate_items_exactly_as_one_by_one,
     a_poisoned_item_fails_alone_and_its_batch_neighbours_are_stored,
+    a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_rest,
+    a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires,
+    a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested,
 );
 
 struct Fixture {
@@ -178,7 +181,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(backend:
     assert_eq!(fresh.id, stale.id);
     assert_eq!(fresh.attempts, 2, "the crashed attempt counts");
     assert!(matches!(
-        f.store.complete_sign(&stale, b"{}", "k").await,
+        f.store.complete_sign(&stale, b"{}", "k", None).await,
         Err(StoreError::LeaseLost(_))
     ));
     assert!(
@@ -186,7 +189,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(backend:
         "held by b now"
     );
     f.store
-        .complete_sign(&fresh, b"envelope-b", "kb")
+        .complete_sign(&fresh, b"envelope-b", "kb", None)
         .await
         .unwrap();
     assert_eq!(
@@ -209,10 +212,10 @@ async fn signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact
     assert_eq!(job.kind, JobKind::Sign);
     let stored = f
         .store
-        .complete_sign(&job, b"first", "key-1")
+        .complete_sign(&job, b"first", "key-1", None)
         .await
         .unwrap();
-    assert_eq!(stored, b"first");
+    assert_eq!(stored.envelope, b"first");
     let e = f.store.execution(e.id).await.unwrap().unwrap();
     assert_eq!(e.attestation, AttestationState::Pushing);
     assert_eq!(e.key_id.as_deref(), Some("key-1"));
@@ -234,7 +237,7 @@ async fn signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact
             reference: format!("ref-{i}"),
             manifest_digest: format!("sha256:{:064x}", i),
         };
-        f.store.complete_push(j, &record).await.unwrap();
+        f.store.complete_push(j, &record, None).await.unwrap();
         let state = f.store.execution(e.id).await.unwrap().unwrap().attestation;
         let expected = if i == 2 {
             AttestationState::Attested
@@ -264,7 +267,10 @@ async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
         panic!()
     };
     let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
-    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    f.store
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
     let push = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store
         .fail_job(
@@ -312,6 +318,7 @@ async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
                 reference: "r".into(),
                 manifest_digest: "sha256:00".into(),
             },
+            None,
         )
         .await
         .unwrap();
@@ -476,7 +483,10 @@ async fn a_push_whose_worker_keeps_stopping_is_dead_with_the_reason(backend: Bac
     let f = fixture(backend).await;
     let e = created(&f, "run-1").await;
     let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
-    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    f.store
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
     let mut push = f.store.claim_job("w0", &LEASING).await.unwrap().unwrap();
     assert_eq!(push.kind, JobKind::Push);
     for stop in 1..=LEASING.max_reclaims {
@@ -561,7 +571,10 @@ async fn pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_
         if *id == ids[2] {
             f.store.fail_job(&sign, "key gone", None).await.unwrap();
         } else {
-            f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+            f.store
+                .complete_sign(&sign, b"env", "k", None)
+                .await
+                .unwrap();
         }
     }
     let push = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
@@ -570,7 +583,7 @@ async fn pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_
         reference: "r".into(),
         manifest_digest: "sha256:00".into(),
     };
-    f.store.complete_push(&push, &pushed).await.unwrap();
+    f.store.complete_push(&push, &pushed, None).await.unwrap();
     let waiting = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     assert_eq!(waiting.execution_id, ids[1]);
     let hour = Duration::from_secs(3600);
@@ -588,7 +601,10 @@ async fn pruning_deletes_only_done_jobs_and_locks_older_than_the_age_in_bounded_
     ids.push(created(&f, "run-3").await.id);
     let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     assert_eq!(sign.execution_id, ids[3]);
-    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    f.store
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
 
     let old_lock = f.store.try_lock("old", "w", LEASE).await.unwrap().unwrap();
     f.store.unlock(&old_lock).await.unwrap();
@@ -804,7 +820,10 @@ async fn images_from_templates_wait_resolving_until_one_transaction_writes_diges
 
     let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     assert_eq!(sign.kind, JobKind::Sign);
-    f.store.complete_sign(&sign, b"env", "k").await.unwrap();
+    f.store
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
     let pushes = [
         f.store.claim_job("a", &LEASING).await.unwrap().unwrap(),
         f.store.claim_job("a", &LEASING).await.unwrap().unwrap(),
@@ -1044,7 +1063,7 @@ async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attest
     };
     let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store
-        .complete_sign(&sign, b"envelope", "key-1")
+        .complete_sign(&sign, b"envelope", "key-1", None)
         .await
         .unwrap();
     let first = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
@@ -1065,7 +1084,7 @@ async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attest
                 reference: format!("ref-{n}"),
                 manifest_digest: format!("sha256:{n:064x}"),
             };
-            store.complete_push(&job, &record).await
+            store.complete_push(&job, &record, None).await
         })
     };
     let (a, b) = (complete(first, 1), complete(second, 2));
@@ -1098,4 +1117,183 @@ async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attest
     );
     assert_eq!(e.attestation, AttestationState::Attested);
     assert!(e.attested_at.is_some());
+}
+
+async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_rest(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 3))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let sign = f
+        .store
+        .claim_job("signer", &LEASING)
+        .await
+        .unwrap()
+        .unwrap();
+    let signed = f
+        .store
+        .complete_sign(&sign, b"env", "k", Some(LEASING.lease))
+        .await
+        .unwrap();
+    let handed = signed.push.expect("the first push is handed to the signer");
+    assert_eq!(
+        (handed.kind, handed.execution_id, handed.artifact_position),
+        (JobKind::Push, e.id, Some(0))
+    );
+    assert_eq!((handed.owner.as_str(), handed.attempts), ("signer", 1));
+    assert_eq!(signed.queued, 2);
+
+    // Other workers get the other two pushes and never the handed one.
+    let mut claimed = Vec::new();
+    while let Some(j) = f.store.claim_job("other", &LEASING).await.unwrap() {
+        claimed.push(j.artifact_position.unwrap());
+    }
+    claimed.sort();
+    assert_eq!(claimed, vec![1, 2]);
+    assert!(
+        f.store.renew_lease(&handed, LEASING.lease).await.unwrap(),
+        "the handed push is leased to the signer"
+    );
+    let record = PushRecord {
+        reference: "r".into(),
+        manifest_digest: "sha256:00".into(),
+    };
+    f.store.complete_push(&handed, &record, None).await.unwrap();
+    let e = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(e.artifacts[0].push_state, PushState::Pushed);
+    assert_eq!(e.artifacts[0].pushed_by.as_deref(), Some("signer"));
+}
+
+async fn a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires(backend: Backend) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 1))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let sign = f
+        .store
+        .claim_job("signer", &LEASING)
+        .await
+        .unwrap()
+        .unwrap();
+    let signed = f
+        .store
+        .complete_sign(&sign, b"env", "k", Some(LEASING.lease))
+        .await
+        .unwrap();
+    let handed = signed.push.unwrap();
+    assert_eq!(signed.queued, 0);
+    assert!(
+        f.store.claim_job("b", &LEASING).await.unwrap().is_none(),
+        "held by the signer while its lease runs"
+    );
+
+    // The signer stops (killed) before pushing: nobody renews the lease.
+    expire_lease(&f, &handed).await;
+    let taken = f.store.claim_job("b", &LEASING).await.unwrap().unwrap();
+    assert_eq!((taken.id, taken.kind), (handed.id, JobKind::Push));
+    assert_eq!(taken.attempts, 2, "the stopped attempt counts");
+    let record = PushRecord {
+        reference: "r".into(),
+        manifest_digest: "sha256:00".into(),
+    };
+    assert!(matches!(
+        f.store.complete_push(&handed, &record, None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    f.store.complete_push(&taken, &record, None).await.unwrap();
+    let e = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(e.attestation, AttestationState::Attested);
+    assert_eq!(e.artifacts[0].pushed_by.as_deref(), Some("b"));
+}
+
+async fn a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested(backend: Backend) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 2))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    f.store
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
+    let first = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    let second = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    let record = PushRecord {
+        reference: "r".into(),
+        manifest_digest: "sha256:00".into(),
+    };
+    let tag = "att:127.0.0.1:5999/acme/app0@sha256:01";
+
+    // A completion that finds its job taken over writes nothing: the lock stays held.
+    let lock = f
+        .store
+        .try_lock(tag, "w", LEASING.lease)
+        .await
+        .unwrap()
+        .unwrap();
+    expire_lease(&f, &first).await;
+    let first = {
+        let taken = f.store.claim_job("w2", &LEASING).await.unwrap().unwrap();
+        assert!(matches!(
+            f.store.complete_push(&first, &record, Some(&lock)).await,
+            Err(StoreError::LeaseLost(_))
+        ));
+        taken
+    };
+    assert!(
+        f.store
+            .try_lock(tag, "w2", LEASING.lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "still held by w"
+    );
+    assert!(f.store.holds_lock(&lock).await.unwrap());
+
+    let attested = f
+        .store
+        .complete_push(&first, &record, Some(&lock))
+        .await
+        .unwrap();
+    assert_eq!(attested, None, "one artifact is still to push");
+    assert!(!f.store.holds_lock(&lock).await.unwrap());
+    assert!(
+        f.store
+            .try_lock(tag, "w2", LEASING.lease)
+            .await
+            .unwrap()
+            .is_some(),
+        "released by the completion"
+    );
+
+    let attested = f
+        .store
+        .complete_push(&second, &record, None)
+        .await
+        .unwrap()
+        .expect("the last push attests the execution");
+    let e = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(e.attestation, AttestationState::Attested);
+    let stamped = (e.attested_at.unwrap() - e.received_at).unsigned_abs();
+    assert!(
+        attested.abs_diff(stamped) < Duration::from_millis(1),
+        "{attested:?} from receipt, stored {stamped:?}"
+    );
 }

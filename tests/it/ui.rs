@@ -382,7 +382,7 @@ async fn seed_dead_push(app: &TestApp) -> String {
     let store = &app.app.store;
     let sign = store.claim_job("test", &LEASING).await.unwrap().unwrap();
     store
-        .complete_sign(&sign, br#"{"payloadType":"x"}"#, "test-key-1")
+        .complete_sign(&sign, br#"{"payloadType":"x"}"#, "test-key-1", None)
         .await
         .unwrap();
     let push = store.claim_job("test", &LEASING).await.unwrap().unwrap();
