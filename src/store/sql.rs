@@ -151,6 +151,25 @@ pub fn executions_where_end(ascending: bool) -> &'static str {
     }
 }
 
+/// The start of a filtered page of executions each with the number of its artifacts, counted on
+/// the artifacts' primary key (execution_id, position) without reading their rows: the caller
+/// appends its filters (`AND …`), order and limit, then [`execution_summaries_where_end`].
+pub fn execution_summaries_where() -> String {
+    format!(
+        "SELECT e.*, (SELECT COUNT(*) FROM artifacts a WHERE a.execution_id = e.id) AS artifact_count \
+         FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE"
+    )
+}
+
+/// The end of [`execution_summaries_where`]: its page (`$limit` already pushed), in order.
+pub fn execution_summaries_where_end(ascending: bool) -> &'static str {
+    if ascending {
+        ") e ORDER BY e.id ASC"
+    } else {
+        ") e ORDER BY e.id DESC"
+    }
+}
+
 /// Artifacts of a digest, newest execution first. `$1` digest, `$2` account or NULL.
 const DIGEST_HITS: &str = "SELECT a.execution_id, a.position FROM artifacts a JOIN executions e ON e.id = a.execution_id \
     WHERE a.digest = $1 AND ({text $2} IS NULL OR e.account_id = $2) ORDER BY a.execution_id DESC, a.position";
