@@ -143,6 +143,16 @@ impl NewExecution {
         }
     }
 
+    /// How many artifacts the execution has: stored with it (`executions.artifact_count`).
+    fn artifact_count(&self) -> i32 {
+        let n = match &self.signing {
+            Signing::Resolve { images, .. } => images.len(),
+            _ => self.build.artifacts.len(),
+        };
+        // At most 256 (the webhook's limit).
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+
     /// The build's text columns, in the order both dialects' inserts bind them after the id:
     /// account, pipeline execution id, pipeline, repository, branch, commit, trigger type,
     /// triggered by, builder id.

@@ -151,13 +151,15 @@ pub fn executions_where_end(ascending: bool) -> &'static str {
     }
 }
 
-/// The start of a filtered page of executions each with the number of its artifacts, counted on
-/// the artifacts' primary key (execution_id, position) without reading their rows: the caller
-/// appends its filters (`AND …`), order and limit, then [`execution_summaries_where_end`].
+/// The start of a filtered page of executions each with the number of its artifacts: as stored
+/// at ingest, or for executions recorded before it was (NULL), counted on the artifacts' primary
+/// key (execution_id, position) — never reading an artifact row. The caller appends its filters
+/// (`AND …`), order and limit, then [`execution_summaries_where_end`].
 pub fn execution_summaries_where() -> String {
     format!(
-        "SELECT e.*, (SELECT COUNT(*) FROM artifacts a WHERE a.execution_id = e.id) AS artifact_count \
-         FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE TRUE"
+        "SELECT e.*, COALESCE(e.known_count, \
+            (SELECT COUNT(*) FROM artifacts a WHERE a.execution_id = e.id)) AS artifact_count \
+         FROM (SELECT {EXECUTION_COLUMNS}, artifact_count AS known_count FROM executions WHERE TRUE"
     )
 }
 

@@ -487,14 +487,9 @@ async fn lists_filter_and_page_with_a_cursor(backend: Backend) {
     assert_eq!(error_code(bad).await, "invalid_query");
 }
 
-/// A failed build naming no image, as a CI's own webhook records one (the attestd schema needs
-/// at least one artifact).
+/// A failed build naming no image (as a CI's own webhook records one), recorded directly.
 async fn record_failed_build_without_images(app: &TestApp, run: &str) -> String {
-    let mut new = crate::store::new_execution(run, 1);
-    new.build.artifacts.clear();
-    new.build.status = attestd::domain::BuildStatus::Failed;
-    new.signing = attestd::store::Signing::Nothing;
-    new.request_sha256 = attestd::ingest::fingerprint(&new.build);
+    let new = crate::store::failed_execution_without_images(run);
     let id = new.id.to_string();
     app.app.store.record_build(new).await.unwrap();
     id

@@ -34,6 +34,7 @@ backend_tests!(
     a_dead_resolve_job_fails_the_execution_and_retry_resolves_again,
     a_batch_records_new_redelivered_conflicting_and_duplicate_items_exactly_as_one_by_one,
     a_poisoned_item_fails_alone_and_its_batch_neighbours_are_stored,
+    summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted,
 );
 
 struct Fixture {
@@ -65,6 +66,17 @@ pub(crate) fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> Ne
         build,
         received_at: id.created_at(),
     }
+}
+
+/// A failed build naming no image, as a CI's own webhook records one (the attestd schema needs
+/// at least one artifact).
+pub(crate) fn failed_execution_without_images(pipeline_execution_id: &str) -> NewExecution {
+    let mut new = new_execution(pipeline_execution_id, 1);
+    new.build.artifacts.clear();
+    new.build.status = attestd::domain::BuildStatus::Failed;
+    new.signing = Signing::Nothing;
+    new.request_sha256 = attestd::ingest::fingerprint(&new.build);
+    new
 }
 
 /// A successful build whose two images come from templates, without digests yet.
@@ -1098,4 +1110,72 @@ async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attest
     );
     assert_eq!(e.attestation, AttestationState::Attested);
     assert!(e.attested_at.is_some());
+}
+
+async fn summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    for new in [new_execution("run-2", 2), templated_execution("run-t")] {
+        assert!(matches!(
+            f.store.record_build(new).await,
+            Ok(Recorded::Created(_))
+        ));
+    }
+    let batch = vec![
+        new_execution("run-3", 3),
+        new_execution("run-1", 1),
+        failed_execution_without_images("run-0"),
+    ];
+    for outcome in f.store.record_builds(batch).await {
+        assert!(matches!(outcome, Ok(Recorded::Created(_))));
+    }
+    let expected: std::collections::BTreeMap<&str, u32> = [
+        ("run-2", 2),
+        ("run-t", 2),
+        ("run-3", 3),
+        ("run-1", 1),
+        ("run-0", 0),
+    ]
+    .into();
+    assert_eq!(
+        f.db.count("SELECT COUNT(*) FROM executions WHERE artifact_count IS NULL")
+            .await,
+        0,
+        "every ingest path stores the count"
+    );
+
+    let filter = store::ExecutionFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    let full = f.store.list_executions(&filter).await.unwrap();
+    let check = |summaries: Vec<store::ExecutionSummary>, when: &str| {
+        let ids = |e: &[store::ExecutionSummary]| e.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&summaries),
+            full.iter().map(|e| e.id).collect::<Vec<_>>(),
+            "{when}: the same page in the same order"
+        );
+        for (s, e) in summaries.iter().zip(&full) {
+            assert_eq!(s.artifacts.0 as usize, e.artifacts.len(), "{when}");
+            assert_eq!(
+                s.artifacts.0,
+                expected[s.pipeline_execution_id.as_str()],
+                "{when}: {}",
+                s.pipeline_execution_id
+            );
+        }
+    };
+    check(
+        f.store.list_execution_summaries(&filter).await.unwrap(),
+        "stored",
+    );
+    // Executions recorded before their count was stored (migration 0009) have none.
+    f.db.execute("UPDATE executions SET artifact_count = NULL")
+        .await;
+    check(
+        f.store.list_execution_summaries(&filter).await.unwrap(),
+        "counted",
+    );
 }
