@@ -725,7 +725,8 @@ pub trait Store: Send + Sync {
     async fn list_executions(&self, filter: &ExecutionFilter)
     -> Result<Vec<Execution>, StoreError>;
     /// The same page as [`Store::list_executions`], each execution with the number of its
-    /// artifacts instead of their records (counted by the database, their rows unread).
+    /// artifacts instead of their records: as stored at ingest (counted on the artifacts' key
+    /// for executions recorded before it was), never reading an artifact row.
     async fn list_execution_summaries(
         &self,
         filter: &ExecutionFilter,
