@@ -1,5 +1,6 @@
 -- wrk script for scripts/bench/read: every request reads a random execution of the ids file.
--- wrk <url> -s read.lua -- <ids-file> <execution|provenance|list> <token>
+-- wrk <url> -s read.lua -- <ids-file> <execution|provenance|list|list-basic> <token>
+-- list-basic is list's page in the basic view (view=basic: artifact counts, not artifacts).
 -- It prints one line; scripts/bench/read fails the run unless its "non200=" field is 0.
 local ids, mode = {}, nil
 local threads = 0
@@ -14,7 +15,7 @@ function init(args)
   mode = args[2]
   wrk.headers["Authorization"] = "Bearer " .. args[3]
   table.sort(ids)
-  if mode == "list" then
+  if mode == "list" or mode == "list-basic" then
     -- the 50 executions received before a random one (never among the oldest 50: pages are full)
     local page = {}
     for i = 51, #ids do page[#page + 1] = ids[i] end
@@ -30,8 +31,12 @@ function request()
     path = "/v1/executions/" .. id
   elseif mode == "provenance" then
     path = "/v1/executions/" .. id .. "/provenance"
-  else
+  elseif mode == "list" then
     path = "/v1/executions?limit=50&cursor=" .. id
+  elseif mode == "list-basic" then
+    path = "/v1/executions?limit=50&view=basic&cursor=" .. id
+  else
+    error("unknown mode " .. tostring(mode))
   end
   return wrk.format("GET", path)
 end

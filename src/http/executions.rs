@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::Reader;
-use super::views::ExecutionView;
+use super::views::{ExecutionSummaryView, ExecutionView};
 use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
@@ -43,14 +43,49 @@ pub struct ListParams {
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
+    /// What each item shows (AIP-157): `full` (default) or `basic`.
+    #[param(value_type = Option<ListView>, inline)]
+    pub view: Option<String>,
+}
+
+/// How much of each execution a list page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ListView {
+    /// Each execution without its artifacts, only their number (`artifactCount`).
+    Basic,
+    /// Each execution with its artifacts and their delivery state, as `GET /v1/executions/{id}`.
+    #[default]
+    Full,
+}
+
+impl ListParams {
+    /// The `view` asked for (`full` when absent), or a 400 naming it.
+    pub fn view(&self) -> Result<ListView, ApiError> {
+        match self.view.as_deref() {
+            None | Some("full") => Ok(ListView::Full),
+            Some("basic") => Ok(ListView::Basic),
+            Some(_) => Err(bad("view", "must be basic or full")),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionPage {
-    pub items: Vec<ExecutionView>,
+    pub items: ExecutionItems,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// A page's executions in the view asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ExecutionItems {
+    /// `view=full` (the default).
+    Full(Vec<ExecutionView>),
+    /// `view=basic`.
+    Basic(Vec<ExecutionSummaryView>),
 }
 
 /// A 400 `invalid_query` naming the parameter.
@@ -160,17 +195,41 @@ pub async fn list_executions(
     Query(params): Query<ListParams>,
 ) -> Result<Json<ExecutionPage>, ApiError> {
     let filter = params.to_filter(&reader)?;
-    let executions = state.store.list_executions(&filter).await?;
-    let next_cursor = (executions.len() == filter.limit as usize)
-        .then(|| executions.last().map(|e| e.id.to_string()))
-        .flatten();
-    Ok(Json(ExecutionPage {
-        items: executions
-            .iter()
-            .map(|e| ExecutionView::new(e, &state.public_url))
-            .collect(),
-        next_cursor,
-    }))
+    let base = &state.public_url;
+    let page = match params.view()? {
+        ListView::Full => {
+            let executions = state.store.list_executions(&filter).await?;
+            ExecutionPage {
+                next_cursor: next_cursor(&executions, filter.limit),
+                items: ExecutionItems::Full(
+                    executions
+                        .iter()
+                        .map(|e| ExecutionView::new(e, base))
+                        .collect(),
+                ),
+            }
+        }
+        ListView::Basic => {
+            let executions = state.store.list_execution_summaries(&filter).await?;
+            ExecutionPage {
+                next_cursor: next_cursor(&executions, filter.limit),
+                items: ExecutionItems::Basic(
+                    executions
+                        .iter()
+                        .map(|e| ExecutionSummaryView::new(e, base))
+                        .collect(),
+                ),
+            }
+        }
+    };
+    Ok(Json(page))
+}
+
+/// The cursor of the page after `page`: its last execution's id, when the page is full.
+fn next_cursor<A>(page: &[Execution<A>], limit: u32) -> Option<String> {
+    (page.len() == limit as usize)
+        .then(|| page.last().map(|e| e.id.to_string()))
+        .flatten()
 }
 
 /// The execution, if it exists and `reader` may see it; otherwise the same 404 either way.
@@ -345,4 +404,45 @@ pub async fn retry_execution(
         StatusCode::ACCEPTED,
         Json(ExecutionView::new(&e, &state.public_url)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    #[test]
+    fn the_openapi_document_names_both_list_views_and_their_item_shapes() {
+        let doc = serde_json::to_value(crate::http::openapi()).unwrap();
+        let list = &doc["paths"]["/v1/executions"]["get"];
+        let view = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "view")
+            .expect("a view parameter");
+        assert!(
+            view.to_string().contains(r#""enum":["basic","full"]"#),
+            "{view}"
+        );
+        let schemas = &doc["components"]["schemas"];
+        let items: Vec<&Value> = schemas["ExecutionItems"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|shape| &shape["items"]["$ref"])
+            .collect();
+        assert_eq!(
+            items,
+            [
+                &json!("#/components/schemas/ExecutionView"),
+                &json!("#/components/schemas/ExecutionSummaryView"),
+            ]
+        );
+        let own = |name: &str| schemas[name]["allOf"][1]["required"].clone();
+        assert_eq!(own("ExecutionView"), json!(["artifacts", "links"]));
+        assert_eq!(
+            own("ExecutionSummaryView"),
+            json!(["artifactCount", "links"])
+        );
+    }
 }

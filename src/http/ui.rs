@@ -170,6 +170,8 @@ fn without_empty_fields(p: ListParams) -> ListParams {
         order: given(p.order),
         limit: p.limit,
         cursor: given(p.cursor),
+        // The page shows its own columns, whatever view is asked for.
+        view: None,
     }
 }
 

@@ -6,11 +6,35 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::domain::BuildStatus;
-use crate::store::{ArtifactRecord, AttestationState, Execution, PushState};
+use crate::store::{ArtifactRecord, AttestationState, Execution, ExecutionSummary, PushState};
 
+/// An execution with its artifacts and their delivery state: `GET /v1/executions/{id}`, and
+/// each item of a list page in the full view.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionView {
+    #[serde(flatten)]
+    pub execution: ExecutionFields,
+    pub artifacts: Vec<ArtifactView>,
+    pub links: Links,
+}
+
+/// An execution without its artifacts, only their number: each item of a list page in the
+/// basic view (`view=basic`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSummaryView {
+    #[serde(flatten)]
+    pub execution: ExecutionFields,
+    /// How many artifacts (images) the execution has; `GET /v1/executions/{id}` lists them.
+    pub artifact_count: u32,
+    pub links: Links,
+}
+
+/// The fields every view of an execution shows: the build as reported and its attestation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionFields {
     pub id: String,
     pub url: String,
     pub account_id: String,
@@ -32,8 +56,6 @@ pub struct ExecutionView {
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
     pub attestation: AttestationView,
-    pub artifacts: Vec<ArtifactView>,
-    pub links: Links,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -111,17 +133,17 @@ impl ArtifactView {
     }
 }
 
-impl ExecutionView {
-    /// `base` is the public URL without a trailing slash.
-    pub fn new(e: &Execution, base: &str) -> Self {
+impl ExecutionFields {
+    /// `e`'s fields and links; `base` is the public URL without a trailing slash.
+    fn new<A>(e: &Execution<A>, base: &str) -> (Self, Links) {
         let url = format!("{base}/v1/executions/{}", e.id);
-        Self {
+        let links = Links {
+            provenance: format!("{url}/provenance"),
+            attestation: format!("{url}/attestation"),
+            ui: format!("{base}/ui/executions/{}", e.id),
+        };
+        let fields = Self {
             id: e.id.to_string(),
-            links: Links {
-                provenance: format!("{url}/provenance"),
-                attestation: format!("{url}/attestation"),
-                ui: format!("{base}/ui/executions/{}", e.id),
-            },
             url,
             account_id: e.account.to_string(),
             pipeline_identifier: e.pipeline_identifier.clone(),
@@ -145,7 +167,31 @@ impl ExecutionView {
                 last_error: e.last_error.clone(),
                 signed_by: e.signed_by.clone(),
             },
+        };
+        (fields, links)
+    }
+}
+
+impl ExecutionView {
+    /// `base` is the public URL without a trailing slash.
+    pub fn new(e: &Execution, base: &str) -> Self {
+        let (execution, links) = ExecutionFields::new(e, base);
+        Self {
+            execution,
             artifacts: e.artifacts.iter().map(ArtifactView::from_record).collect(),
+            links,
+        }
+    }
+}
+
+impl ExecutionSummaryView {
+    /// `base` is the public URL without a trailing slash.
+    pub fn new(e: &ExecutionSummary, base: &str) -> Self {
+        let (execution, links) = ExecutionFields::new(e, base);
+        Self {
+            execution,
+            artifact_count: e.artifacts.0,
+            links,
         }
     }
 }

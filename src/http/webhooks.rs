@@ -337,7 +337,7 @@ async fn record(
         }
     };
     let view = ExecutionView::new(&execution, &state.public_url);
-    let location = view.url.clone();
+    let location = view.execution.url.clone();
     if problems.is_empty() {
         return Ok((status, [(header::LOCATION, location)], Json(view)).into_response());
     }

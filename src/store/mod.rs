@@ -143,6 +143,16 @@ impl NewExecution {
         }
     }
 
+    /// How many artifacts the execution has: stored with it (`executions.artifact_count`).
+    fn artifact_count(&self) -> i32 {
+        let n = match &self.signing {
+            Signing::Resolve { images, .. } => images.len(),
+            _ => self.build.artifacts.len(),
+        };
+        // At most 256 (the webhook's limit).
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+
     /// The build's text columns, in the order both dialects' inserts bind them after the id:
     /// account, pipeline execution id, pipeline, repository, branch, commit, trigger type,
     /// triggered by, builder id.
@@ -269,9 +279,10 @@ impl PushState {
     }
 }
 
-/// A recorded execution with its artifacts.
+/// A recorded execution with its artifacts: their records (`A` = `Vec<ArtifactRecord>`, what
+/// every read but a summary list gives), or only how many there are ([`ExecutionSummary`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Execution {
+pub struct Execution<A = Vec<ArtifactRecord>> {
     pub id: ExecutionId,
     pub account: AccountId,
     pub pipeline_identifier: String,
@@ -294,8 +305,16 @@ pub struct Execution {
     pub last_error: Option<String>,
     /// The worker (`<worker id>/<job loop>`) whose envelope was stored.
     pub signed_by: Option<String>,
-    pub artifacts: Vec<ArtifactRecord>,
+    pub artifacts: A,
 }
+
+/// An execution listed without its artifacts' records, only their number: what a summary list
+/// reads, without touching the artifacts' rows.
+pub type ExecutionSummary = Execution<ArtifactCount>;
+
+/// How many artifacts (images) an execution has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactCount(pub u32);
 
 impl Execution {
     /// The record exactly as `record_build` has just stored it, without reading it back.
@@ -716,6 +735,13 @@ pub trait Store: Send + Sync {
     async fn execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError>;
     async fn list_executions(&self, filter: &ExecutionFilter)
     -> Result<Vec<Execution>, StoreError>;
+    /// The same page as [`Store::list_executions`], each execution with the number of its
+    /// artifacts instead of their records: as stored at ingest (counted on the artifacts' key
+    /// for executions recorded before it was), never reading an artifact row.
+    async fn list_execution_summaries(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionSummary>, StoreError>;
     /// The stored statement bytes, exactly as serialized (at ingest, or once the execution's
     /// image digests were resolved).
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;

@@ -112,8 +112,8 @@ pub async fn insert_build(
             INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
                 repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
                 builder_version, started_on, finished_on, status, request_sha256, received_at, \
-                statement, attestation_state, statement_template) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $25) \
+                statement, attestation_state, statement_template, artifact_count) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $25, $27) \
             ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING RETURNING id), \
          a AS ( \
             INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) \
@@ -166,6 +166,7 @@ pub async fn insert_build(
         .bind(job.map(JobKind::as_str))
         .bind(new.statement_template())
         .bind(push_state.as_str())
+        .bind(new.artifact_count())
         .fetch_optional(pool)
         .await?;
     if inserted.is_some() {
@@ -185,25 +186,27 @@ pub async fn insert_build(
 /// inserted; returns the ids inserted. `$1..$20` one array element per execution (id, account,
 /// pipeline execution id, pipeline, repository, branch, commit, trigger type, triggered by,
 /// builder id, builder version JSON, started, finished, status, request sha256, received,
-/// statement, attestation state, statement template, first job kind or NULL); `$21..$27` one
-/// element per artifact (execution id, position, registry, repository, tag, digest, state).
+/// statement, attestation state, statement template, first job kind or NULL, and `$28` its
+/// artifact count); `$21..$27` one element per artifact (execution id, position, registry,
+/// repository, tag, digest, state).
 const RECORD_BUILDS: &str = "WITH u AS ( \
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], \
                 $13::timestamptz[], $14::text[], $15::text[], $16::timestamptz[], $17::bytea[], $18::text[], \
-                $19::bytea[], $20::text[]) WITH ORDINALITY AS u(id, account_id, pipeline_execution_id, \
-                pipeline_identifier, repository_url, branch, commit_sha, trigger_type, triggered_by, \
-                builder_id, builder_version, started_on, finished_on, status, request_sha256, received_at, \
-                statement, attestation_state, statement_template, job, ord)), \
+                $19::bytea[], $20::text[], $28::int[]) WITH ORDINALITY AS u(id, account_id, \
+                pipeline_execution_id, pipeline_identifier, repository_url, branch, commit_sha, \
+                trigger_type, triggered_by, builder_id, builder_version, started_on, finished_on, status, \
+                request_sha256, received_at, statement, attestation_state, statement_template, job, \
+                artifact_count, ord)), \
         e AS ( \
             INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
                 repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
                 builder_version, started_on, finished_on, status, request_sha256, received_at, \
-                statement, attestation_state, statement_template) \
+                statement, attestation_state, statement_template, artifact_count) \
             SELECT id, account_id, pipeline_execution_id, pipeline_identifier, repository_url, branch, \
                 commit_sha, trigger_type, triggered_by, builder_id, builder_version::jsonb, started_on, \
                 finished_on, status, request_sha256, received_at, statement, attestation_state, \
-                statement_template FROM u ORDER BY ord \
+                statement_template, artifact_count FROM u ORDER BY ord \
             ON CONFLICT (account_id, pipeline_execution_id) DO NOTHING RETURNING id), \
         a AS ( \
             INSERT INTO artifacts (execution_id, position, registry, repository, tag, digest, push_state) \
@@ -289,6 +292,12 @@ pub async fn insert_builds(
         .bind(a_tag)
         .bind(a_digest)
         .bind(a_state)
+        .bind(
+            batch
+                .iter()
+                .map(NewExecution::artifact_count)
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(pool)
         .await?;
     let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();

@@ -140,34 +140,44 @@ pub fn assemble(
         .map(|r| {
             let mut artifacts = by_execution.remove(&r.id).unwrap_or_default();
             artifacts.sort_by_key(|a| a.position);
-            Ok(Execution {
-                id: ExecutionId(r.id),
-                account: r
-                    .account_id
-                    .parse()
-                    .map_err(|_| corrupt("account_id", &r.account_id))?,
-                status: r.status.parse().map_err(|_| corrupt("status", &r.status))?,
-                attestation: AttestationState::parse(&r.attestation_state)
-                    .ok_or_else(|| corrupt("attestation_state", &r.attestation_state))?,
-                pipeline_identifier: r.pipeline_identifier,
-                pipeline_execution_id: r.pipeline_execution_id,
-                repository_url: r.repository_url,
-                branch: r.branch,
-                commit_sha: r.commit_sha,
-                trigger_type: r.trigger_type,
-                triggered_by: r.triggered_by,
-                builder_id: r.builder_id,
-                builder_version: r.builder_version,
-                started_on: r.started_on,
-                finished_on: r.finished_on,
-                received_at: r.received_at,
-                key_id: r.key_id,
-                signed_at: r.signed_at,
-                attested_at: r.attested_at,
-                last_error: r.last_error,
-                signed_by: r.signed_by,
-                artifacts,
-            })
+            r.into_execution(artifacts)
         })
         .collect()
+}
+
+impl ExecutionRow {
+    /// The execution of this row with `artifacts` (their records, or their count).
+    pub fn into_execution<A>(self, artifacts: A) -> Result<Execution<A>, StoreError> {
+        Ok(Execution {
+            id: ExecutionId(self.id),
+            account: self
+                .account_id
+                .parse()
+                .map_err(|_| corrupt("account_id", &self.account_id))?,
+            status: self
+                .status
+                .parse()
+                .map_err(|_| corrupt("status", &self.status))?,
+            attestation: AttestationState::parse(&self.attestation_state)
+                .ok_or_else(|| corrupt("attestation_state", &self.attestation_state))?,
+            pipeline_identifier: self.pipeline_identifier,
+            pipeline_execution_id: self.pipeline_execution_id,
+            repository_url: self.repository_url,
+            branch: self.branch,
+            commit_sha: self.commit_sha,
+            trigger_type: self.trigger_type,
+            triggered_by: self.triggered_by,
+            builder_id: self.builder_id,
+            builder_version: self.builder_version,
+            started_on: self.started_on,
+            finished_on: self.finished_on,
+            received_at: self.received_at,
+            key_id: self.key_id,
+            signed_at: self.signed_at,
+            attested_at: self.attested_at,
+            last_error: self.last_error,
+            signed_by: self.signed_by,
+            artifacts,
+        })
+    }
 }

@@ -153,6 +153,27 @@ pub fn executions_where_end(ascending: bool) -> &'static str {
     }
 }
 
+/// The start of a filtered page of executions each with the number of its artifacts: as stored
+/// at ingest, or for executions recorded before it was (NULL), counted on the artifacts' primary
+/// key (execution_id, position) — never reading an artifact row. The caller appends its filters
+/// (`AND …`), order and limit, then [`execution_summaries_where_end`].
+pub fn execution_summaries_where() -> String {
+    format!(
+        "SELECT e.*, COALESCE(e.known_count, \
+            (SELECT COUNT(*) FROM artifacts a WHERE a.execution_id = e.id)) AS artifact_count \
+         FROM (SELECT {EXECUTION_COLUMNS}, artifact_count AS known_count FROM executions WHERE TRUE"
+    )
+}
+
+/// The end of [`execution_summaries_where`]: its page (`$limit` already pushed), in order.
+pub fn execution_summaries_where_end(ascending: bool) -> &'static str {
+    if ascending {
+        ") e ORDER BY e.id ASC"
+    } else {
+        ") e ORDER BY e.id DESC"
+    }
+}
+
 /// Artifacts of a digest, newest execution first. `$1` digest, `$2` account or NULL.
 const DIGEST_HITS: &str = "SELECT a.execution_id, a.position FROM artifacts a JOIN executions e ON e.id = a.execution_id \
     WHERE a.digest = $1 AND ({text $2} IS NULL OR e.account_id = $2) ORDER BY a.execution_id DESC, a.position";

@@ -281,6 +281,61 @@ fn artifact_row_named<S: AsRef<str>>(r: &Row, n: &[S; 15]) -> Result<ArtifactRow
     })
 }
 
+/// Append `f`'s filters, order and limit to a page select ([`sql::executions_where`] or
+/// [`sql::execution_summaries_where`]).
+fn push_page<'a>(q: &mut Query<'a>, f: &'a ExecutionFilter) {
+    if let Some(v) = &f.account {
+        q.push(" AND account_id = ").push_bind(v.as_str());
+    }
+    if let Some(v) = &f.pipeline {
+        q.push(" AND pipeline_identifier = ").push_bind(v);
+    }
+    if let Some(v) = &f.repository {
+        q.push(" AND repository_url = ").push_bind(v);
+    }
+    if let Some(v) = &f.branch {
+        q.push(" AND branch = ").push_bind(v);
+    }
+    if let Some(v) = &f.commit {
+        q.push(" AND commit_sha = ").push_bind(v);
+    }
+    if let Some(v) = f.status {
+        q.push(" AND status = ").push_bind(v.as_str());
+    }
+    if let Some(v) = f.attestation {
+        q.push(" AND attestation_state = ").push_bind(v.as_str());
+    }
+    if let Some(v) = f.started_after {
+        q.push(" AND started_on >= ").push_bind(v);
+    }
+    if let Some(v) = f.started_before {
+        q.push(" AND started_on < ").push_bind(v);
+    }
+    if let Some(v) = f.finished_after {
+        q.push(" AND finished_on >= ").push_bind(v);
+    }
+    if let Some(v) = f.finished_before {
+        q.push(" AND finished_on < ").push_bind(v);
+    }
+    if let Some(after) = f.after {
+        q.push(if f.ascending {
+            " AND id > "
+        } else {
+            " AND id < "
+        })
+        .push_bind(after.0);
+    }
+    q.push(if f.ascending {
+        " ORDER BY id ASC"
+    } else {
+        " ORDER BY id DESC"
+    });
+    // The limit is written into the text, not bound: with `LIMIT $n` PostgreSQL cannot cost
+    // a generic plan and plans every page anew; with the number (an integer, never text
+    // from the request) it keeps one plan per filter shape and page size.
+    q.push(&format!(" LIMIT {}", f.limit));
+}
+
 /// Executions read joined with their artifacts ([`rows::JOINED_COLUMNS`]): one row per artifact
 /// (one with NULL artifact columns for an execution without any), executions in query order.
 fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
@@ -296,6 +351,14 @@ fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
         }
     }
     rows::assemble(executions, artifacts)
+}
+
+/// An execution of a summary page with its artifact count.
+fn summary(r: &Row) -> Result<ExecutionSummary, StoreError> {
+    let count: i64 = r.get("artifact_count")?;
+    let count =
+        u32::try_from(count).map_err(|_| StoreError::Corrupt(format!("artifact count {count}")))?;
+    execution_row(r)?.into_execution(ArtifactCount(count))
 }
 
 fn job_row(row: &Row) -> Result<Job, StoreError> {
@@ -397,58 +460,24 @@ impl Store for SqlStore {
 
     async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
         let mut q = Query::dynamic(sql::executions_where());
-        if let Some(v) = &f.account {
-            q.push(" AND account_id = ").push_bind(v.as_str());
-        }
-        if let Some(v) = &f.pipeline {
-            q.push(" AND pipeline_identifier = ").push_bind(v);
-        }
-        if let Some(v) = &f.repository {
-            q.push(" AND repository_url = ").push_bind(v);
-        }
-        if let Some(v) = &f.branch {
-            q.push(" AND branch = ").push_bind(v);
-        }
-        if let Some(v) = &f.commit {
-            q.push(" AND commit_sha = ").push_bind(v);
-        }
-        if let Some(v) = f.status {
-            q.push(" AND status = ").push_bind(v.as_str());
-        }
-        if let Some(v) = f.attestation {
-            q.push(" AND attestation_state = ").push_bind(v.as_str());
-        }
-        if let Some(v) = f.started_after {
-            q.push(" AND started_on >= ").push_bind(v);
-        }
-        if let Some(v) = f.started_before {
-            q.push(" AND started_on < ").push_bind(v);
-        }
-        if let Some(v) = f.finished_after {
-            q.push(" AND finished_on >= ").push_bind(v);
-        }
-        if let Some(v) = f.finished_before {
-            q.push(" AND finished_on < ").push_bind(v);
-        }
-        if let Some(after) = f.after {
-            q.push(if f.ascending {
-                " AND id > "
-            } else {
-                " AND id < "
-            })
-            .push_bind(after.0);
-        }
-        q.push(if f.ascending {
-            " ORDER BY id ASC"
-        } else {
-            " ORDER BY id DESC"
-        });
-        // The limit is written into the text, not bound: with `LIMIT $n` PostgreSQL cannot cost
-        // a generic plan and plans every page anew; with the number (an integer, never text
-        // from the request) it keeps one plan per filter shape and page size.
-        q.push(&format!(" LIMIT {}", f.limit));
+        push_page(&mut q, f);
         q.push(sql::executions_where_end(f.ascending));
         joined(self.db.fetch_all(On::Read, q).await?)
+    }
+
+    async fn list_execution_summaries(
+        &self,
+        f: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionSummary>, StoreError> {
+        let mut q = Query::dynamic(sql::execution_summaries_where());
+        push_page(&mut q, f);
+        q.push(sql::execution_summaries_where_end(f.ascending));
+        self.db
+            .fetch_all(On::Read, q)
+            .await?
+            .iter()
+            .map(summary)
+            .collect()
     }
 
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {

@@ -170,8 +170,8 @@ async fn insert_in(
         "INSERT INTO executions (id, account_id, pipeline_execution_id, pipeline_identifier, \
          repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, \
          builder_version, started_on, finished_on, status, request_sha256, received_at, \
-         statement, attestation_state, statement_template) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+         statement, attestation_state, statement_template, artifact_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
     )
     .bind(new.id.0);
     for text in new.text_columns() {
@@ -187,6 +187,7 @@ async fn insert_in(
         .bind(new.statement())
         .bind(state.as_str())
         .bind(new.statement_template())
+        .bind(new.artifact_count())
         .execute(&mut *conn)
         .await?;
 

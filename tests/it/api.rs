@@ -20,6 +20,9 @@ backend_tests!(
     other_accounts_executions_look_missing_on_every_read_route,
     reads_need_a_token,
     lists_filter_and_page_with_a_cursor,
+    basic_view_pages_like_the_full_view_with_artifact_counts_instead_of_artifacts,
+    an_unknown_list_view_is_refused_naming_view,
+    basic_view_never_shows_another_accounts_executions,
     concurrent_identical_deliveries_create_exactly_one_execution,
     health_and_readiness_answer,
 );
@@ -482,6 +485,171 @@ async fn lists_filter_and_page_with_a_cursor(backend: Backend) {
     let bad = app.get("/v1/executions?status=green", TOKEN).await;
     assert_eq!(bad.status(), 400);
     assert_eq!(error_code(bad).await, "invalid_query");
+}
+
+/// A failed build naming no image (as a CI's own webhook records one), recorded directly.
+async fn record_failed_build_without_images(app: &TestApp, run: &str) -> String {
+    let new = crate::store::failed_execution_without_images(run);
+    let id = new.id.to_string();
+    app.app.store.record_build(new).await.unwrap();
+    id
+}
+
+/// Every page of `path` (which has a query) read as `token`, following `nextCursor`.
+async fn pages(app: &TestApp, path: &str, token: &str) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.to_owned(),
+        };
+        let resp = app.get(&url, token).await;
+        assert_eq!(resp.status(), 200, "{url}");
+        let page: Value = resp.json().await.unwrap();
+        cursor = page["nextCursor"].as_str().map(str::to_owned);
+        pages.push(page);
+        if cursor.is_none() {
+            return pages;
+        }
+        assert!(pages.len() < 20, "{path}: pages never end");
+    }
+}
+
+async fn basic_view_pages_like_the_full_view_with_artifact_counts_instead_of_artifacts(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let mut images = std::collections::HashMap::new();
+    images.insert(
+        record_failed_build_without_images(&app, "run-0").await,
+        0_u64,
+    );
+    images.insert(app.record(&webhook("run-1")).await, 1);
+    let mut three = webhook("run-2");
+    three["artifacts"] = (1..=3)
+        .map(|i| json!({"image": format!("{REGISTRY}/acme/app{i}:1.0"), "digest": format!("sha256:{i:064x}")}))
+        .collect();
+    images.insert(app.record(&three).await, 3);
+    let mut failed = webhook("run-3");
+    failed["status"] = json!("failed");
+    images.insert(app.record(&failed).await, 1);
+    assert_eq!(images.len(), 4);
+
+    for query in [
+        "limit=2",
+        "limit=3&order=asc",
+        "limit=1&status=succeeded",
+        "limit=50&branch=main",
+    ] {
+        let full = pages(&app, &format!("/v1/executions?{query}"), TOKEN).await;
+        let basic = pages(&app, &format!("/v1/executions?{query}&view=basic"), TOKEN).await;
+        assert_eq!(full.len(), basic.len(), "{query}: as many pages");
+        let mut listed = 0;
+        for (f, b) in full.iter().zip(&basic) {
+            assert_eq!(f["nextCursor"], b["nextCursor"], "{query}: same cursors");
+            let (f, b) = (
+                f["items"].as_array().unwrap(),
+                b["items"].as_array().unwrap(),
+            );
+            assert_eq!(f.len(), b.len(), "{query}: same page sizes");
+            for (f, b) in f.iter().zip(b) {
+                let id = b["id"].as_str().unwrap();
+                assert_eq!(f["id"], id, "{query}: same executions in the same order");
+                assert!(b.get("artifacts").is_none(), "{query}: {b}");
+                assert_eq!(b["artifactCount"], images[id], "{query}: {b}");
+                assert_eq!(
+                    b["artifactCount"],
+                    f["artifacts"].as_array().unwrap().len(),
+                    "{query}: the count of the full view's artifacts"
+                );
+                let (mut f, mut b) = (f.clone(), b.clone());
+                f.as_object_mut().unwrap().remove("artifacts");
+                b.as_object_mut().unwrap().remove("artifactCount");
+                assert_eq!(f, b, "{query}: every other field as in the full view");
+                listed += 1;
+            }
+        }
+        assert!(listed > 0, "{query}: listed nothing");
+    }
+    let everything = pages(&app, "/v1/executions?limit=3&view=basic", TOKEN).await;
+    let counted: std::collections::HashMap<String, u64> = everything
+        .iter()
+        .flat_map(|p| p["items"].as_array().unwrap().clone())
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_owned(),
+                i["artifactCount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        images.iter().map(|(id, n)| (id.clone(), *n)).collect(),
+        "0, 1, 3 and 1 images"
+    );
+
+    let default = app
+        .get("/v1/executions?limit=3", TOKEN)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let full = app
+        .get("/v1/executions?limit=3&view=full", TOKEN)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(default, full, "view=full is the default, byte for byte");
+}
+
+async fn an_unknown_list_view_is_refused_naming_view(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.record(&webhook("run-1")).await;
+    for view in ["BASIC", "", "minimal", "basic,full"] {
+        let resp = app.get(&format!("/v1/executions?view={view}"), TOKEN).await;
+        assert_eq!(resp.status(), 400, "view={view}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_query", "view={view}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("`view`"), "view={view}: {message}");
+    }
+}
+
+/// globex's token asks for acme's executions in the basic view every way a list can be asked.
+async fn basic_view_never_shows_another_accounts_executions(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let oldest = app.record(&webhook("run-1")).await;
+    let newest = app.record(&webhook("run-2")).await;
+    let theirs = app
+        .post_webhook_signed(globex_webhook("run-1").to_string().as_bytes(), OTHER_SECRET)
+        .await;
+    assert_eq!(theirs.status(), 202);
+    let own: Value = theirs.json().await.unwrap();
+
+    let mut seen_own = false;
+    for query in [
+        String::new(),
+        "&account=acme".to_owned(),
+        "&account=acme&pipeline=build_and_push&branch=main".to_owned(),
+        format!("&order=asc&cursor={oldest}"),
+        format!("&cursor={newest}"),
+        "&limit=200&status=succeeded".to_owned(),
+    ] {
+        let resp = app
+            .get(&format!("/v1/executions?view=basic{query}"), OTHER_TOKEN)
+            .await;
+        assert_eq!(resp.status(), 200, "{query}");
+        let page: Value = resp.json().await.unwrap();
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["accountId"], OTHER_ACCOUNT, "{query}: {item}");
+            assert_ne!(item["id"], oldest.as_str(), "{query}");
+            assert_ne!(item["id"], newest.as_str(), "{query}");
+            seen_own |= item["id"] == own["id"];
+        }
+    }
+    assert!(seen_own, "globex lists its own execution");
 }
 
 async fn concurrent_identical_deliveries_create_exactly_one_execution(backend: Backend) {

@@ -37,6 +37,7 @@ backend_tests!(
     a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_rest,
     a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires,
     a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested,
+    summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted,
 );
 
 struct Fixture {
@@ -68,6 +69,17 @@ pub(crate) fn new_execution(pipeline_execution_id: &str, artifacts: usize) -> Ne
         build,
         received_at: id.created_at(),
     }
+}
+
+/// A failed build naming no image, as a CI's own webhook records one (the attestd schema needs
+/// at least one artifact).
+pub(crate) fn failed_execution_without_images(pipeline_execution_id: &str) -> NewExecution {
+    let mut new = new_execution(pipeline_execution_id, 1);
+    new.build.artifacts.clear();
+    new.build.status = attestd::domain::BuildStatus::Failed;
+    new.signing = Signing::Nothing;
+    new.request_sha256 = attestd::ingest::fingerprint(&new.build);
+    new
 }
 
 /// A successful build whose two images come from templates, without digests yet.
@@ -1295,5 +1307,73 @@ async fn a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested(
     assert!(
         attested.abs_diff(stamped) < Duration::from_millis(1),
         "{attested:?} from receipt, stored {stamped:?}"
+    );
+}
+
+async fn summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    for new in [new_execution("run-2", 2), templated_execution("run-t")] {
+        assert!(matches!(
+            f.store.record_build(new).await,
+            Ok(Recorded::Created(_))
+        ));
+    }
+    let batch = vec![
+        new_execution("run-3", 3),
+        new_execution("run-1", 1),
+        failed_execution_without_images("run-0"),
+    ];
+    for outcome in f.store.record_builds(batch).await {
+        assert!(matches!(outcome, Ok(Recorded::Created(_))));
+    }
+    let expected: std::collections::BTreeMap<&str, u32> = [
+        ("run-2", 2),
+        ("run-t", 2),
+        ("run-3", 3),
+        ("run-1", 1),
+        ("run-0", 0),
+    ]
+    .into();
+    assert_eq!(
+        f.db.count("SELECT COUNT(*) FROM executions WHERE artifact_count IS NULL")
+            .await,
+        0,
+        "every ingest path stores the count"
+    );
+
+    let filter = store::ExecutionFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    let full = f.store.list_executions(&filter).await.unwrap();
+    let check = |summaries: Vec<store::ExecutionSummary>, when: &str| {
+        let ids = |e: &[store::ExecutionSummary]| e.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&summaries),
+            full.iter().map(|e| e.id).collect::<Vec<_>>(),
+            "{when}: the same page in the same order"
+        );
+        for (s, e) in summaries.iter().zip(&full) {
+            assert_eq!(s.artifacts.0 as usize, e.artifacts.len(), "{when}");
+            assert_eq!(
+                s.artifacts.0,
+                expected[s.pipeline_execution_id.as_str()],
+                "{when}: {}",
+                s.pipeline_execution_id
+            );
+        }
+    };
+    check(
+        f.store.list_execution_summaries(&filter).await.unwrap(),
+        "stored",
+    );
+    // Executions recorded before their count was stored (migration 0009) have none.
+    f.db.execute("UPDATE executions SET artifact_count = NULL")
+        .await;
+    check(
+        f.store.list_execution_summaries(&filter).await.unwrap(),
+        "counted",
     );
 }
