@@ -745,6 +745,11 @@ pub trait Store: Send + Sync {
     /// The stored statement bytes, exactly as serialized (at ingest, or once the execution's
     /// image digests were resolved).
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// An execution with its stored statement, in one read: what a sign job needs.
+    async fn execution_with_statement(
+        &self,
+        id: ExecutionId,
+    ) -> Result<Option<(Execution, Option<Vec<u8>>)>, StoreError>;
     /// The statement without subjects stored for an execution whose images come from templates,
     /// until they are resolved.
     async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError>;

@@ -74,6 +74,7 @@ pub fn render(template: &str, dialect: fn(Marker<'_>) -> String) -> String {
 /// dialect sends them. Rendered once per process.
 pub struct Statements {
     pub execution_by_id: String,
+    pub execution_with_statement: String,
     pub digest_hits: String,
     pub stats_daily: String,
     pub stats_seconds: String,
@@ -100,6 +101,12 @@ impl Statements {
         Self {
             execution_by_id: format!(
                 "SELECT {} FROM executions e LEFT JOIN artifacts a ON a.execution_id = e.id WHERE e.id = $1",
+                *JOINED_COLUMNS
+            ),
+            // The statement once, on the first artifact's row (or the artifact-less row).
+            execution_with_statement: format!(
+                "SELECT {}, CASE WHEN COALESCE(a.position, 0) = 0 THEN e.statement END AS statement \
+                FROM executions e LEFT JOIN artifacts a ON a.execution_id = e.id WHERE e.id = $1",
                 *JOINED_COLUMNS
             ),
             digest_hits: r(DIGEST_HITS),

@@ -484,6 +484,19 @@ impl Store for SqlStore {
         self.bytes(sql::SELECT_STATEMENT, id).await
     }
 
+    async fn execution_with_statement(
+        &self,
+        id: ExecutionId,
+    ) -> Result<Option<(Execution, Option<Vec<u8>>)>, StoreError> {
+        let q = Query::new(&self.db.sql().execution_with_statement).bind(id.0);
+        let rows = self.db.fetch_all(On::Read, q).await?;
+        let statement = match rows.first() {
+            Some(row) => row.get::<Option<Vec<u8>>, _>("statement")?,
+            None => return Ok(None),
+        };
+        Ok(joined(rows)?.pop().map(|e| (e, statement)))
+    }
+
     async fn statement_template(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
         self.bytes(sql::SELECT_STATEMENT_TEMPLATE, id).await
     }

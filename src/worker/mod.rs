@@ -464,18 +464,14 @@ fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) 
 }
 
 async fn sign(app: &App, job: &Job) -> Result<Option<Leased>, Failure> {
-    let mut execution = app
+    let (mut execution, statement) = app
         .store
-        .execution(job.execution_id)
+        .execution_with_statement(job.execution_id)
         .await?
         .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
-    let statement = app
-        .store
-        .statement(job.execution_id)
-        .await?
-        .ok_or_else(|| {
-            Failure::permanent("execution has no statement to sign").because("missing_data")
-        })?;
+    let statement = statement.ok_or_else(|| {
+        Failure::permanent("execution has no statement to sign").because("missing_data")
+    })?;
     let signer = app
         .keyring
         .signer_for(&execution.account)

@@ -38,6 +38,7 @@ backend_tests!(
     a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires,
     a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested,
     summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted,
+    an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give,
 );
 
 struct Fixture {
@@ -1375,5 +1376,55 @@ async fn summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_c
     check(
         f.store.list_execution_summaries(&filter).await.unwrap(),
         "counted",
+    );
+}
+
+async fn an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give(backend: Backend) {
+    let f = fixture(backend).await;
+    for (run, images) in [("run-1", 1), ("run-3", 3)] {
+        let Recorded::Created(e) = f
+            .store
+            .record_build(new_execution(run, images))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let (execution, statement) = f
+            .store
+            .execution_with_statement(e.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(execution, f.store.execution(e.id).await.unwrap().unwrap());
+        assert_eq!(execution.artifacts.len(), images);
+        assert_eq!(statement, f.store.statement(e.id).await.unwrap());
+        assert!(statement.is_some());
+    }
+    let Recorded::Created(templated) = f
+        .store
+        .record_build(templated_execution("run-t"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let (execution, statement) = f
+        .store
+        .execution_with_statement(templated.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(execution.artifacts.len(), 2);
+    assert_eq!(
+        statement, None,
+        "no statement until the digests are resolved"
+    );
+    assert!(
+        f.store
+            .execution_with_statement(ExecutionId::new())
+            .await
+            .unwrap()
+            .is_none()
     );
 }
