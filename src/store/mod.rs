@@ -545,8 +545,24 @@ pub struct Signed {
     pub envelope: Vec<u8>,
     /// The push job leased to the signing worker (see [`Store::complete_sign`]).
     pub push: Option<Job>,
+    /// The tag lock taken for that push; `None` while another worker holds it (the push then
+    /// waits for it as any push does).
+    pub lock: Option<Lock>,
     /// Push jobs queued for any worker.
     pub queued: u64,
+}
+
+/// The push a sign job takes on itself (see [`Store::complete_sign`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HandOff<'a> {
+    /// The artifact to push.
+    pub position: i32,
+    /// The push job's lease.
+    pub lease: Duration,
+    /// The name of the tag lock the push needs, taken in the same write if it is free.
+    pub lock: &'a str,
+    /// That lock's lifetime.
+    pub lock_ttl: Duration,
 }
 
 /// The result of a successful push, recorded on the artifact.
@@ -807,16 +823,16 @@ pub trait Store: Send + Sync {
         statement: &[u8],
     ) -> Result<(), StoreError>;
     /// Store the envelope unless one is stored already, finish the sign job and queue one push
-    /// job per artifact waiting for one. With `hand_off` (a lease), the push job of the first
-    /// such artifact is leased to the signing worker in the same write instead of queued, so it
-    /// pushes straight on without a claim; if it stops, the lease expires and any worker takes
-    /// the push over as from a claim.
+    /// job per artifact waiting for one. With `hand_off`, the push job of that artifact (if it
+    /// is waiting for one) is leased to the signing worker in the same write instead of queued,
+    /// with its tag lock if free, so the worker pushes straight on without a claim; if it
+    /// stops, the lease and the lock expire and any worker takes the push over as from a claim.
     async fn complete_sign(
         &self,
         job: &Job,
         envelope: &[u8],
         key_id: &str,
-        hand_off: Option<Duration>,
+        hand_off: Option<HandOff<'_>>,
     ) -> Result<Signed, StoreError>;
     /// Record a pushed artifact and finish its job, releasing `lock` (the tag lock the push held)
     /// in the same write; nothing is written, the lock included, if the job is no longer the

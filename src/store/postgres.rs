@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
 use super::{
-    BuildCompleted, Digest, Job, JobKind, Lock, NewExecution, PushRecord, Signed, StoreError,
+    BuildCompleted, Digest, HandOff, Job, JobKind, Lock, NewExecution, PushRecord, Signed,
+    StoreError,
 };
 
 pub async fn connect(
@@ -341,17 +342,18 @@ macro_rules! any_dead {
 
 /// Complete a sign job in one statement: finish the job, keep the first envelope ever stored
 /// (with its key, worker and time), queue one push job per artifact still waiting unless it
-/// has one — the first of them leased to the signing worker (`$6`) under token `$7` for `$8`
-/// milliseconds instead, when `$7` is given — and set the execution's state. One statement sees
-/// one snapshot, so the state is computed from what this statement writes (the envelope is
-/// stored) rather than re-read. `$4` envelope, `$5` key id. Returns whether the job was finished
-/// (0 or 1), the stored envelope, the leased push job's id and position, and how many were
-/// queued.
+/// has one — that of position `$9` leased to the signing worker (`$6`) under token `$7` for `$8`
+/// milliseconds instead, when `$7` is given, with its tag lock `$10` for `$11` milliseconds if
+/// free (as `TRY_LOCK` takes it) — and set the execution's state. One statement sees one
+/// snapshot, so the state is computed from what this statement writes (the envelope is stored)
+/// rather than re-read. `$4` envelope, `$5` key id. Returns whether the job was finished (0 or
+/// 1), the stored envelope, the leased push job's id and position, the lock's token, and how
+/// many push jobs were queued.
 const COMPLETE_SIGN: &str = concat!(
     "WITH ",
     done_cte!(),
     ", waiting AS (SELECT a.execution_id, a.position, \
-            $7::uuid IS NOT NULL AND a.position = min(a.position) OVER () AS mine \
+            $7::uuid IS NOT NULL AND a.position = $9 AS mine \
         FROM done JOIN artifacts a ON a.execution_id = done.execution_id WHERE a.push_state = 'pending' AND NOT EXISTS ( \
             SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
             AND j.artifact_position = a.position)), \
@@ -361,6 +363,11 @@ const COMPLETE_SIGN: &str = concat!(
             CASE WHEN mine THEN 1 ELSE 0 END, CASE WHEN mine THEN $6 END, CASE WHEN mine THEN $7::uuid END, \
             CASE WHEN mine THEN now() + $8 * interval '1 millisecond' END, $3, $3, $3 FROM waiting \
         RETURNING id, artifact_position, state), \
+    locked AS (INSERT INTO locks (name, owner, expires_at, token) \
+        SELECT $10, $6, now() + $11 * interval '1 millisecond', 1 FROM pushes WHERE state = 'running' \
+        ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, \
+        token = locks.token + 1 WHERE locks.expires_at <= now() OR locks.owner = excluded.owner \
+        RETURNING token), \
     e AS (UPDATE executions x SET envelope = COALESCE(x.envelope, $4), \
         key_id = CASE WHEN x.envelope IS NULL THEN $5 ELSE x.key_id END, \
         signed_by = CASE WHEN x.envelope IS NULL THEN $6 ELSE x.signed_by END, \
@@ -375,6 +382,7 @@ const COMPLETE_SIGN: &str = concat!(
     SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT envelope FROM e) AS envelope, \
         (SELECT id FROM pushes WHERE state = 'running') AS leased_id, \
         (SELECT artifact_position FROM pushes WHERE state = 'running') AS leased_position, \
+        (SELECT token FROM locked) AS lock_token, \
         (SELECT COUNT(*) FROM pushes WHERE state = 'queued') AS queued"
 );
 
@@ -483,44 +491,63 @@ pub async fn complete_sign(
     job: &Job,
     envelope: &[u8],
     key_id: &str,
-    hand_off: Option<Duration>,
+    hand_off: Option<HandOff<'_>>,
 ) -> Result<Signed, StoreError> {
     let token = hand_off.map(|_| Uuid::new_v4());
-    let (done, stored, leased_id, leased_position, queued): SignRow = sqlx::query_as(COMPLETE_SIGN)
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(OffsetDateTime::now_utc())
-        .bind(envelope)
-        .bind(key_id)
-        .bind(&job.owner)
-        .bind(token)
-        .bind(hand_off.map(millis))
-        .fetch_one(pool)
-        .await?;
+    let (done, stored, leased_id, leased_position, lock_token, queued): SignRow =
+        sqlx::query_as(COMPLETE_SIGN)
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(OffsetDateTime::now_utc())
+            .bind(envelope)
+            .bind(key_id)
+            .bind(&job.owner)
+            .bind(token)
+            .bind(hand_off.map(|h| millis(h.lease)))
+            .bind(hand_off.map(|h| h.position))
+            .bind(hand_off.map(|h| h.lock))
+            .bind(hand_off.map(|h| millis(h.lock_ttl)))
+            .fetch_one(pool)
+            .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
     }
-    let push = match (leased_id, token) {
-        (Some(id), Some(lease_token)) => Some(Job {
-            id,
-            kind: JobKind::Push,
-            execution_id: job.execution_id,
-            artifact_position: leased_position,
-            attempts: 1,
-            lease_token,
-            owner: job.owner.clone(),
-        }),
-        _ => None,
+    let (push, lock) = match (leased_id, token, hand_off) {
+        (Some(id), Some(lease_token), Some(hand_off)) => (
+            Some(Job {
+                id,
+                kind: JobKind::Push,
+                execution_id: job.execution_id,
+                artifact_position: leased_position,
+                attempts: 1,
+                lease_token,
+                owner: job.owner.clone(),
+            }),
+            lock_token.map(|token| Lock {
+                name: hand_off.lock.to_owned(),
+                owner: job.owner.clone(),
+                token,
+            }),
+        ),
+        _ => (None, None),
     };
     Ok(Signed {
         envelope: stored.ok_or(StoreError::NotFound)?,
         push,
+        lock,
         queued: u64::try_from(queued).unwrap_or(0),
     })
 }
 
 /// What [`COMPLETE_SIGN`] returns.
-type SignRow = (i64, Option<Vec<u8>>, Option<i64>, Option<i32>, i64);
+type SignRow = (
+    i64,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<i32>,
+    Option<i64>,
+    i64,
+);
 
 /// Complete a push job with [`COMPLETE_PUSH`]: one statement (and [`PROMOTE_ATTESTED`] after
 /// it when it left the execution pushing).

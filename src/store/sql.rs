@@ -262,15 +262,15 @@ const HOLDS_LOCK: &str = "SELECT EXISTS (SELECT 1 FROM locks WHERE name = $1 AND
 const UNLOCK: &str = "UPDATE locks SET expires_at = {now $4} \
     WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > {now $4}";
 
-/// The push job of an execution's first artifact waiting for one, leased to the worker that
-/// signed it (SQLite; PostgreSQL does this inside its one-statement sign completion). `$1`
+/// The push job of an execution's artifact `$6` if it is waiting for one, leased to the worker
+/// that signed it (SQLite; PostgreSQL does this inside its one-statement sign completion). `$1`
 /// execution, `$2` worker, `$3` lease token, `$4` lease (ms), `$5` now.
 const HAND_OFF_PUSH: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, \
     lease_owner, lease_token, lease_expires_at, run_after, created_at, updated_at) \
     SELECT 'push', a.execution_id, a.position, 'running', 1, $2, $3, {now+ $4}, {now $5}, {now $5}, {now $5} \
     FROM artifacts a WHERE a.execution_id = $1 AND a.push_state = 'pending' AND NOT EXISTS ( \
         SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id AND j.artifact_position = a.position) \
-    ORDER BY a.position LIMIT 1 \
+    AND a.position = $6 \
     RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner";
 
 /// Bounded deletes that skip rows someone else has locked: never a long transaction, never a

@@ -388,6 +388,28 @@ fn signing_key_row(r: &Row) -> Result<SigningKeyRecord, sqlx::Error> {
     })
 }
 
+/// Take the lock `name` for `ttl` if it is free, expired or already `owner`'s.
+fn take_lock<'a>(sql: &'static str, name: &'a str, owner: &'a str, ttl: Duration) -> Query<'a> {
+    let now = OffsetDateTime::now_utc();
+    Query::new(sql)
+        .bind(name)
+        .bind(owner)
+        .bind(Clock::Later(now, Some(ttl)))
+        .bind(Clock::Now(now))
+}
+
+/// The lock [`take_lock`] took, if it did.
+fn taken(row: Option<Row>, name: &str, owner: &str) -> Result<Option<Lock>, StoreError> {
+    Ok(row
+        .map(|r| r.get::<i64, _>(0))
+        .transpose()?
+        .map(|token| Lock {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+        }))
+}
+
 fn lock_query<'a>(sql: &'static str, lock: &'a Lock) -> Query<'a> {
     Query::new(sql)
         .bind(lock.name.as_str())
@@ -807,7 +829,7 @@ impl Store for SqlStore {
         job: &Job,
         envelope: &[u8],
         key_id: &str,
-        hand_off: Option<Duration>,
+        hand_off: Option<HandOff<'_>>,
     ) -> Result<Signed, StoreError> {
         if let Db::Postgres(pool) = &self.db {
             return postgres::complete_sign(pool, job, envelope, key_id, hand_off).await;
@@ -827,22 +849,27 @@ impl Store for SqlStore {
             )
             .await?
             .get(0)?;
-        let push = match hand_off {
-            Some(lease) => tx
+        let (mut push, mut lock) = (None, None);
+        if let Some(h) = hand_off {
+            push = tx
                 .fetch_optional(
                     Query::new(&self.db.sql().hand_off_push)
                         .bind(id)
                         .bind(&job.owner)
                         .bind(Uuid::new_v4())
-                        .bind(Clock::Later(now, Some(lease)))
-                        .bind(Clock::Now(now)),
+                        .bind(Clock::Later(now, Some(h.lease)))
+                        .bind(Clock::Now(now))
+                        .bind(h.position),
                 )
                 .await?
                 .as_ref()
                 .map(job_row)
-                .transpose()?,
-            None => None,
-        };
+                .transpose()?;
+            if push.is_some() {
+                let q = take_lock(&self.db.sql().try_lock, h.lock, &job.owner, h.lock_ttl);
+                lock = taken(tx.fetch_optional(q).await?, h.lock, &job.owner)?;
+            }
+        }
         let queued = tx
             .execute(Query::new(sql::QUEUE_PUSH_JOBS).bind(id).bind(now))
             .await?;
@@ -851,6 +878,7 @@ impl Store for SqlStore {
         Ok(Signed {
             envelope: stored,
             push,
+            lock,
             queued,
         })
     }
@@ -965,26 +993,8 @@ impl Store for SqlStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lock>, StoreError> {
-        let now = OffsetDateTime::now_utc();
-        let row = self
-            .db
-            .fetch_optional(
-                On::Write,
-                Query::new(&self.db.sql().try_lock)
-                    .bind(name)
-                    .bind(owner)
-                    .bind(Clock::Later(now, Some(ttl)))
-                    .bind(Clock::Now(now)),
-            )
-            .await?;
-        Ok(row
-            .map(|r| r.get::<i64, _>(0))
-            .transpose()?
-            .map(|token| Lock {
-                name: name.to_owned(),
-                owner: owner.to_owned(),
-                token,
-            }))
+        let q = take_lock(&self.db.sql().try_lock, name, owner, ttl);
+        taken(self.db.fetch_optional(On::Write, q).await?, name, owner)
     }
 
     async fn renew_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool, StoreError> {

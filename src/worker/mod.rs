@@ -27,7 +27,7 @@ use crate::domain::{Artifact, Digest, ImageRef, KeyId};
 use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
 use crate::store::{
-    ArtifactRecord, Execution, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState,
+    ArtifactRecord, Execution, HandOff, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState,
     StoreError,
 };
 
@@ -199,10 +199,17 @@ async fn run_one(
         return Ok(0);
     };
     let mut ran = 0;
-    let mut next = Some(Leased { job, read: None });
+    let mut next = Some(Leased {
+        job,
+        read: None,
+        lock: None,
+    });
     while let Some(leased) = next.take() {
         if ran > 0 && app.shutdown.is_cancelled() {
             // A stopping worker starts nothing new: the handed-over push goes back to the queue.
+            if let Some(lock) = &leased.lock {
+                unlock(app, lock).await;
+            }
             app.store.release_job(&leased.job).await?;
             break;
         }
@@ -212,10 +219,11 @@ async fn run_one(
     Ok(ran)
 }
 
-/// A job this worker holds the lease of, with what its predecessor already read for it.
+/// A job this worker holds the lease of, with what its predecessor already read and locked for it.
 struct Leased {
     job: Job,
     read: Option<Prefetched>,
+    lock: Option<Lock>,
 }
 
 /// What a sign job hands its push: the execution and the envelope, so the push reads neither.
@@ -230,11 +238,11 @@ async fn run_job(
     owner: &str,
     hard_stop: Option<&CancellationToken>,
     leasing: &Leasing,
-    Leased { job, read }: Leased,
+    Leased { job, read, lock }: Leased,
 ) -> Result<Option<Leased>, StoreError> {
     crate::metrics::job_attempt(job.kind.as_str());
     let span = tracing::info_span!("job", worker.id = owner, job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
-    let attempt = AssertUnwindSafe(execute(app, &job, owner, read)).catch_unwind();
+    let attempt = AssertUnwindSafe(execute(app, &job, owner, read, lock)).catch_unwind();
     let stopped = async {
         match hard_stop {
             Some(stop) => stop.cancelled().await,
@@ -341,11 +349,12 @@ async fn execute(
     job: &Job,
     owner: &str,
     read: Option<Prefetched>,
+    lock: Option<Lock>,
 ) -> Result<Option<Leased>, Failure> {
     match job.kind {
         JobKind::Resolve => resolve(app, job).await.map(|()| None),
         JobKind::Sign => sign(app, job).await,
-        JobKind::Push => push(app, job, owner, read).await.map(|()| None),
+        JobKind::Push => push(app, job, owner, read, lock).await.map(|()| None),
     }
 }
 
@@ -491,10 +500,21 @@ async fn sign(app: &App, job: &Job) -> Result<Option<Leased>, Failure> {
     crate::metrics::signed(key_type, outcome, started.elapsed());
     let envelope = signed.map_err(sign_failure)?;
     let key_id: &KeyId = signer.key_id();
-    let lease = leasing(app).lease;
+    // This worker pushes the first artifact waiting for its push itself, straight on.
+    let first = execution
+        .artifacts
+        .iter()
+        .find(|a| a.push_state == PushState::Pending)
+        .and_then(|a| Some((a.position, tag_lock(&image_of(a), a.digest.as_ref()?))));
+    let hand_off = first.as_ref().map(|(position, lock)| HandOff {
+        position: *position,
+        lease: leasing(app).lease,
+        lock,
+        lock_ttl: Duration::from_secs(app.settings.worker.lock_ttl_secs),
+    });
     match app
         .store
-        .complete_sign(job, &envelope, key_id.as_str(), Some(lease))
+        .complete_sign(job, &envelope, key_id.as_str(), hand_off)
         .await
     {
         Ok(signed) => {
@@ -510,7 +530,11 @@ async fn sign(app: &App, job: &Job) -> Result<Option<Leased>, Failure> {
                     envelope: signed.envelope,
                 }
             });
-            Ok(signed.push.map(|job| Leased { job, read }))
+            Ok(signed.push.map(|job| Leased {
+                job,
+                read,
+                lock: signed.lock,
+            }))
         }
         // Another worker took the job over; its envelope (or the first stored) wins.
         Err(StoreError::LeaseLost(_)) => Ok(None),
@@ -528,35 +552,58 @@ fn sign_failure(e: SignError) -> Failure {
     }
 }
 
-async fn push(app: &App, job: &Job, owner: &str, read: Option<Prefetched>) -> Result<(), Failure> {
-    let (execution, envelope) = match read {
-        Some(read) => (read.execution, read.envelope),
-        None => {
-            let execution = app
-                .store
-                .execution(job.execution_id)
-                .await?
-                .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
-            let envelope = app.store.envelope(job.execution_id).await?.ok_or_else(|| {
-                Failure::permanent("no stored envelope to push").because("missing_data")
-            })?;
-            (execution, envelope)
+async fn push(
+    app: &App,
+    job: &Job,
+    owner: &str,
+    read: Option<Prefetched>,
+    handed_lock: Option<Lock>,
+) -> Result<(), Failure> {
+    let target = async {
+        let (execution, envelope) = match read {
+            Some(read) => (read.execution, read.envelope),
+            None => {
+                let execution = app
+                    .store
+                    .execution(job.execution_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Failure::permanent("execution vanished").because("missing_data")
+                    })?;
+                let envelope = app.store.envelope(job.execution_id).await?.ok_or_else(|| {
+                    Failure::permanent("no stored envelope to push").because("missing_data")
+                })?;
+                (execution, envelope)
+            }
+        };
+        let artifact = job
+            .artifact_position
+            .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
+            .ok_or_else(|| Failure::permanent("artifact vanished").because("missing_data"))?;
+        let digest = artifact.digest.clone().ok_or_else(|| {
+            Failure::permanent("the artifact's digest is not resolved").because("missing_data")
+        })?;
+        Ok::<_, Failure>((image_of(artifact), digest, execution.key_id, envelope))
+    };
+    let (image, digest, key_id, envelope) = match target.await {
+        Ok(target) => target,
+        Err(f) => {
+            if let Some(lock) = &handed_lock {
+                unlock(app, lock).await;
+            }
+            return Err(f);
         }
     };
-    let artifact = job
-        .artifact_position
-        .and_then(|p| execution.artifacts.iter().find(|a| a.position == p))
-        .ok_or_else(|| Failure::permanent("artifact vanished").because("missing_data"))?;
-    let digest = artifact.digest.as_ref().ok_or_else(|| {
-        Failure::permanent("the artifact's digest is not resolved").because("missing_data")
-    })?;
-    let image = image_of(artifact);
-    let key_id = execution.key_id.clone().unwrap_or_default();
-    let name = format!("att:{}/{}@{}", image.registry, image.repository, digest);
+    let digest = &digest;
+    let key_id = key_id.unwrap_or_default();
+    let name = tag_lock(&image, digest);
     let w = &app.settings.worker;
     let ttl = Duration::from_secs(w.lock_ttl_secs);
     let deadline = Duration::from_secs(w.push_deadline_secs);
-    let lock = acquire(app, &name, owner, ttl).await?;
+    let lock = match handed_lock {
+        Some(lock) if lock.name == name => lock,
+        _ => acquire(app, &name, owner, ttl).await?,
+    };
     let fence = Fence {
         app,
         lock: &lock,
@@ -639,6 +686,11 @@ async fn push(app: &App, job: &Job, owner: &str, read: Option<Prefetched>) -> Re
             }
         }
     }
+}
+
+/// The lock that serializes writes of an image's `.att` tag across workers and replicas.
+fn tag_lock(image: &ImageRef, digest: &Digest) -> String {
+    format!("att:{}/{}@{}", image.registry, image.repository, digest)
 }
 
 /// Release a tag lock; if that fails, it expires on its own.

@@ -39,6 +39,7 @@ backend_tests!(
     a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested,
     summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted,
     an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give,
+    a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_lock,
 );
 
 struct Fixture {
@@ -1152,16 +1153,30 @@ async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_res
         .unwrap();
     let signed = f
         .store
-        .complete_sign(&sign, b"env", "k", Some(LEASING.lease))
+        .complete_sign(&sign, b"env", "k", Some(hand_off(1, "att:app1")))
         .await
         .unwrap();
-    let handed = signed.push.expect("the first push is handed to the signer");
+    let handed = signed.push.expect("the push is handed to the signer");
     assert_eq!(
         (handed.kind, handed.execution_id, handed.artifact_position),
-        (JobKind::Push, e.id, Some(0))
+        (JobKind::Push, e.id, Some(1))
     );
     assert_eq!((handed.owner.as_str(), handed.attempts), ("signer", 1));
     assert_eq!(signed.queued, 2);
+    let lock = signed.lock.expect("with its tag lock");
+    assert_eq!(
+        (lock.name.as_str(), lock.owner.as_str()),
+        ("att:app1", "signer")
+    );
+    assert!(f.store.holds_lock(&lock).await.unwrap());
+    assert!(
+        f.store
+            .try_lock("att:app1", "other", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "the tag is the signer's"
+    );
 
     // Other workers get the other two pushes and never the handed one.
     let mut claimed = Vec::new();
@@ -1169,7 +1184,7 @@ async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_res
         claimed.push(j.artifact_position.unwrap());
     }
     claimed.sort();
-    assert_eq!(claimed, vec![1, 2]);
+    assert_eq!(claimed, vec![0, 2]);
     assert!(
         f.store.renew_lease(&handed, LEASING.lease).await.unwrap(),
         "the handed push is leased to the signer"
@@ -1178,10 +1193,61 @@ async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_res
         reference: "r".into(),
         manifest_digest: "sha256:00".into(),
     };
-    f.store.complete_push(&handed, &record, None).await.unwrap();
+    f.store
+        .complete_push(&handed, &record, Some(&lock))
+        .await
+        .unwrap();
     let e = f.store.execution(e.id).await.unwrap().unwrap();
-    assert_eq!(e.artifacts[0].push_state, PushState::Pushed);
-    assert_eq!(e.artifacts[0].pushed_by.as_deref(), Some("signer"));
+    assert_eq!(e.artifacts[1].push_state, PushState::Pushed);
+    assert_eq!(e.artifacts[1].pushed_by.as_deref(), Some("signer"));
+    assert!(!f.store.holds_lock(&lock).await.unwrap(), "released");
+}
+
+/// The push of artifact `position` handed to the signer, with the tag lock `lock`.
+fn hand_off(position: i32, lock: &str) -> store::HandOff<'_> {
+    store::HandOff {
+        position,
+        lease: LEASING.lease,
+        lock,
+        lock_ttl: LEASE,
+    }
+}
+
+async fn a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_lock(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let Recorded::Created(e) = f
+        .store
+        .record_build(new_execution("run-1", 1))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let theirs = f
+        .store
+        .try_lock("att:app0", "other", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let sign = f
+        .store
+        .claim_job("signer", &LEASING)
+        .await
+        .unwrap()
+        .unwrap();
+    let signed = f
+        .store
+        .complete_sign(&sign, b"env", "k", Some(hand_off(0, "att:app0")))
+        .await
+        .unwrap();
+    assert_eq!(signed.push.unwrap().execution_id, e.id);
+    assert!(
+        signed.lock.is_none(),
+        "the push waits for the lock as any push does"
+    );
+    assert!(f.store.holds_lock(&theirs).await.unwrap(), "still theirs");
 }
 
 async fn a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires(backend: Backend) {
@@ -1202,7 +1268,7 @@ async fn a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires(b
         .unwrap();
     let signed = f
         .store
-        .complete_sign(&sign, b"env", "k", Some(LEASING.lease))
+        .complete_sign(&sign, b"env", "k", Some(hand_off(0, "att:app0")))
         .await
         .unwrap();
     let handed = signed.push.unwrap();
