@@ -51,16 +51,17 @@ pub async fn list_digest_attestations(
         .executions_by_digest(&digest, reader.scope())
         .await?;
     let items = hits
-        .iter()
+        .into_iter()
         .filter_map(|hit| {
             let artifact = hit
                 .execution
                 .artifacts
                 .iter()
-                .find(|a| a.position == hit.artifact_position)?;
+                .find(|a| a.position == hit.artifact_position)?
+                .clone();
             Some(DigestAttestation {
                 artifact: ArtifactView::from_record(artifact),
-                execution: ExecutionView::new(&hit.execution, &state.public_url),
+                execution: ExecutionView::new(hit.execution, &state.public_url),
             })
         })
         .collect();

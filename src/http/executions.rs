@@ -203,7 +203,7 @@ pub async fn list_executions(
                 next_cursor: next_cursor(&executions, filter.limit),
                 items: ExecutionItems::Full(
                     executions
-                        .iter()
+                        .into_iter()
                         .map(|e| ExecutionView::new(e, base))
                         .collect(),
                 ),
@@ -215,7 +215,7 @@ pub async fn list_executions(
                 next_cursor: next_cursor(&executions, filter.limit),
                 items: ExecutionItems::Basic(
                     executions
-                        .iter()
+                        .into_iter()
                         .map(|e| ExecutionSummaryView::new(e, base))
                         .collect(),
                 ),
@@ -277,7 +277,7 @@ pub async fn get_execution(
     Path(execution_id): Path<String>,
 ) -> Result<Json<ExecutionView>, ApiError> {
     let e = readable_execution(&state, &reader, &execution_id).await?;
-    Ok(Json(ExecutionView::new(&e, &state.public_url)))
+    Ok(Json(ExecutionView::new(e, &state.public_url)))
 }
 
 fn raw_json(bytes: Vec<u8>, content_type: &'static str, filename: String) -> Response {
@@ -402,7 +402,7 @@ pub async fn retry_execution(
         .ok_or_else(ApiError::execution_not_found)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(ExecutionView::new(&e, &state.public_url)),
+        Json(ExecutionView::new(e, &state.public_url)),
     ))
 }
 

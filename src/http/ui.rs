@@ -257,7 +257,7 @@ pub async fn list_executions_page(
         .flatten()
         .map(|last| next_page_query(&params, &last.id.to_string()));
     let items: Vec<ExecutionView> = executions
-        .iter()
+        .into_iter()
         .map(|e| ExecutionView::new(e, &state.public_url))
         .collect();
     Ok(page(
@@ -304,7 +304,7 @@ pub async fn show_execution_page(
             signed_in => true,
             admin => reader.sees_all_accounts(),
             may_act => reader.may_act(),
-            e => ExecutionView::new(&e, &state.public_url),
+            e => ExecutionView::new(e, &state.public_url),
             provenance,
             signed,
             can_retry,

@@ -109,8 +109,11 @@ pub struct Links {
 }
 
 impl ArtifactView {
-    pub fn from_record(a: &ArtifactRecord) -> Self {
-        let mut image = format!("{}/{}", a.registry, a.repository);
+    /// The view of `a`, taking its strings rather than copying them (a list page builds fifty).
+    pub fn from_record(a: ArtifactRecord) -> Self {
+        let mut image = a.registry;
+        image.push('/');
+        image.push_str(&a.repository);
         if let Some(tag) = &a.tag {
             image.push(':');
             image.push_str(tag);
@@ -123,62 +126,64 @@ impl ArtifactView {
                 state: a.push_state,
                 attempts: a.push_attempts,
                 next_attempt_at: a.next_attempt_at,
-                last_error: a.last_error.clone(),
-                reference: a.pushed_reference.clone(),
-                manifest_digest: a.manifest_digest.clone(),
+                last_error: a.last_error,
+                reference: a.pushed_reference,
+                manifest_digest: a.manifest_digest,
                 pushed_at: a.pushed_at,
-                pushed_by: a.pushed_by.clone(),
+                pushed_by: a.pushed_by,
             },
         }
     }
 }
 
 impl ExecutionFields {
-    /// `e`'s fields and links; `base` is the public URL without a trailing slash.
-    fn new<A>(e: &Execution<A>, base: &str) -> (Self, Links) {
-        let url = format!("{base}/v1/executions/{}", e.id);
+    /// `e`'s fields and links, and its artifacts; `base` is the public URL without a trailing
+    /// slash. The strings are taken, not copied.
+    fn new<A>(e: Execution<A>, base: &str) -> (Self, Links, A) {
+        let id = e.id.to_string();
+        let url = format!("{base}/v1/executions/{id}");
         let links = Links {
             provenance: format!("{url}/provenance"),
             attestation: format!("{url}/attestation"),
-            ui: format!("{base}/ui/executions/{}", e.id),
+            ui: format!("{base}/ui/executions/{id}"),
         };
         let fields = Self {
-            id: e.id.to_string(),
+            id,
             url,
             account_id: e.account.to_string(),
-            pipeline_identifier: e.pipeline_identifier.clone(),
-            pipeline_execution_id: e.pipeline_execution_id.clone(),
-            repository_url: e.repository_url.clone(),
-            branch: e.branch.clone(),
-            commit_sha: e.commit_sha.clone(),
-            trigger_type: e.trigger_type.clone(),
-            triggered_by: e.triggered_by.clone(),
-            builder_id: e.builder_id.clone(),
-            builder_version: e.builder_version.clone(),
+            pipeline_identifier: e.pipeline_identifier,
+            pipeline_execution_id: e.pipeline_execution_id,
+            repository_url: e.repository_url,
+            branch: e.branch,
+            commit_sha: e.commit_sha,
+            trigger_type: e.trigger_type,
+            triggered_by: e.triggered_by,
+            builder_id: e.builder_id,
+            builder_version: e.builder_version,
             started_on: e.started_on,
             finished_on: e.finished_on,
             status: e.status,
             received_at: e.received_at,
             attestation: AttestationView {
                 state: e.attestation,
-                key_id: e.key_id.clone(),
+                key_id: e.key_id,
                 signed_at: e.signed_at,
                 attested_at: e.attested_at,
-                last_error: e.last_error.clone(),
-                signed_by: e.signed_by.clone(),
+                last_error: e.last_error,
+                signed_by: e.signed_by,
             },
         };
-        (fields, links)
+        (fields, links, e.artifacts)
     }
 }
 
 impl ExecutionView {
     /// `base` is the public URL without a trailing slash.
-    pub fn new(e: &Execution, base: &str) -> Self {
-        let (execution, links) = ExecutionFields::new(e, base);
+    pub fn new(e: Execution, base: &str) -> Self {
+        let (execution, links, artifacts) = ExecutionFields::new(e, base);
         Self {
             execution,
-            artifacts: e.artifacts.iter().map(ArtifactView::from_record).collect(),
+            artifacts: artifacts.into_iter().map(ArtifactView::from_record).collect(),
             links,
         }
     }
@@ -186,11 +191,11 @@ impl ExecutionView {
 
 impl ExecutionSummaryView {
     /// `base` is the public URL without a trailing slash.
-    pub fn new(e: &ExecutionSummary, base: &str) -> Self {
-        let (execution, links) = ExecutionFields::new(e, base);
+    pub fn new(e: ExecutionSummary, base: &str) -> Self {
+        let (execution, links, count) = ExecutionFields::new(e, base);
         Self {
             execution,
-            artifact_count: e.artifacts.0,
+            artifact_count: count.0,
             links,
         }
     }

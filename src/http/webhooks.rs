@@ -336,7 +336,7 @@ async fn record(
             (StatusCode::OK, e)
         }
     };
-    let view = ExecutionView::new(&execution, &state.public_url);
+    let view = ExecutionView::new(execution, &state.public_url);
     let location = view.execution.url.clone();
     if problems.is_empty() {
         return Ok((status, [(header::LOCATION, location)], Json(view)).into_response());
