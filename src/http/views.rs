@@ -183,7 +183,10 @@ impl ExecutionView {
         let (execution, links, artifacts) = ExecutionFields::new(e, base);
         Self {
             execution,
-            artifacts: artifacts.into_iter().map(ArtifactView::from_record).collect(),
+            artifacts: artifacts
+                .into_iter()
+                .map(ArtifactView::from_record)
+                .collect(),
             links,
         }
     }

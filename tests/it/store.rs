@@ -470,15 +470,35 @@ async fn a_renewed_lease_keeps_the_job_and_a_taken_over_lease_cannot_be_renewed(
 
 /// Record a new one-artifact execution.
 async fn created(f: &Fixture, pipeline_execution_id: &str) -> attestd::store::Execution {
+    created_with(f, pipeline_execution_id, 1).await
+}
+
+async fn created_with(
+    f: &Fixture,
+    pipeline_execution_id: &str,
+    images: usize,
+) -> attestd::store::Execution {
     match f
         .store
-        .record_build(new_execution(pipeline_execution_id, 1))
+        .record_build(new_execution(pipeline_execution_id, images))
         .await
         .unwrap()
     {
         Recorded::Created(e) => e,
         other => panic!("expected Created, got {other:?}"),
     }
+}
+
+/// A new execution of `images` images, and its sign job claimed by `worker`.
+async fn signing(
+    f: &Fixture,
+    images: usize,
+    worker: &str,
+) -> (attestd::store::Execution, attestd::store::Job) {
+    let e = created_with(f, "run-1", images).await;
+    let sign = f.store.claim_job(worker, &LEASING).await.unwrap().unwrap();
+    assert_eq!((sign.kind, sign.execution_id), (JobKind::Sign, e.id));
+    (e, sign)
 }
 
 /// Let the job's lease run out, as a worker killed mid-job leaves it.
@@ -1137,20 +1157,7 @@ async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_res
     backend: Backend,
 ) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 3))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let sign = f
-        .store
-        .claim_job("signer", &LEASING)
-        .await
-        .unwrap()
-        .unwrap();
+    let (e, sign) = signing(&f, 3, "signer").await;
     let signed = f
         .store
         .complete_sign(&sign, b"env", "k", Some(hand_off(1, "att:app1")))
@@ -1217,23 +1224,10 @@ async fn a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_l
     backend: Backend,
 ) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 1))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let (e, sign) = signing(&f, 1, "signer").await;
     let theirs = f
         .store
         .try_lock("att:app0", "other", LEASE)
-        .await
-        .unwrap()
-        .unwrap();
-    let sign = f
-        .store
-        .claim_job("signer", &LEASING)
         .await
         .unwrap()
         .unwrap();
@@ -1252,20 +1246,7 @@ async fn a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_l
 
 async fn a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires(backend: Backend) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 1))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let sign = f
-        .store
-        .claim_job("signer", &LEASING)
-        .await
-        .unwrap()
-        .unwrap();
+    let (e, sign) = signing(&f, 1, "signer").await;
     let signed = f
         .store
         .complete_sign(&sign, b"env", "k", Some(hand_off(0, "att:app0")))
@@ -1299,15 +1280,7 @@ async fn a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires(b
 
 async fn a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested(backend: Backend) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 2))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    let (e, sign) = signing(&f, 2, "w").await;
     f.store
         .complete_sign(&sign, b"env", "k", None)
         .await
@@ -1447,15 +1420,20 @@ async fn summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_c
 
 async fn an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give(backend: Backend) {
     let f = fixture(backend).await;
-    for (run, images) in [("run-1", 1), ("run-3", 3)] {
-        let Recorded::Created(e) = f
-            .store
-            .record_build(new_execution(run, images))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+    let templated = match f
+        .store
+        .record_build(templated_execution("run-t"))
+        .await
+        .unwrap()
+    {
+        Recorded::Created(e) => e,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    for (e, images) in [
+        (created_with(&f, "run-1", 1).await, 1),
+        (created_with(&f, "run-3", 3).await, 3),
+        (templated, 2),
+    ] {
         let (execution, statement) = f
             .store
             .execution_with_statement(e.id)
@@ -1465,27 +1443,9 @@ async fn an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give(
         assert_eq!(execution, f.store.execution(e.id).await.unwrap().unwrap());
         assert_eq!(execution.artifacts.len(), images);
         assert_eq!(statement, f.store.statement(e.id).await.unwrap());
-        assert!(statement.is_some());
+        // An execution whose images come from templates has none until they are resolved.
+        assert_eq!(statement.is_some(), e.pipeline_execution_id != "run-t");
     }
-    let Recorded::Created(templated) = f
-        .store
-        .record_build(templated_execution("run-t"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let (execution, statement) = f
-        .store
-        .execution_with_statement(templated.id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(execution.artifacts.len(), 2);
-    assert_eq!(
-        statement, None,
-        "no statement until the digests are resolved"
-    );
     assert!(
         f.store
             .execution_with_statement(ExecutionId::new())
