@@ -272,19 +272,7 @@ async fn signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact
 
 async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
     let f = fixture(backend).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 1))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
-    f.store
-        .complete_sign(&sign, b"env", "k", None)
-        .await
-        .unwrap();
+    let e = signed(&f, 1, "a").await;
     let push = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     f.store
         .fail_job(
@@ -501,6 +489,16 @@ async fn signing(
     (e, sign)
 }
 
+/// A new execution of `images` images, signed by `worker`: its push jobs are queued.
+async fn signed(f: &Fixture, images: usize, worker: &str) -> attestd::store::Execution {
+    let (e, sign) = signing(f, images, worker).await;
+    f.store
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
+    e
+}
+
 /// Let the job's lease run out, as a worker killed mid-job leaves it.
 async fn expire_lease(f: &Fixture, job: &attestd::store::Job) {
     let past = f.db.seconds_ago(1);
@@ -515,12 +513,7 @@ async fn expire_lease(f: &Fixture, job: &attestd::store::Job) {
 
 async fn a_push_whose_worker_keeps_stopping_is_dead_with_the_reason(backend: Backend) {
     let f = fixture(backend).await;
-    let e = created(&f, "run-1").await;
-    let sign = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
-    f.store
-        .complete_sign(&sign, b"env", "k", None)
-        .await
-        .unwrap();
+    let e = signed(&f, 1, "w").await;
     let mut push = f.store.claim_job("w0", &LEASING).await.unwrap().unwrap();
     assert_eq!(push.kind, JobKind::Push);
     for stop in 1..=LEASING.max_reclaims {
@@ -1087,19 +1080,7 @@ async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attest
     use sqlx::Connection as _;
 
     let f = fixture(Backend::Postgres).await;
-    let Recorded::Created(e) = f
-        .store
-        .record_build(new_execution("run-1", 2))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let sign = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
-    f.store
-        .complete_sign(&sign, b"envelope", "key-1", None)
-        .await
-        .unwrap();
+    let e = signed(&f, 2, "a").await;
     let first = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
     let second = f.store.claim_job("b", &LEASING).await.unwrap().unwrap();
     assert_eq!((first.kind, second.kind), (JobKind::Push, JobKind::Push));
@@ -1280,11 +1261,7 @@ async fn a_handed_push_whose_signer_stops_is_taken_over_when_its_lease_expires(b
 
 async fn a_push_completion_releases_its_tag_lock_and_says_once_that_it_attested(backend: Backend) {
     let f = fixture(backend).await;
-    let (e, sign) = signing(&f, 2, "w").await;
-    f.store
-        .complete_sign(&sign, b"env", "k", None)
-        .await
-        .unwrap();
+    let e = signed(&f, 2, "w").await;
     let first = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     let second = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     let record = PushRecord {
