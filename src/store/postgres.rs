@@ -344,7 +344,7 @@ macro_rules! any_dead {
 /// (with its key, worker and time), queue one push job per artifact still waiting unless it
 /// has one — that of position `$9` leased to the signing worker (`$6`) under token `$7` for `$8`
 /// milliseconds instead, when `$7` is given, with its tag lock `$10` for `$11` milliseconds if
-/// free (as `TRY_LOCK` takes it) — and set the execution's state. One statement sees one
+/// free (`take_lock_on_conflict!`, as `TRY_LOCK` takes it) — and set the execution's state. One statement sees one
 /// snapshot, so the state is computed from what this statement writes (the envelope is stored)
 /// rather than re-read. `$4` envelope, `$5` key id. Returns whether the job was finished (0 or
 /// 1), the stored envelope, the leased push job's id and position, the lock's token, and how
@@ -364,10 +364,9 @@ const COMPLETE_SIGN: &str = concat!(
             CASE WHEN mine THEN now() + $8 * interval '1 millisecond' END, $3, $3, $3 FROM waiting \
         RETURNING id, artifact_position, state), \
     locked AS (INSERT INTO locks (name, owner, expires_at, token) \
-        SELECT $10, $6, now() + $11 * interval '1 millisecond', 1 FROM pushes WHERE state = 'running' \
-        ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, \
-        token = locks.token + 1 WHERE locks.expires_at <= now() OR locks.owner = excluded.owner \
-        RETURNING token), \
+        SELECT $10, $6, now() + $11 * interval '1 millisecond', 1 FROM pushes WHERE state = 'running' ",
+    sql::take_lock_on_conflict!("now()"),
+    "), \
     e AS (UPDATE executions x SET envelope = COALESCE(x.envelope, $4), \
         key_id = CASE WHEN x.envelope IS NULL THEN $5 ELSE x.key_id END, \
         signed_by = CASE WHEN x.envelope IS NULL THEN $6 ELSE x.signed_by END, \

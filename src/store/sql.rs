@@ -243,12 +243,27 @@ const FAIL_ARTIFACT: &str = "UPDATE artifacts SET push_state = CASE WHEN {bigint
     push_attempts = $4, next_attempt_at = {now+ $3}, last_error = $5 \
     WHERE execution_id = $1 AND position = $2";
 
+/// When an insert into `locks` finds the name taken: the lock changes hands (its fencing token
+/// raised) if it expired by `$now` or is already the inserting owner's; otherwise nothing is
+/// returned. Also taken inside PostgreSQL's sign completion, for the push it hands over.
+macro_rules! take_lock_on_conflict {
+    ($now:literal) => {
+        concat!(
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
+            expires_at = excluded.expires_at, token = locks.token + 1 \
+            WHERE locks.expires_at <= ",
+            $now,
+            " OR locks.owner = excluded.owner RETURNING token"
+        )
+    };
+}
+pub(super) use take_lock_on_conflict;
+
 /// Take a lock that is free, expired or the owner's. `$1` name, `$2` owner, `$3` ttl (ms), `$4` now.
-const TRY_LOCK: &str = "INSERT INTO locks (name, owner, expires_at, token) \
-    VALUES ($1, $2, {now+ $3}, 1) \
-    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
-    expires_at = excluded.expires_at, token = locks.token + 1 \
-    WHERE locks.expires_at <= {now $4} OR locks.owner = excluded.owner RETURNING token";
+const TRY_LOCK: &str = concat!(
+    "INSERT INTO locks (name, owner, expires_at, token) VALUES ($1, $2, {now+ $3}, 1) ",
+    take_lock_on_conflict!("{now $4}")
+);
 
 /// `$1` name, `$2` owner, `$3` token, `$4` ttl (ms).
 const RENEW_LOCK: &str = "UPDATE locks SET expires_at = {now+ $4} \
