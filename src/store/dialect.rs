@@ -128,8 +128,8 @@ pub trait Encoding: Database {
     fn bind_clock(q: SqlxQuery<Self>, c: Clock) -> SqlxQuery<Self>;
     /// An id array; SQLite has none and refuses (its ids are listed by [`Db::push_in`]).
     fn bind_uuids(q: SqlxQuery<Self>, ids: &[Uuid]) -> Result<SqlxQuery<Self>, StoreError>;
-    fn time(row: &Self::Row, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error>;
-    fn json<T: DeserializeOwned>(row: &Self::Row, col: &str) -> Result<T, sqlx::Error>;
+    fn time<I: Column>(row: &Self::Row, col: I) -> Result<Option<OffsetDateTime>, sqlx::Error>;
+    fn json<T: DeserializeOwned, I: Column>(row: &Self::Row, col: I) -> Result<T, sqlx::Error>;
 }
 
 pub type SqlxQuery<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;
@@ -163,6 +163,12 @@ where
     Ok(query)
 }
 
+/// A column of a row of either dialect: its name, or its position in the select list (cheaper
+/// for the wide rows of a page: no lookup of the name per value).
+pub trait Column: ColumnIndex<PgRow> + ColumnIndex<SqliteRow> + std::fmt::Display + Copy {}
+
+impl<I: ColumnIndex<PgRow> + ColumnIndex<SqliteRow> + std::fmt::Display + Copy> Column for I {}
+
 /// A row of either dialect.
 pub enum Row {
     Postgres(PgRow),
@@ -177,7 +183,7 @@ impl Row {
             + Type<Postgres>
             + for<'r> Decode<'r, Sqlite>
             + Type<Sqlite>,
-        I: ColumnIndex<PgRow> + ColumnIndex<SqliteRow>,
+        I: Column,
     {
         use sqlx::Row as _;
         match self {
@@ -186,22 +192,22 @@ impl Row {
         }
     }
 
-    pub fn opt_time(&self, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    pub fn opt_time(&self, col: impl Column) -> Result<Option<OffsetDateTime>, sqlx::Error> {
         match self {
             Self::Postgres(r) => Postgres::time(r, col),
             Self::Sqlite(r) => Sqlite::time(r, col),
         }
     }
 
-    pub fn time(&self, col: &str) -> Result<OffsetDateTime, sqlx::Error> {
+    pub fn time(&self, col: impl Column) -> Result<OffsetDateTime, sqlx::Error> {
         self.opt_time(col)?
             .ok_or_else(|| sqlx::Error::ColumnDecode {
-                index: col.to_owned(),
+                index: col.to_string(),
                 source: Box::new(sqlx::error::UnexpectedNullError),
             })
     }
 
-    pub fn json<T: DeserializeOwned>(&self, col: &str) -> Result<T, sqlx::Error> {
+    pub fn json<T: DeserializeOwned>(&self, col: impl Column) -> Result<T, sqlx::Error> {
         match self {
             Self::Postgres(r) => Postgres::json(r, col),
             Self::Sqlite(r) => Sqlite::json(r, col),

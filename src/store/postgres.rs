@@ -13,7 +13,7 @@ use sqlx::{PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
+use super::dialect::{Clock, Column, Db, Encoding, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
 use super::{
     BuildCompleted, Digest, HandOff, Job, JobKind, Lock, NewExecution, PushRecord, Signed,
@@ -87,11 +87,11 @@ impl Encoding for Postgres {
         Ok(q.bind(ids))
     }
 
-    fn time(row: &PgRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    fn time<I: Column>(row: &PgRow, col: I) -> Result<Option<OffsetDateTime>, sqlx::Error> {
         row.try_get(col)
     }
 
-    fn json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, sqlx::Error> {
+    fn json<T: DeserializeOwned, I: Column>(row: &PgRow, col: I) -> Result<T, sqlx::Error> {
         let Json(v) = row.try_get::<Json<T>, _>(col)?;
         Ok(v)
     }

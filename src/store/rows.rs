@@ -10,14 +10,17 @@ use uuid::Uuid;
 use super::{ArtifactRecord, AttestationState, Execution, PushState, StoreError};
 use crate::domain::ExecutionId;
 
-/// Columns selected for an execution, in this order.
+/// Columns selected for an execution, in this order: every select of executions lists them first,
+/// and its rows are read by position.
 pub const EXECUTION_COLUMNS: &str = "id, account_id, pipeline_execution_id, pipeline_identifier, \
     repository_url, branch, commit_sha, trigger_type, triggered_by, builder_id, builder_version, \
     started_on, finished_on, status, received_at, attestation_state, key_id, signed_at, \
     attested_at, last_error, signed_by";
 
-/// Columns selected for an artifact, in this order: [`ARTIFACT_COLUMNS`] and the names its rows
-/// are read by.
+/// How many [`EXECUTION_COLUMNS`] there are: where a joined row's artifact columns start.
+pub const EXECUTION_COLUMN_COUNT: usize = 21;
+
+/// Columns selected for an artifact, in this order ([`ARTIFACT_COLUMNS`]).
 pub const ARTIFACT_NAMES: [&str; 15] = [
     "execution_id",
     "position",
@@ -37,10 +40,6 @@ pub const ARTIFACT_NAMES: [&str; 15] = [
 ];
 
 pub static ARTIFACT_COLUMNS: LazyLock<String> = LazyLock::new(|| ARTIFACT_NAMES.join(", "));
-
-/// [`ARTIFACT_NAMES`] as [`JOINED_COLUMNS`] renames them: `a_<column>`.
-pub static JOINED_ARTIFACT_NAMES: LazyLock<[String; 15]> =
-    LazyLock::new(|| ARTIFACT_NAMES.map(|c| format!("a_{c}")));
 
 /// An execution's columns (`e.`) beside its artifacts' (`a.`, renamed `a_<column>`), for reads
 /// that join the two so a page and its artifacts come back in one query. Built once.
@@ -179,5 +178,23 @@ impl ExecutionRow {
             signed_by: self.signed_by,
             artifacts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_column_counts_read_by_position_match_the_column_lists() {
+        assert_eq!(EXECUTION_COLUMNS.split(',').count(), EXECUTION_COLUMN_COUNT);
+        assert!(
+            JOINED_COLUMNS
+                .split(", ")
+                .nth(EXECUTION_COLUMN_COUNT)
+                .is_some_and(|c| c.starts_with("a.execution_id ")),
+            "{}",
+            *JOINED_COLUMNS
+        );
     }
 }

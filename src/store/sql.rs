@@ -172,6 +172,10 @@ pub fn execution_summaries_where() -> String {
     )
 }
 
+/// The position of the artifact count in a row of [`execution_summaries_where`]: after the
+/// execution's columns and the count as stored.
+pub const SUMMARY_COUNT_COLUMN: usize = super::rows::EXECUTION_COLUMN_COUNT + 1;
+
 /// The end of [`execution_summaries_where`]: its page (`$limit` already pushed), in order.
 pub fn execution_summaries_where_end(ascending: bool) -> &'static str {
     if ascending {

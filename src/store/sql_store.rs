@@ -229,55 +229,57 @@ async fn refresh_state(tx: &mut Tx, id: Uuid) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// An execution from the row's first [`rows::EXECUTION_COLUMNS`], read by position (a page is
+/// 50 rows of 21 columns: no lookup of each name).
 fn execution_row(r: &Row) -> Result<ExecutionRow, sqlx::Error> {
     Ok(ExecutionRow {
-        id: r.get("id")?,
-        account_id: r.get("account_id")?,
-        pipeline_execution_id: r.get("pipeline_execution_id")?,
-        pipeline_identifier: r.get("pipeline_identifier")?,
-        repository_url: r.get("repository_url")?,
-        branch: r.get("branch")?,
-        commit_sha: r.get("commit_sha")?,
-        trigger_type: r.get("trigger_type")?,
-        triggered_by: r.get("triggered_by")?,
-        builder_id: r.get("builder_id")?,
-        builder_version: r.json("builder_version")?,
-        started_on: r.time("started_on")?,
-        finished_on: r.time("finished_on")?,
-        status: r.get("status")?,
-        received_at: r.time("received_at")?,
-        attestation_state: r.get("attestation_state")?,
-        key_id: r.get("key_id")?,
-        signed_at: r.opt_time("signed_at")?,
-        attested_at: r.opt_time("attested_at")?,
-        last_error: r.get("last_error")?,
-        signed_by: r.get("signed_by")?,
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        pipeline_execution_id: r.get(2)?,
+        pipeline_identifier: r.get(3)?,
+        repository_url: r.get(4)?,
+        branch: r.get(5)?,
+        commit_sha: r.get(6)?,
+        trigger_type: r.get(7)?,
+        triggered_by: r.get(8)?,
+        builder_id: r.get(9)?,
+        builder_version: r.json(10)?,
+        started_on: r.time(11)?,
+        finished_on: r.time(12)?,
+        status: r.get(13)?,
+        received_at: r.time(14)?,
+        attestation_state: r.get(15)?,
+        key_id: r.get(16)?,
+        signed_at: r.opt_time(17)?,
+        attested_at: r.opt_time(18)?,
+        last_error: r.get(19)?,
+        signed_by: r.get(20)?,
     })
 }
 
 fn artifact_row(r: &Row) -> Result<ArtifactRow, sqlx::Error> {
-    artifact_row_named(r, &rows::ARTIFACT_NAMES)
+    artifact_row_at(r, 0)
 }
 
-/// An artifact read by the column names `n` ([`rows::ARTIFACT_NAMES`] or their joined names).
-fn artifact_row_named<S: AsRef<str>>(r: &Row, n: &[S; 15]) -> Result<ArtifactRow, sqlx::Error> {
-    let n = n.each_ref().map(AsRef::as_ref);
+/// An artifact from [`rows::ARTIFACT_NAMES`]' columns, read by position from the row's column
+/// `at` on (0, or [`rows::EXECUTION_COLUMN_COUNT`] in a joined row).
+fn artifact_row_at(r: &Row, at: usize) -> Result<ArtifactRow, sqlx::Error> {
     Ok(ArtifactRow {
-        execution_id: r.get(n[0])?,
-        position: r.get(n[1])?,
-        registry: r.get(n[2])?,
-        repository: r.get(n[3])?,
-        tag: r.get(n[4])?,
-        digest: r.get(n[5])?,
-        push_state: r.get(n[6])?,
-        push_attempts: r.get(n[7])?,
-        next_attempt_at: r.opt_time(n[8])?,
-        last_error: r.get(n[9])?,
-        pushed_reference: r.get(n[10])?,
-        manifest_digest: r.get(n[11])?,
-        pushed_at: r.opt_time(n[12])?,
-        resolved_at: r.opt_time(n[13])?,
-        pushed_by: r.get(n[14])?,
+        execution_id: r.get(at)?,
+        position: r.get(at + 1)?,
+        registry: r.get(at + 2)?,
+        repository: r.get(at + 3)?,
+        tag: r.get(at + 4)?,
+        digest: r.get(at + 5)?,
+        push_state: r.get(at + 6)?,
+        push_attempts: r.get(at + 7)?,
+        next_attempt_at: r.opt_time(at + 8)?,
+        last_error: r.get(at + 9)?,
+        pushed_reference: r.get(at + 10)?,
+        manifest_digest: r.get(at + 11)?,
+        pushed_at: r.opt_time(at + 12)?,
+        resolved_at: r.opt_time(at + 13)?,
+        pushed_by: r.get(at + 14)?,
     })
 }
 
@@ -341,13 +343,15 @@ fn push_page<'a>(q: &mut Query<'a>, f: &'a ExecutionFilter) {
 fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
     let mut executions: Vec<ExecutionRow> = Vec::new();
     let mut artifacts = Vec::with_capacity(rows.len());
+    let at = rows::EXECUTION_COLUMN_COUNT;
     for r in &rows {
-        let id: Uuid = r.get("id")?;
+        let id: Uuid = r.get(0)?;
         if executions.last().is_none_or(|e| e.id != id) {
             executions.push(execution_row(r)?);
         }
-        if r.get::<Option<i32>, _>("a_position")?.is_some() {
-            artifacts.push(artifact_row_named(r, &rows::JOINED_ARTIFACT_NAMES)?);
+        // The artifact's position: NULL in the row of an execution without artifacts.
+        if r.get::<Option<i32>, _>(at + 1)?.is_some() {
+            artifacts.push(artifact_row_at(r, at)?);
         }
     }
     rows::assemble(executions, artifacts)
@@ -355,7 +359,7 @@ fn joined(rows: Vec<Row>) -> Result<Vec<Execution>, StoreError> {
 
 /// An execution of a summary page with its artifact count.
 fn summary(r: &Row) -> Result<ExecutionSummary, StoreError> {
-    let count: i64 = r.get("artifact_count")?;
+    let count: i64 = r.get(sql::SUMMARY_COUNT_COLUMN)?;
     let count =
         u32::try_from(count).map_err(|_| StoreError::Corrupt(format!("artifact count {count}")))?;
     execution_row(r)?.into_execution(ArtifactCount(count))

@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::dialect::{Clock, Db, Encoding, SqlxQuery, millis};
+use super::dialect::{Clock, Column, Db, Encoding, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
 use super::{NewExecution, StoreError};
 
@@ -99,11 +99,11 @@ impl Encoding for Sqlite {
         )))
     }
 
-    fn time(row: &SqliteRow, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    fn time<I: Column>(row: &SqliteRow, col: I) -> Result<Option<OffsetDateTime>, sqlx::Error> {
         row.try_get::<Option<i64>, _>(col)?.map(from_ms).transpose()
     }
 
-    fn json<T: DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, sqlx::Error> {
+    fn json<T: DeserializeOwned, I: Column>(row: &SqliteRow, col: I) -> Result<T, sqlx::Error> {
         let text: String = row.try_get(col)?;
         serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
     }
