@@ -38,7 +38,7 @@ pub struct App {
     /// Runs verification policies in isolated child processes.
     pub policy_evaluator: Evaluator,
     /// Base URL for links, without a trailing slash.
-    pub public_url: String,
+    pub public_url: Arc<str>,
     /// Wakes the worker when new jobs were queued.
     pub jobs_queued: Notify,
     /// Records webhooks in small batches, one commit each (`[ingest]`).
@@ -130,7 +130,7 @@ impl App {
             keyring,
             registries,
             policy_evaluator,
-            public_url,
+            public_url: public_url.into(),
             jobs_queued: Notify::new(),
             shutdown: CancellationToken::new(),
             faults: Default::default(),

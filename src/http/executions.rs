@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::Reader;
-use super::views::{ExecutionSummaryView, ExecutionView};
+use super::views::{ExecutionSummaryView, ExecutionView, json_response};
 use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
@@ -193,13 +193,14 @@ pub async fn list_executions(
     State(state): State<AppState>,
     reader: Reader,
     Query(params): Query<ListParams>,
-) -> Result<Json<ExecutionPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let filter = params.to_filter(&reader)?;
     let base = &state.public_url;
-    let page = match params.view()? {
+    // Bytes per item, about, for the response's buffer (a page is ~40–60 KB).
+    let (page, item_bytes) = match params.view()? {
         ListView::Full => {
             let executions = state.store.list_executions(&filter).await?;
-            ExecutionPage {
+            let page = ExecutionPage {
                 next_cursor: next_cursor(&executions, filter.limit),
                 items: ExecutionItems::Full(
                     executions
@@ -207,11 +208,12 @@ pub async fn list_executions(
                         .map(|e| ExecutionView::new(e, base))
                         .collect(),
                 ),
-            }
+            };
+            (page, 1536)
         }
         ListView::Basic => {
             let executions = state.store.list_execution_summaries(&filter).await?;
-            ExecutionPage {
+            let page = ExecutionPage {
                 next_cursor: next_cursor(&executions, filter.limit),
                 items: ExecutionItems::Basic(
                     executions
@@ -219,10 +221,15 @@ pub async fn list_executions(
                         .map(|e| ExecutionSummaryView::new(e, base))
                         .collect(),
                 ),
-            }
+            };
+            (page, 1024)
         }
     };
-    Ok(Json(page))
+    let items = match &page.items {
+        ExecutionItems::Full(items) => items.len(),
+        ExecutionItems::Basic(items) => items.len(),
+    };
+    json_response(&page, 64 + items * item_bytes)
 }
 
 /// The cursor of the page after `page`: its last execution's id, when the page is full.
@@ -275,9 +282,13 @@ pub async fn get_execution(
     State(state): State<AppState>,
     reader: Reader,
     Path(execution_id): Path<String>,
-) -> Result<Json<ExecutionView>, ApiError> {
+) -> Result<Response, ApiError> {
     let e = readable_execution(&state, &reader, &execution_id).await?;
-    Ok(Json(ExecutionView::new(e, &state.public_url)))
+    let artifacts = e.artifacts.len();
+    json_response(
+        &ExecutionView::new(e, &state.public_url),
+        1024 + 512 * artifacts,
+    )
 }
 
 fn raw_json(bytes: Vec<u8>, content_type: &'static str, filename: String) -> Response {

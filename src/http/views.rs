@@ -1,12 +1,25 @@
 //! JSON shapes the API returns, in the provenance vocabulary (camelCase).
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
-use serde::Serialize;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::{Serialize, Serializer};
 use time::OffsetDateTime;
 
-use crate::domain::BuildStatus;
+use crate::domain::{AccountId, BuildStatus, ExecutionId};
+use crate::error::ApiError;
 use crate::store::{ArtifactRecord, AttestationState, Execution, ExecutionSummary, PushState};
+
+/// `value` as a JSON response, written into a buffer of `capacity` bytes (axum's `Json` starts
+/// at 128 bytes and copies what it has written each time it doubles: nine times for a page).
+pub fn json_response<T: Serialize>(value: &T, capacity: usize) -> Result<Response, ApiError> {
+    let mut body = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut body, value).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
 
 /// An execution with its artifacts and their delivery state: `GET /v1/executions/{id}`, and
 /// each item of a list page in the full view.
@@ -35,9 +48,12 @@ pub struct ExecutionSummaryView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionFields {
-    pub id: String,
-    pub url: String,
-    pub account_id: String,
+    #[schema(value_type = String)]
+    pub id: ExecutionId,
+    #[schema(value_type = String)]
+    pub url: ExecutionUrl,
+    #[schema(value_type = String)]
+    pub account_id: AccountId,
     pub pipeline_identifier: String,
     pub pipeline_execution_id: String,
     #[serde(rename = "repositoryURL")]
@@ -103,9 +119,45 @@ pub struct PushView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Links {
-    pub provenance: String,
-    pub attestation: String,
-    pub ui: String,
+    #[schema(value_type = String)]
+    pub provenance: ExecutionUrl,
+    #[schema(value_type = String)]
+    pub attestation: ExecutionUrl,
+    #[schema(value_type = String)]
+    pub ui: ExecutionUrl,
+}
+
+/// A URL of an execution under the public URL, `{base}{path}{id}{suffix}`, written out only
+/// when it is serialized (straight into the response: a list page has 200 of them).
+#[derive(Debug, Clone)]
+pub struct ExecutionUrl {
+    base: Arc<str>,
+    path: &'static str,
+    id: ExecutionId,
+    suffix: &'static str,
+}
+
+impl ExecutionUrl {
+    fn api(base: &Arc<str>, id: ExecutionId, suffix: &'static str) -> Self {
+        Self {
+            base: Arc::clone(base),
+            path: "/v1/executions/",
+            id,
+            suffix,
+        }
+    }
+}
+
+impl fmt::Display for ExecutionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{}{}", self.base, self.path, self.id, self.suffix)
+    }
+}
+
+impl Serialize for ExecutionUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl ArtifactView {
@@ -138,19 +190,21 @@ impl ArtifactView {
 
 impl ExecutionFields {
     /// `e`'s fields and links, and its artifacts; `base` is the public URL without a trailing
-    /// slash. The strings are taken, not copied.
-    fn new<A>(e: Execution<A>, base: &str) -> (Self, Links, A) {
-        let id = e.id.to_string();
-        let url = format!("{base}/v1/executions/{id}");
+    /// slash. The strings are taken, not copied, and the URLs are written when serialized.
+    fn new<A>(e: Execution<A>, base: &Arc<str>) -> (Self, Links, A) {
+        let id = e.id;
         let links = Links {
-            provenance: format!("{url}/provenance"),
-            attestation: format!("{url}/attestation"),
-            ui: format!("{base}/ui/executions/{id}"),
+            provenance: ExecutionUrl::api(base, id, "/provenance"),
+            attestation: ExecutionUrl::api(base, id, "/attestation"),
+            ui: ExecutionUrl {
+                path: "/ui/executions/",
+                ..ExecutionUrl::api(base, id, "")
+            },
         };
         let fields = Self {
             id,
-            url,
-            account_id: e.account.to_string(),
+            url: ExecutionUrl::api(base, id, ""),
+            account_id: e.account,
             pipeline_identifier: e.pipeline_identifier,
             pipeline_execution_id: e.pipeline_execution_id,
             repository_url: e.repository_url,
@@ -179,7 +233,7 @@ impl ExecutionFields {
 
 impl ExecutionView {
     /// `base` is the public URL without a trailing slash.
-    pub fn new(e: Execution, base: &str) -> Self {
+    pub fn new(e: Execution, base: &Arc<str>) -> Self {
         let (execution, links, artifacts) = ExecutionFields::new(e, base);
         Self {
             execution,
@@ -194,7 +248,7 @@ impl ExecutionView {
 
 impl ExecutionSummaryView {
     /// `base` is the public URL without a trailing slash.
-    pub fn new(e: ExecutionSummary, base: &str) -> Self {
+    pub fn new(e: ExecutionSummary, base: &Arc<str>) -> Self {
         let (execution, links, count) = ExecutionFields::new(e, base);
         Self {
             execution,

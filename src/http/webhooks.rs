@@ -337,7 +337,7 @@ async fn record(
         }
     };
     let view = ExecutionView::new(execution, &state.public_url);
-    let location = view.execution.url.clone();
+    let location = view.execution.url.to_string();
     if problems.is_empty() {
         return Ok((status, [(header::LOCATION, location)], Json(view)).into_response());
     }
