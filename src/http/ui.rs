@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Reader;
 use super::executions::{self, ListParams, readable_execution};
-use super::views::ExecutionView;
+use super::views::{ExecutionSummaryView, ExecutionView};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{AttestationState, PushState};
@@ -246,19 +246,20 @@ pub async fn list_executions_page(
                 context! {
                     signed_in => true, admin, form,
                     error => context! { code => e.code(), message => e.to_string() },
-                    items => Vec::<ExecutionView>::new(),
+                    items => Vec::<ExecutionSummaryView>::new(),
                 },
             ));
         }
     };
-    let executions = state.store.list_executions(&filter).await?;
+    // The table shows no artifacts: the page reads the executions alone (the basic view).
+    let executions = state.store.list_execution_summaries(&filter).await?;
     let next_query = (executions.len() == filter.limit as usize)
         .then(|| executions.last())
         .flatten()
         .map(|last| next_page_query(&params, &last.id.to_string()));
-    let items: Vec<ExecutionView> = executions
+    let items: Vec<ExecutionSummaryView> = executions
         .into_iter()
-        .map(|e| ExecutionView::new(e, &state.public_url))
+        .map(|e| ExecutionSummaryView::new(e, &state.public_url))
         .collect();
     Ok(page(
         StatusCode::OK,
