@@ -565,6 +565,14 @@ pub struct HandOff<'a> {
     pub lock_ttl: Duration,
 }
 
+/// The time from an execution's receipt to `attested_at` (never negative, should the clocks of
+/// replicas disagree): what a push completion that attested it reports.
+fn attestation_delay(received: OffsetDateTime, attested_at: OffsetDateTime) -> Duration {
+    (attested_at - received)
+        .max(time::Duration::ZERO)
+        .unsigned_abs()
+}
+
 /// The result of a successful push, recorded on the artifact.
 #[derive(Debug, Clone)]
 pub struct PushRecord {

@@ -344,11 +344,11 @@ macro_rules! any_dead {
 /// (with its key, worker and time), queue one push job per artifact still waiting unless it
 /// has one — that of position `$9` leased to the signing worker (`$6`) under token `$7` for `$8`
 /// milliseconds instead, when `$7` is given, with its tag lock `$10` for `$11` milliseconds if
-/// free (`take_lock_on_conflict!`, as `TRY_LOCK` takes it) — and set the execution's state. One statement sees one
-/// snapshot, so the state is computed from what this statement writes (the envelope is stored)
-/// rather than re-read. `$4` envelope, `$5` key id. Returns whether the job was finished (0 or
-/// 1), the stored envelope, the leased push job's id and position, the lock's token, and how
-/// many push jobs were queued.
+/// free (`take_lock_on_conflict!`, as `TRY_LOCK` takes it) — and set the execution's state.
+/// One statement sees one snapshot, so the state is computed from what this statement writes
+/// (the envelope is stored) rather than re-read. `$4` envelope, `$5` key id. Returns whether
+/// the job was finished (0 or 1), the stored envelope, the leased push job's id and position,
+/// the lock's token, and how many push jobs were queued.
 const COMPLETE_SIGN: &str = concat!(
     "WITH ",
     done_cte!(),
@@ -388,9 +388,9 @@ const COMPLETE_SIGN: &str = concat!(
 /// Complete a push job in one statement: finish the job, record the pushed artifact, set the
 /// execution's state — attested (stamped once, its last error cleared) when every other
 /// artifact was already pushed — and release the tag lock the push held (`$9` name, `$10`
-/// owner, `$11` token). `$4` position, `$5` attempts,
-/// `$6` reference, `$7` manifest digest, `$8` worker. Returns whether the job was finished (0
-/// or 1), the state written, and the execution's receipt time if this statement attested it.
+/// owner, `$11` token). `$4` position, `$5` attempts, `$6` reference, `$7` manifest digest, `$8`
+/// worker. Returns whether the job was finished (0 or 1), the state written, and the
+/// execution's receipt time if this statement attested it.
 const COMPLETE_PUSH: &str = concat!(
     "WITH ",
     done_cte!(),
@@ -585,5 +585,5 @@ pub async fn complete_push(
             .and_then(|(received, stamped): (OffsetDateTime, bool)| stamped.then_some(received)),
         (None, _) => None,
     };
-    Ok(attested_from.map(|received| (now - received).max(time::Duration::ZERO).unsigned_abs()))
+    Ok(attested_from.map(|received| super::attestation_delay(received, now)))
 }

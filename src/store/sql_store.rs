@@ -921,7 +921,7 @@ impl Store for SqlStore {
             .await?;
         tx.commit().await?;
         let received = attested.map(|row| row.time("received_at")).transpose()?;
-        Ok(received.map(|r| (now - r).max(time::Duration::ZERO).unsigned_abs()))
+        Ok(received.map(|r| attestation_delay(r, now)))
     }
 
     async fn fail_job(
