@@ -602,7 +602,13 @@ async fn push(
     let deadline = Duration::from_secs(w.push_deadline_secs);
     let lock = match handed_lock {
         Some(lock) if lock.name == name => lock,
-        _ => acquire(app, &name, owner, ttl).await?,
+        other => {
+            // A lock handed over for another tag (never expected) is not held on to.
+            if let Some(stale) = &other {
+                unlock(app, stale).await;
+            }
+            acquire(app, &name, owner, ttl).await?
+        }
     };
     let fence = Fence {
         app,
