@@ -429,6 +429,55 @@ const PROMOTE_ATTESTED: &str = concat!(
     RETURNING x.received_at, x.attested_at = $2 AS stamped"
 );
 
+/// Record a failed attempt in one statement: the leased job (`$1`, token `$2`) is queued again
+/// `$3` milliseconds from now, or dead when `$3` is NULL; a push job's artifact is retrying or
+/// dead with the error; the execution shows the error (`$4`) and its state. `$5` attempts. The
+/// job is read as it was (running), so its own death is taken from what the statement writes,
+/// as is its artifact's state. Returns whether the lease held (0 or 1): a lost lease writes
+/// nothing.
+const FAIL: &str = concat!(
+    "WITH failed AS (UPDATE jobs SET state = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'queued' END, \
+        run_after = COALESCE(now() + $3 * interval '1 millisecond', run_after), attempts = $5, \
+        last_error = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now() \
+        WHERE id = $1 AND lease_token = $2 AND state = 'running' \
+        RETURNING execution_id, kind, artifact_position, state), \
+    artifact AS (UPDATE artifacts a SET push_state = CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retrying' END, \
+        push_attempts = $5, next_attempt_at = now() + $3 * interval '1 millisecond', last_error = $4 \
+        FROM failed f WHERE f.kind = 'push' AND a.execution_id = f.execution_id AND a.position = f.artifact_position), \
+    e AS (UPDATE executions x SET last_error = $4, \
+        attestation_state = CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' \
+            WHEN f.state = 'dead' OR ",
+    any_dead!(),
+    " THEN 'failed' WHEN x.statement IS NULL THEN 'resolving' WHEN x.envelope IS NULL THEN 'pending' \
+            WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND (a.push_state <> 'pushed' \
+                OR (f.kind = 'push' AND a.position = f.artifact_position))) THEN 'attested' \
+            ELSE 'pushing' END \
+        FROM failed f WHERE x.id = f.execution_id) \
+    SELECT COUNT(*) FROM failed"
+);
+
+/// Record a failed attempt with [`FAIL`]: one statement, on the pool or in the caller's
+/// transaction (burying a stopped job).
+pub async fn fail_job<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    job: &Job,
+    error: &str,
+    retry_in: Option<Duration>,
+) -> Result<(), StoreError> {
+    let (failed,): (i64,) = sqlx::query_as(FAIL)
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(retry_in.map(millis))
+        .bind(error)
+        .bind(job.attempts)
+        .fetch_one(db)
+        .await?;
+    if failed == 0 {
+        return Err(StoreError::LeaseLost(job.id));
+    }
+    Ok(())
+}
+
 /// Complete a resolve job in one statement, or write nothing: when the lease holds, every
 /// image still resolving is among the results and no statement is stored yet, finish the job,
 /// record the digests, store the statement (clearing the template), queue the sign job and

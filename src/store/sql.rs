@@ -84,13 +84,10 @@ pub struct Statements {
     pub stopped_jobs_locked: String,
     pub claim_job: String,
     pub renew_lease: String,
-    pub fail_job: String,
-    pub fail_artifact: String,
     pub try_lock: String,
     pub renew_lock: String,
     pub holds_lock: String,
     pub unlock: String,
-    pub hand_off_push: String,
     pub prune_jobs: String,
     pub prune_locks: String,
 }
@@ -118,13 +115,10 @@ impl Statements {
             stopped_jobs_locked: r(&format!("{STOPPED_JOBS} {{skip locked}}")),
             claim_job: r(CLAIM_JOB),
             renew_lease: r(RENEW_LEASE),
-            fail_job: r(FAIL_JOB),
-            fail_artifact: r(FAIL_ARTIFACT),
             try_lock: r(TRY_LOCK),
             renew_lock: r(RENEW_LOCK),
             holds_lock: r(HOLDS_LOCK),
             unlock: r(UNLOCK),
-            hand_off_push: r(HAND_OFF_PUSH),
             prune_jobs: r(PRUNE_JOBS),
             prune_locks: r(PRUNE_LOCKS),
         }
@@ -233,20 +227,6 @@ const CLAIM_JOB: &str = "UPDATE jobs SET state = 'running', attempts = attempts 
 const RENEW_LEASE: &str = "UPDATE jobs SET lease_expires_at = {now+ $3} \
     WHERE id = $1 AND lease_token = $2 AND state = 'running'";
 
-/// A failed attempt: queued again `$3` ms from now, or dead when NULL. `$1` job, `$2` lease
-/// token, `$4` error, `$5` attempts, `$6` now.
-const FAIL_JOB: &str = "UPDATE jobs SET state = CASE WHEN {bigint $3} IS NULL THEN 'dead' ELSE 'queued' END, \
-    run_after = COALESCE({now+ $3}, run_after), attempts = $5, \
-    last_error = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-    updated_at = {now $6} \
-    WHERE id = $1 AND lease_token = $2 AND state = 'running'";
-
-/// A push job's failed attempt on its artifact. `$1` execution, `$2` position, `$3` retry in
-/// (ms) or NULL, `$4` attempts, `$5` error.
-const FAIL_ARTIFACT: &str = "UPDATE artifacts SET push_state = CASE WHEN {bigint $3} IS NULL THEN 'dead' ELSE 'retrying' END, \
-    push_attempts = $4, next_attempt_at = {now+ $3}, last_error = $5 \
-    WHERE execution_id = $1 AND position = $2";
-
 /// When an insert into `locks` finds the name taken: the lock changes hands (its fencing token
 /// raised) if it expired by `$now` or is already the inserting owner's; otherwise nothing is
 /// returned. Also taken inside PostgreSQL's sign completion, for the push it hands over.
@@ -280,17 +260,6 @@ const HOLDS_LOCK: &str = "SELECT EXISTS (SELECT 1 FROM locks WHERE name = $1 AND
 /// `$1` name, `$2` owner, `$3` token, `$4` now.
 const UNLOCK: &str = "UPDATE locks SET expires_at = {now $4} \
     WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > {now $4}";
-
-/// The push job of an execution's artifact `$6` if it is waiting for one, leased to the worker
-/// that signed it (SQLite; PostgreSQL does this inside its one-statement sign completion). `$1`
-/// execution, `$2` worker, `$3` lease token, `$4` lease (ms), `$5` now.
-const HAND_OFF_PUSH: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, \
-    lease_owner, lease_token, lease_expires_at, run_after, created_at, updated_at) \
-    SELECT 'push', a.execution_id, a.position, 'running', 1, $2, $3, {now+ $4}, {now $5}, {now $5}, {now $5} \
-    FROM artifacts a WHERE a.execution_id = $1 AND a.push_state = 'pending' AND NOT EXISTS ( \
-        SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id AND j.artifact_position = a.position) \
-    AND a.position = $6 \
-    RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner";
 
 /// Bounded deletes that skip rows someone else has locked: never a long transaction, never a
 /// wait on the claim path. `$1` age (ms), `$2` limit.
@@ -423,7 +392,7 @@ mod tests {
     use super::super::{postgres, sqlite};
     use super::*;
 
-    fn all(s: &Statements) -> [&str; 18] {
+    fn all(s: &Statements) -> [&str; 16] {
         [
             &s.execution_by_id,
             &s.digest_hits,
@@ -435,8 +404,6 @@ mod tests {
             &s.stopped_jobs_locked,
             &s.claim_job,
             &s.renew_lease,
-            &s.fail_job,
-            &s.fail_artifact,
             &s.try_lock,
             &s.renew_lock,
             &s.holds_lock,
@@ -472,10 +439,6 @@ mod tests {
         assert_eq!(
             squeeze(&pg.claim_job),
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, reclaims = reclaims + CASE WHEN state = 'running' THEN 1 ELSE 0 END, lease_owner = $1, lease_token = $2, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now() WHERE id = COALESCE( (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= now() ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED), (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= now() AND reclaims < $3 AND attempts < $4 ORDER BY lease_expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)) RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner"
-        );
-        assert_eq!(
-            squeeze(&pg.fail_job),
-            "UPDATE jobs SET state = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'queued' END, run_after = COALESCE(now() + $3 * interval '1 millisecond', run_after), attempts = $5, last_error = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND lease_token = $2 AND state = 'running'"
         );
         assert_eq!(
             squeeze(&pg.prune_jobs),

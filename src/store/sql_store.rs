@@ -137,57 +137,11 @@ impl SqlStore {
             let Some(reason) = stopped_for_good(reclaims, job.attempts, leasing) else {
                 return Ok(());
             };
-            self.fail_in(&mut tx, &job, &reason, None).await?;
+            fail_in(&mut tx, &job, &reason, None).await?;
             tx.commit().await?;
             tracing::warn!(job.id = job.id, execution.id = %job.execution_id, reason = %reason, "job is dead");
         }
         Ok(())
-    }
-
-    /// Record a failed attempt inside the caller's transaction: the job is queued again
-    /// `retry_in` from now, or dead; a push job's artifact and the execution show the error.
-    async fn fail_in(
-        &self,
-        tx: &mut Tx,
-        job: &Job,
-        error: &str,
-        retry_in: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let sql = self.db.sql();
-        let now = OffsetDateTime::now_utc();
-        let retry_at = Clock::Later(now, retry_in);
-        let updated = tx
-            .execute(
-                Query::new(&sql.fail_job)
-                    .bind(job.id)
-                    .bind(job.lease_token)
-                    .bind(retry_at)
-                    .bind(error)
-                    .bind(job.attempts)
-                    .bind(Clock::Now(now)),
-            )
-            .await?;
-        if updated == 0 {
-            return Err(StoreError::LeaseLost(job.id));
-        }
-        if job.kind == JobKind::Push {
-            tx.execute(
-                Query::new(&sql.fail_artifact)
-                    .bind(job.execution_id.0)
-                    .bind(job.artifact_position)
-                    .bind(retry_at)
-                    .bind(job.attempts)
-                    .bind(error),
-            )
-            .await?;
-        }
-        tx.execute(
-            Query::new(sql::SET_LAST_ERROR)
-                .bind(job.execution_id.0)
-                .bind(error),
-        )
-        .await?;
-        refresh_state(tx, job.execution_id.0).await
     }
 
     /// The one `bytea`/`BLOB` column `sql` selects for an execution; `None` if either is missing.
@@ -221,6 +175,54 @@ async fn finish_job(tx: &mut Tx, job: &Job, now: OffsetDateTime) -> Result<(), S
         return Err(StoreError::LeaseLost(job.id));
     }
     Ok(())
+}
+
+/// Record a failed attempt inside the caller's transaction: the job is queued again
+/// `retry_in` from now, or dead; a push job's artifact and the execution show the error.
+/// One statement on PostgreSQL; SQLite's steps here.
+async fn fail_in(
+    tx: &mut Tx,
+    job: &Job,
+    error: &str,
+    retry_in: Option<Duration>,
+) -> Result<(), StoreError> {
+    if let Tx::Postgres(pg) = tx {
+        return postgres::fail_job(&mut **pg, job, error, retry_in).await;
+    }
+    let now = OffsetDateTime::now_utc();
+    let retry_at = Clock::Later(now, retry_in);
+    let updated = tx
+        .execute(
+            Query::new(sqlite::FAIL_JOB)
+                .bind(job.id)
+                .bind(job.lease_token)
+                .bind(retry_at)
+                .bind(error)
+                .bind(job.attempts)
+                .bind(Clock::Now(now)),
+        )
+        .await?;
+    if updated == 0 {
+        return Err(StoreError::LeaseLost(job.id));
+    }
+    if job.kind == JobKind::Push {
+        tx.execute(
+            Query::new(sqlite::FAIL_ARTIFACT)
+                .bind(job.execution_id.0)
+                .bind(job.artifact_position)
+                .bind(retry_at)
+                .bind(job.attempts)
+                .bind(error),
+        )
+        .await?;
+    }
+    tx.execute(
+        Query::new(sql::SET_LAST_ERROR)
+            .bind(job.execution_id.0)
+            .bind(error),
+    )
+    .await?;
+    refresh_state(tx, job.execution_id.0).await
 }
 
 /// Recompute the execution's attestation state inside the caller's transaction.
@@ -857,7 +859,7 @@ impl Store for SqlStore {
         if let Some(h) = hand_off {
             push = tx
                 .fetch_optional(
-                    Query::new(&self.db.sql().hand_off_push)
+                    Query::new(sqlite::HAND_OFF_PUSH)
                         .bind(id)
                         .bind(&job.owner)
                         .bind(Uuid::new_v4())
@@ -930,8 +932,11 @@ impl Store for SqlStore {
         error: &str,
         retry_in: Option<Duration>,
     ) -> Result<(), StoreError> {
+        if let Db::Postgres(pool) = &self.db {
+            return postgres::fail_job(pool, job, error, retry_in).await;
+        }
         let mut tx = self.db.begin().await?;
-        self.fail_in(&mut tx, job, error, retry_in).await?;
+        fail_in(&mut tx, job, error, retry_in).await?;
         tx.commit().await
     }
 

@@ -66,6 +66,32 @@ fn marker(m: Marker<'_>) -> String {
     }
 }
 
+// What PostgreSQL does in one statement (postgres.rs), SQLite does in steps inside one
+// transaction on its single writer; the steps that only it sends are here. The clock is bound.
+
+/// A failed attempt: queued again at `$3`, or dead when NULL. `$1` job, `$2` lease token, `$4`
+/// error, `$5` attempts, `$6` now.
+pub const FAIL_JOB: &str = "UPDATE jobs SET state = CASE WHEN $3 IS NULL THEN 'dead' ELSE 'queued' END, \
+    run_after = COALESCE($3, run_after), attempts = $5, last_error = $4, lease_owner = NULL, \
+    lease_token = NULL, lease_expires_at = NULL, updated_at = $6 \
+    WHERE id = $1 AND lease_token = $2 AND state = 'running'";
+
+/// A push job's failed attempt on its artifact. `$1` execution, `$2` position, `$3` retry time
+/// or NULL (dead), `$4` attempts, `$5` error.
+pub const FAIL_ARTIFACT: &str = "UPDATE artifacts SET push_state = CASE WHEN $3 IS NULL THEN 'dead' ELSE 'retrying' END, \
+    push_attempts = $4, next_attempt_at = $3, last_error = $5 \
+    WHERE execution_id = $1 AND position = $2";
+
+/// The push job of an execution's artifact `$6` if it is waiting for one, leased to the worker
+/// that signed it. `$1` execution, `$2` worker, `$3` lease token, `$4` lease expiry, `$5` now.
+pub const HAND_OFF_PUSH: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, \
+    lease_owner, lease_token, lease_expires_at, run_after, created_at, updated_at) \
+    SELECT 'push', a.execution_id, a.position, 'running', 1, $2, $3, $4, $5, $5, $5 \
+    FROM artifacts a WHERE a.execution_id = $1 AND a.position = $6 AND a.push_state = 'pending' \
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
+        AND j.artifact_position = a.position) \
+    RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner";
+
 fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }

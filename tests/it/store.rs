@@ -21,6 +21,7 @@ backend_tests!(
     an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish,
     signing_stores_the_first_envelope_only_and_queues_one_push_per_artifact,
     failures_back_off_then_die_and_retry_redrives_them,
+    a_failure_reported_after_the_lease_was_taken_over_writes_nothing,
     released_jobs_do_not_count_an_attempt,
     locks_are_exclusive_until_released_or_expired,
     a_lock_past_its_expiry_on_the_database_clock_changes_hands_and_fences_its_old_holder,
@@ -333,6 +334,50 @@ async fn failures_back_off_then_die_and_retry_redrives_them(backend: Backend) {
         b"env",
         "retry reuses the stored envelope"
     );
+}
+
+async fn a_failure_reported_after_the_lease_was_taken_over_writes_nothing(backend: Backend) {
+    let f = fixture(backend).await;
+    let e = signed(&f, 1, "a").await;
+    let stale = f.store.claim_job("a", &LEASING).await.unwrap().unwrap();
+    expire_lease(&f, &stale).await;
+    let taken = f.store.claim_job("b", &LEASING).await.unwrap().unwrap();
+    assert_eq!(taken.id, stale.id);
+    let before = f.store.execution(e.id).await.unwrap().unwrap();
+
+    // The stopped worker comes back and reports the push as failed for good.
+    assert!(matches!(
+        f.store.fail_job(&stale, "image not found", None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let after = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(after.attestation, AttestationState::Pushing);
+    assert_eq!(after.last_error, None);
+    assert_eq!(
+        after.artifacts[0].push_state,
+        before.artifacts[0].push_state
+    );
+    assert_eq!(after.artifacts[0].last_error, None);
+    assert_eq!(
+        f.store.unfinished_jobs().await.unwrap(),
+        1,
+        "b's push still runs"
+    );
+
+    // b's own failure is recorded: its job waits to retry, the artifact and execution say why.
+    f.store
+        .fail_job(
+            &taken,
+            "registry unavailable",
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let waiting = f.store.execution(e.id).await.unwrap().unwrap();
+    assert_eq!(waiting.attestation, AttestationState::Pushing);
+    assert_eq!(waiting.last_error.as_deref(), Some("registry unavailable"));
+    assert_eq!(waiting.artifacts[0].push_state, PushState::Retrying);
+    assert_eq!(waiting.artifacts[0].push_attempts, 2);
 }
 
 async fn released_jobs_do_not_count_an_attempt(backend: Backend) {
