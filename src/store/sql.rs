@@ -1,5 +1,6 @@
 //! Every statement the store sends, written once (written per dialect, in postgres.rs and
-//! sqlite.rs: ingest's inserts, and PostgreSQL's one-statement job completions).
+//! sqlite.rs: ingest's inserts, PostgreSQL's one-statement job completions and failures, and
+//! the steps only SQLite takes for them).
 //! Parameters are `$n`; SQLite binds them by number, reads one left unbound as NULL and ignores
 //! arguments a statement does not name.
 //! Where the dialects must differ, a template carries a `{marker}` that each dialect renders once
