@@ -831,10 +831,11 @@ pub trait Store: Send + Sync {
         statement: &[u8],
     ) -> Result<(), StoreError>;
     /// Store the envelope unless one is stored already, finish the sign job and queue one push
-    /// job per artifact waiting for one. With `hand_off`, the push job of that artifact (if it
-    /// is waiting for one) is leased to the signing worker in the same write instead of queued,
-    /// with its tag lock if free, so the worker pushes straight on without a claim; if it
-    /// stops, the lease and the lock expire and any worker takes the push over as from a claim.
+    /// job per artifact waiting for one. With `hand_off`, the sign job itself becomes the push
+    /// job of that artifact (if it is waiting for one), leased to the signing worker in the same
+    /// write with its tag lock if free, so the worker pushes straight on without a claim and the
+    /// outbox holds one job row per image; if it stops, the lease and the lock expire and any
+    /// worker takes the push over as from a claim.
     async fn complete_sign(
         &self,
         job: &Job,

@@ -340,31 +340,45 @@ macro_rules! any_dead {
     };
 }
 
-/// Complete a sign job in one statement: finish the job, keep the first envelope ever stored
-/// (with its key, worker and time), queue one push job per artifact still waiting unless it
-/// has one — that of position `$9` leased to the signing worker (`$6`) under token `$7` for `$8`
-/// milliseconds instead, when `$7` is given, with its tag lock `$10` for `$11` milliseconds if
-/// free (`take_lock_on_conflict!`, as `TRY_LOCK` takes it) — and set the execution's state.
-/// One statement sees one snapshot, so the state is computed from what this statement writes
-/// (the envelope is stored) rather than re-read. `$4` envelope, `$5` key id. Returns whether
-/// the job was finished (0 or 1), the stored envelope, the leased push job's id and position,
-/// the lock's token, and how many push jobs were queued.
+/// Complete a sign job in one statement: keep the first envelope ever stored (with its key,
+/// worker and time), queue one push job per artifact still waiting unless it has one, and set
+/// the execution's state. With a hand-off (`$7` given), the sign job's own row becomes the push
+/// job of position `$9` if that artifact is waiting for one, leased to the signing worker (`$6`)
+/// under token `$7` for `$8` milliseconds, with its tag lock `$10` for `$11` milliseconds if free
+/// (`take_lock_on_conflict!`, as `TRY_LOCK` takes it); otherwise the sign job is done. The row
+/// stays running, under its id, its execution and its `updated_at` (the claim), so changing
+/// hands writes no index entry — where a done sign job and a new push job wrote six — and
+/// leaves one row fewer to prune. One statement sees one snapshot, so the state is computed from
+/// what this statement writes (the envelope is stored) rather than re-read. `$4` envelope, `$5`
+/// key id. Returns whether the lease held (0 or 1), the stored envelope, the handed push's
+/// position, the lock's token, and how many push jobs were queued.
 const COMPLETE_SIGN: &str = concat!(
-    "WITH ",
-    done_cte!(),
-    ", waiting AS (SELECT a.execution_id, a.position, \
-            $7::uuid IS NOT NULL AND a.position = $9 AS mine \
-        FROM done JOIN artifacts a ON a.execution_id = done.execution_id WHERE a.push_state = 'pending' AND NOT EXISTS ( \
+    "WITH handed AS (SELECT a.position FROM jobs s JOIN artifacts a ON a.execution_id = s.execution_id \
+        WHERE s.id = $1 AND s.lease_token = $2 AND s.state = 'running' AND $7::uuid IS NOT NULL \
+        AND a.position = $9 AND a.push_state = 'pending' AND NOT EXISTS ( \
             SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
             AND j.artifact_position = a.position)), \
-    pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, lease_owner, \
-            lease_token, lease_expires_at, run_after, created_at, updated_at) \
-        SELECT 'push', execution_id, position, CASE WHEN mine THEN 'running' ELSE 'queued' END, \
-            CASE WHEN mine THEN 1 ELSE 0 END, CASE WHEN mine THEN $6 END, CASE WHEN mine THEN $7::uuid END, \
-            CASE WHEN mine THEN now() + $8 * interval '1 millisecond' END, $3, $3, $3 FROM waiting \
-        RETURNING id, artifact_position, state), \
+    done AS (UPDATE jobs s SET state = CASE WHEN h.position IS NULL THEN 'done' ELSE 'running' END, \
+        kind = CASE WHEN h.position IS NULL THEN s.kind ELSE 'push' END, \
+        artifact_position = COALESCE(h.position, s.artifact_position), \
+        attempts = CASE WHEN h.position IS NULL THEN s.attempts ELSE 1 END, \
+        reclaims = CASE WHEN h.position IS NULL THEN s.reclaims ELSE 0 END, \
+        lease_owner = CASE WHEN h.position IS NOT NULL THEN $6 END, \
+        lease_token = CASE WHEN h.position IS NOT NULL THEN $7::uuid END, \
+        lease_expires_at = CASE WHEN h.position IS NOT NULL THEN now() + $8 * interval '1 millisecond' END, \
+        last_error = NULL, updated_at = CASE WHEN h.position IS NULL THEN $3 ELSE s.updated_at END \
+        FROM (SELECT (SELECT position FROM handed) AS position) h \
+        WHERE s.id = $1 AND s.lease_token = $2 AND s.state = 'running' \
+        RETURNING s.execution_id, h.position AS handed), \
+    pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \
+        SELECT 'push', a.execution_id, a.position, 'queued', $3, $3, $3 \
+        FROM done JOIN artifacts a ON a.execution_id = done.execution_id \
+        WHERE a.push_state = 'pending' AND a.position IS DISTINCT FROM done.handed AND NOT EXISTS ( \
+            SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
+            AND j.artifact_position = a.position) \
+        RETURNING id), \
     locked AS (INSERT INTO locks (name, owner, expires_at, token) \
-        SELECT $10, $6, now() + $11 * interval '1 millisecond', 1 FROM pushes WHERE state = 'running' ",
+        SELECT $10, $6, now() + $11 * interval '1 millisecond', 1 FROM done WHERE handed IS NOT NULL ",
     sql::take_lock_on_conflict!("now()"),
     "), \
     e AS (UPDATE executions x SET envelope = COALESCE(x.envelope, $4), \
@@ -379,10 +393,8 @@ const COMPLETE_SIGN: &str = concat!(
             THEN 'attested' ELSE 'pushing' END \
         FROM done WHERE x.id = done.execution_id RETURNING x.envelope) \
     SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT envelope FROM e) AS envelope, \
-        (SELECT id FROM pushes WHERE state = 'running') AS leased_id, \
-        (SELECT artifact_position FROM pushes WHERE state = 'running') AS leased_position, \
-        (SELECT token FROM locked) AS lock_token, \
-        (SELECT COUNT(*) FROM pushes WHERE state = 'queued') AS queued"
+        (SELECT handed FROM done) AS handed, (SELECT token FROM locked) AS lock_token, \
+        (SELECT COUNT(*) FROM pushes) AS queued"
 );
 
 /// Complete a push job in one statement: finish the job, record the pushed artifact, set the
@@ -542,31 +554,30 @@ pub async fn complete_sign(
     hand_off: Option<HandOff<'_>>,
 ) -> Result<Signed, StoreError> {
     let token = hand_off.map(|_| Uuid::new_v4());
-    let (done, stored, leased_id, leased_position, lock_token, queued): SignRow =
-        sqlx::query_as(COMPLETE_SIGN)
-            .bind(job.id)
-            .bind(job.lease_token)
-            .bind(OffsetDateTime::now_utc())
-            .bind(envelope)
-            .bind(key_id)
-            .bind(&job.owner)
-            .bind(token)
-            .bind(hand_off.map(|h| millis(h.lease)))
-            .bind(hand_off.map(|h| h.position))
-            .bind(hand_off.map(|h| h.lock))
-            .bind(hand_off.map(|h| millis(h.lock_ttl)))
-            .fetch_one(pool)
-            .await?;
+    let (done, stored, handed, lock_token, queued): SignRow = sqlx::query_as(COMPLETE_SIGN)
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(OffsetDateTime::now_utc())
+        .bind(envelope)
+        .bind(key_id)
+        .bind(&job.owner)
+        .bind(token)
+        .bind(hand_off.map(|h| millis(h.lease)))
+        .bind(hand_off.map(|h| h.position))
+        .bind(hand_off.map(|h| h.lock))
+        .bind(hand_off.map(|h| millis(h.lock_ttl)))
+        .fetch_one(pool)
+        .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
     }
-    let (push, lock) = match (leased_id, token, hand_off) {
-        (Some(id), Some(lease_token), Some(hand_off)) => (
+    let (push, lock) = match (handed, token, hand_off) {
+        (Some(position), Some(lease_token), Some(hand_off)) => (
             Some(Job {
-                id,
+                id: job.id,
                 kind: JobKind::Push,
                 execution_id: job.execution_id,
-                artifact_position: leased_position,
+                artifact_position: Some(position),
                 attempts: 1,
                 lease_token,
                 owner: job.owner.clone(),
@@ -588,14 +599,7 @@ pub async fn complete_sign(
 }
 
 /// What [`COMPLETE_SIGN`] returns.
-type SignRow = (
-    i64,
-    Option<Vec<u8>>,
-    Option<i64>,
-    Option<i32>,
-    Option<i64>,
-    i64,
-);
+type SignRow = (i64, Option<Vec<u8>>, Option<i32>, Option<i64>, i64);
 
 /// Complete a push job with [`COMPLETE_PUSH`]: one statement (and [`PROMOTE_ATTESTED`] after
 /// it when it left the execution pushing).

@@ -843,7 +843,27 @@ impl Store for SqlStore {
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
         let mut tx = self.db.begin().await?;
-        finish_job(&mut tx, job, now).await?;
+        // The sign job's row becomes the handed push job, or the sign job is done.
+        let mut push = None;
+        if let Some(h) = hand_off {
+            push = tx
+                .fetch_optional(
+                    Query::new(sqlite::HAND_OVER)
+                        .bind(job.id)
+                        .bind(job.lease_token)
+                        .bind(&job.owner)
+                        .bind(Uuid::new_v4())
+                        .bind(Clock::Later(now, Some(h.lease)))
+                        .bind(h.position),
+                )
+                .await?
+                .as_ref()
+                .map(job_row)
+                .transpose()?;
+        }
+        if push.is_none() {
+            finish_job(&mut tx, job, now).await?;
+        }
         let stored: Vec<u8> = tx
             .fetch_one(
                 Query::new(sql::STORE_ENVELOPE)
@@ -855,26 +875,10 @@ impl Store for SqlStore {
             )
             .await?
             .get(0)?;
-        let (mut push, mut lock) = (None, None);
-        if let Some(h) = hand_off {
-            push = tx
-                .fetch_optional(
-                    Query::new(sqlite::HAND_OFF_PUSH)
-                        .bind(id)
-                        .bind(&job.owner)
-                        .bind(Uuid::new_v4())
-                        .bind(Clock::Later(now, Some(h.lease)))
-                        .bind(Clock::Now(now))
-                        .bind(h.position),
-                )
-                .await?
-                .as_ref()
-                .map(job_row)
-                .transpose()?;
-            if push.is_some() {
-                let q = take_lock(&self.db.sql().try_lock, h.lock, &job.owner, h.lock_ttl);
-                lock = taken(tx.fetch_optional(q).await?, h.lock, &job.owner)?;
-            }
+        let mut lock = None;
+        if let (Some(h), Some(_)) = (hand_off, &push) {
+            let q = take_lock(&self.db.sql().try_lock, h.lock, &job.owner, h.lock_ttl);
+            lock = taken(tx.fetch_optional(q).await?, h.lock, &job.owner)?;
         }
         let queued = tx
             .execute(Query::new(sql::QUEUE_PUSH_JOBS).bind(id).bind(now))

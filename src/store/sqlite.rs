@@ -82,14 +82,16 @@ pub const FAIL_ARTIFACT: &str = "UPDATE artifacts SET push_state = CASE WHEN $3 
     push_attempts = $4, next_attempt_at = $3, last_error = $5 \
     WHERE execution_id = $1 AND position = $2";
 
-/// The push job of an execution's artifact `$6` if it is waiting for one, leased to the worker
-/// that signed it. `$1` execution, `$2` worker, `$3` lease token, `$4` lease expiry, `$5` now.
-pub const HAND_OFF_PUSH: &str = "INSERT INTO jobs (kind, execution_id, artifact_position, state, attempts, \
-    lease_owner, lease_token, lease_expires_at, run_after, created_at, updated_at) \
-    SELECT 'push', a.execution_id, a.position, 'running', 1, $2, $3, $4, $5, $5, $5 \
-    FROM artifacts a WHERE a.execution_id = $1 AND a.position = $6 AND a.push_state = 'pending' \
-    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
-        AND j.artifact_position = a.position) \
+/// A leased sign job's row becomes the push job of its execution's artifact `$6`, if that
+/// artifact is waiting for one, leased to the signing worker: `$3` worker, `$4` lease token, `$5`
+/// lease expiry. `$1` job, `$2` its lease token. Nothing is returned when the lease was lost or
+/// the artifact needs no push.
+pub const HAND_OVER: &str = "UPDATE jobs SET kind = 'push', artifact_position = $6, attempts = 1, reclaims = 0, \
+    lease_owner = $3, lease_token = $4, lease_expires_at = $5, last_error = NULL \
+    WHERE id = $1 AND lease_token = $2 AND state = 'running' AND EXISTS ( \
+        SELECT 1 FROM artifacts a WHERE a.execution_id = jobs.execution_id AND a.position = $6 \
+        AND a.push_state = 'pending' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'push' \
+            AND j.execution_id = a.execution_id AND j.artifact_position = a.position)) \
     RETURNING id, kind, execution_id, artifact_position, attempts, lease_token, lease_owner";
 
 fn ms(t: OffsetDateTime) -> i64 {

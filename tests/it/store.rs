@@ -200,6 +200,15 @@ async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(backend:
         Err(StoreError::LeaseLost(_))
     ));
     assert!(
+        matches!(
+            f.store
+                .complete_sign(&stale, b"{}", "k", Some(hand_off(0, "att:app0")))
+                .await,
+            Err(StoreError::LeaseLost(_))
+        ),
+        "nor can it turn the job into its push"
+    );
+    assert!(
         f.store.claim_job("c", &LEASING).await.unwrap().is_none(),
         "held by b now"
     );
@@ -1196,6 +1205,12 @@ async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_res
     );
     assert_eq!((handed.owner.as_str(), handed.attempts), ("signer", 1));
     assert_eq!(signed.queued, 2);
+    assert_eq!(handed.id, sign.id, "the sign job's own row became the push");
+    assert_eq!(
+        f.db.count("SELECT COUNT(*) FROM jobs").await,
+        3,
+        "one job per image, none left over from signing"
+    );
     let lock = signed.lock.expect("with its tag lock");
     assert_eq!(
         (lock.name.as_str(), lock.owner.as_str()),
