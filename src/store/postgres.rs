@@ -348,13 +348,16 @@ macro_rules! any_dead {
 /// (`take_lock_on_conflict!`, as `TRY_LOCK` takes it); otherwise the sign job is done. The row
 /// stays running, under its id, its execution and its `updated_at` (the claim), so changing
 /// hands writes no index entry — where a done sign job and a new push job wrote six — and
-/// leaves one row fewer to prune. One statement sees one snapshot, so the state is computed from
-/// what this statement writes (the envelope is stored) rather than re-read. `$4` envelope, `$5`
-/// key id. Returns whether the lease held (0 or 1), the stored envelope, the handed push's
+/// leaves one row fewer to prune. `handed` looks its artifact up by primary key (a generic plan
+/// made while the tables were small once walked every artifact instead) and is joined, not used
+/// as a scalar subquery, which PostgreSQL would plan once for each of the ten columns that read
+/// it; the lease is checked where the row is written. One statement sees one snapshot, so the
+/// state is computed from what this statement writes (the envelope is stored) rather than
+/// re-read. `$4` envelope, `$5` key id. Returns whether the lease held (0 or 1), the stored envelope, the handed push's
 /// position, the lock's token, and how many push jobs were queued.
 const COMPLETE_SIGN: &str = concat!(
-    "WITH handed AS (SELECT a.position FROM jobs s JOIN artifacts a ON a.execution_id = s.execution_id \
-        WHERE s.id = $1 AND s.lease_token = $2 AND s.state = 'running' AND $7::uuid IS NOT NULL \
+    "WITH handed AS MATERIALIZED (SELECT a.position FROM artifacts a WHERE $7::uuid IS NOT NULL \
+        AND a.execution_id = (SELECT execution_id FROM jobs WHERE id = $1) \
         AND a.position = $9 AND a.push_state = 'pending' AND NOT EXISTS ( \
             SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
             AND j.artifact_position = a.position)), \
@@ -367,7 +370,7 @@ const COMPLETE_SIGN: &str = concat!(
         lease_token = CASE WHEN h.position IS NOT NULL THEN $7::uuid END, \
         lease_expires_at = CASE WHEN h.position IS NOT NULL THEN now() + $8 * interval '1 millisecond' END, \
         last_error = NULL, updated_at = CASE WHEN h.position IS NULL THEN $3 ELSE s.updated_at END \
-        FROM (SELECT (SELECT position FROM handed) AS position) h \
+        FROM (VALUES (1)) AS one (x) LEFT JOIN handed h ON true \
         WHERE s.id = $1 AND s.lease_token = $2 AND s.state = 'running' \
         RETURNING s.execution_id, h.position AS handed), \
     pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \
