@@ -186,6 +186,7 @@ check_pg_binaries() {
 
 # start_postgres: throwaway cluster, trust auth, fsync off, max_connections 300.
 # ATTESTD_PG_DURABLE=1 keeps PostgreSQL's durable defaults (fsync, synchronous_commit) for benchmarks.
+# ATTESTD_PG_EXTRA adds server options (e.g. "-c shared_preload_libraries=pg_stat_statements").
 # Exports TEST_DATABASE_URL=postgres://postgres@127.0.0.1:<port>/postgres (admin db: tests CREATE DATABASE).
 start_postgres() {
     local state pg_bin dir port attempt started=0
@@ -206,7 +207,7 @@ start_postgres() {
     for attempt in 1 2 3; do
         port="$(free_ports 1)" || return 1
         if _svc_as_postgres "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability -c max_connections=300" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability -c max_connections=300 ${ATTESTD_PG_EXTRA:-}" \
             start >"$dir/pg_ctl.log" 2>&1; then
             started=1
             break
