@@ -322,6 +322,11 @@ pub async fn insert_builds(
 // Completing a job is one statement on PostgreSQL (SQLite: one transaction on the writer,
 // in sql_store). Data-modifying CTEs all see the snapshot the statement started with, so the
 // execution's new state is computed from what the statement writes, not read back.
+// Each row a completion writes is also named by its key given as a parameter (the execution
+// id, the artifact's position), not only reached through the join with `done`: sqlx prepares
+// each statement once per connection, and a generic plan made while the tables were small
+// walked `artifacts_pkey` whole through that join (10,100 entries per push completion, in the
+// backlog benchmark). A key given as a parameter is an index lookup in any plan.
 
 /// Finish a leased job (`$1` job, `$2` lease token, `$3` now); the CTE returns its execution.
 /// Every other part of a completion joins it, so a lost lease writes nothing.
@@ -348,16 +353,15 @@ macro_rules! any_dead {
 /// (`take_lock_on_conflict!`, as `TRY_LOCK` takes it); otherwise the sign job is done. The row
 /// stays running, under its id, its execution and its `updated_at` (the claim), so changing
 /// hands writes no index entry — where a done sign job and a new push job wrote six — and
-/// leaves one row fewer to prune. `handed` looks its artifact up by primary key (a generic plan
-/// made while the tables were small once walked every artifact instead) and is joined, not used
-/// as a scalar subquery, which PostgreSQL would plan once for each of the ten columns that read
-/// it; the lease is checked where the row is written. One statement sees one snapshot, so the
+/// leaves one row fewer to prune. `handed` is joined, not used as a scalar subquery, which
+/// PostgreSQL would plan once for each of the ten columns that read it; the lease is checked
+/// where the row is written. One statement sees one snapshot, so the
 /// state is computed from what this statement writes (the envelope is stored) rather than
-/// re-read. `$4` envelope, `$5` key id. Returns whether the lease held (0 or 1), the stored envelope, the handed push's
+/// re-read. `$4` envelope, `$5` key id, `$12` the execution. Returns whether the lease held (0 or 1), the stored envelope, the handed push's
 /// position, the lock's token, and how many push jobs were queued.
 const COMPLETE_SIGN: &str = concat!(
     "WITH handed AS MATERIALIZED (SELECT a.position FROM artifacts a WHERE $7::uuid IS NOT NULL \
-        AND a.execution_id = (SELECT execution_id FROM jobs WHERE id = $1) \
+        AND a.execution_id = $12 \
         AND a.position = $9 AND a.push_state = 'pending' AND NOT EXISTS ( \
             SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
             AND j.artifact_position = a.position)), \
@@ -376,7 +380,7 @@ const COMPLETE_SIGN: &str = concat!(
     pushes AS (INSERT INTO jobs (kind, execution_id, artifact_position, state, run_after, created_at, updated_at) \
         SELECT 'push', a.execution_id, a.position, 'queued', $3, $3, $3 \
         FROM done JOIN artifacts a ON a.execution_id = done.execution_id \
-        WHERE a.push_state = 'pending' AND a.position IS DISTINCT FROM done.handed AND NOT EXISTS ( \
+        WHERE a.execution_id = $12 AND a.push_state = 'pending' AND a.position IS DISTINCT FROM done.handed AND NOT EXISTS ( \
             SELECT 1 FROM jobs j WHERE j.kind = 'push' AND j.execution_id = a.execution_id \
             AND j.artifact_position = a.position) \
         RETURNING id), \
@@ -394,7 +398,7 @@ const COMPLETE_SIGN: &str = concat!(
     " THEN 'failed' WHEN x.statement IS NULL THEN 'resolving' \
             WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND a.push_state <> 'pushed') \
             THEN 'attested' ELSE 'pushing' END \
-        FROM done WHERE x.id = done.execution_id RETURNING x.envelope) \
+        FROM done WHERE x.id = done.execution_id AND x.id = $12 RETURNING x.envelope) \
     SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT envelope FROM e) AS envelope, \
         (SELECT handed FROM done) AS handed, (SELECT token FROM locked) AS lock_token, \
         (SELECT COUNT(*) FROM pushes) AS queued"
@@ -404,25 +408,25 @@ const COMPLETE_SIGN: &str = concat!(
 /// execution's state — attested (stamped once, its last error cleared) when every other
 /// artifact was already pushed — and release the tag lock the push held (`$9` name, `$10`
 /// owner, `$11` token). `$4` position, `$5` attempts, `$6` reference, `$7` manifest digest, `$8`
-/// worker. Returns whether the job was finished (0 or 1), the state written, and the
+/// worker, `$12` the execution. Returns whether the job was finished (0 or 1), the state written, and the
 /// execution's receipt time if this statement attested it.
 const COMPLETE_PUSH: &str = concat!(
     "WITH ",
     done_cte!(),
     ", pushed AS (UPDATE artifacts a SET push_state = 'pushed', push_attempts = $5, next_attempt_at = NULL, \
         last_error = NULL, pushed_reference = $6, manifest_digest = $7, pushed_at = $3, pushed_by = $8 \
-        FROM done WHERE a.execution_id = done.execution_id AND a.position = $4), \
+        FROM done WHERE a.execution_id = done.execution_id AND a.execution_id = $12 AND a.position = $4), \
     s AS (SELECT x.id, CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' WHEN ",
     any_dead!(),
     " THEN 'failed' WHEN x.statement IS NULL THEN 'resolving' WHEN x.envelope IS NULL THEN 'pending' \
             WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id \
                 AND a.position IS DISTINCT FROM $4 AND a.push_state <> 'pushed') THEN 'attested' \
             ELSE 'pushing' END AS state \
-        FROM executions x JOIN done ON x.id = done.execution_id), \
+        FROM executions x JOIN done ON x.id = done.execution_id WHERE x.id = $12), \
     e AS (UPDATE executions x SET attestation_state = s.state, \
         attested_at = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN $3 ELSE x.attested_at END, \
         last_error = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN NULL ELSE x.last_error END \
-        FROM s WHERE x.id = s.id RETURNING x.received_at, x.attested_at), \
+        FROM s WHERE x.id = s.id AND x.id = $12 RETURNING x.received_at, x.attested_at), \
     unlocked AS (UPDATE locks SET expires_at = now() \
         WHERE name = $9 AND owner = $10 AND token = $11 AND expires_at > now() AND EXISTS (SELECT 1 FROM done)) \
     SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT state FROM s) AS state, \
@@ -446,7 +450,8 @@ const PROMOTE_ATTESTED: &str = concat!(
 
 /// Record a failed attempt in one statement: the leased job (`$1`, token `$2`) is queued again
 /// `$3` milliseconds from now, or dead when `$3` is NULL; a push job's artifact is retrying or
-/// dead with the error; the execution shows the error (`$4`) and its state. `$5` attempts. The
+/// dead with the error; the execution shows the error (`$4`) and its state. `$5` attempts, `$6`
+/// the execution, `$7` the artifact's position (a push job's). The
 /// job is read as it was (running), so its own death is taken from what the statement writes,
 /// as is its artifact's state. Returns whether the lease held (0 or 1): a lost lease writes
 /// nothing.
@@ -458,7 +463,8 @@ const FAIL: &str = concat!(
         RETURNING execution_id, kind, artifact_position, state), \
     artifact AS (UPDATE artifacts a SET push_state = CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retrying' END, \
         push_attempts = $5, next_attempt_at = now() + $3 * interval '1 millisecond', last_error = $4 \
-        FROM failed f WHERE f.kind = 'push' AND a.execution_id = f.execution_id AND a.position = f.artifact_position), \
+        FROM failed f WHERE f.kind = 'push' AND a.execution_id = f.execution_id AND a.position = f.artifact_position \
+        AND a.execution_id = $6 AND a.position = $7), \
     e AS (UPDATE executions x SET last_error = $4, \
         attestation_state = CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' \
             WHEN f.state = 'dead' OR ",
@@ -467,7 +473,7 @@ const FAIL: &str = concat!(
             WHEN NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.execution_id = x.id AND (a.push_state <> 'pushed' \
                 OR (f.kind = 'push' AND a.position = f.artifact_position))) THEN 'attested' \
             ELSE 'pushing' END \
-        FROM failed f WHERE x.id = f.execution_id) \
+        FROM failed f WHERE x.id = f.execution_id AND x.id = $6) \
     SELECT COUNT(*) FROM failed"
 );
 
@@ -485,6 +491,8 @@ pub async fn fail_job<'c>(
         .bind(retry_in.map(millis))
         .bind(error)
         .bind(job.attempts)
+        .bind(job.execution_id.0)
+        .bind(job.artifact_position)
         .fetch_one(db)
         .await?;
     if failed == 0 {
@@ -510,7 +518,7 @@ const COMPLETE_RESOLVE: &str = concat!(
         WHERE id = $1 AND lease_token = $2 AND state = 'running' \
         AND (SELECT unresolved = 0 AND open FROM chk) RETURNING execution_id), \
     resolved AS (UPDATE artifacts a SET digest = r.digest, resolved_at = $3, push_state = 'pending', last_error = NULL \
-        FROM r, done WHERE a.execution_id = done.execution_id AND a.position = r.position \
+        FROM r, done WHERE a.execution_id = done.execution_id AND a.execution_id = $4 AND a.position = r.position \
         AND a.push_state = 'resolving'), \
     sign AS (INSERT INTO jobs (kind, execution_id, state, run_after, created_at, updated_at) \
         SELECT 'sign', execution_id, 'queued', $3, $3, $3 FROM done), \
@@ -518,7 +526,7 @@ const COMPLETE_RESOLVE: &str = concat!(
         attestation_state = CASE WHEN x.attestation_state = 'skipped' THEN 'skipped' WHEN ",
     any_dead!(),
     " THEN 'failed' ELSE 'pending' END \
-        FROM done WHERE x.id = done.execution_id AND x.statement IS NULL) \
+        FROM done WHERE x.id = done.execution_id AND x.id = $4 AND x.statement IS NULL) \
     SELECT leased, unresolved, open FROM chk"
 );
 
@@ -569,6 +577,7 @@ pub async fn complete_sign(
         .bind(hand_off.map(|h| h.position))
         .bind(hand_off.map(|h| h.lock))
         .bind(hand_off.map(|h| millis(h.lock_ttl)))
+        .bind(job.execution_id.0)
         .fetch_one(pool)
         .await?;
     if done == 0 {
@@ -626,6 +635,7 @@ pub async fn complete_push(
             .bind(lock.map(|l| l.name.as_str()))
             .bind(lock.map(|l| l.owner.as_str()))
             .bind(lock.map(|l| l.token))
+            .bind(job.execution_id.0)
             .fetch_one(pool)
             .await?;
     if done == 0 {
