@@ -355,10 +355,10 @@ macro_rules! any_dead {
 /// hands writes no index entry — where a done sign job and a new push job wrote six — and
 /// leaves one row fewer to prune. `handed` is joined, not used as a scalar subquery, which
 /// PostgreSQL would plan once for each of the ten columns that read it; the lease is checked
-/// where the row is written. One statement sees one snapshot, so the
-/// state is computed from what this statement writes (the envelope is stored) rather than
-/// re-read. `$4` envelope, `$5` key id, `$12` the execution. Returns whether the lease held (0 or 1), the stored envelope, the handed push's
-/// position, the lock's token, and how many push jobs were queued.
+/// where the row is written. One statement sees one snapshot, so the state is computed from
+/// what this statement writes (the envelope is stored) rather than re-read. `$4` envelope, `$5`
+/// key id, `$12` the execution. Returns whether the lease held (0 or 1), the stored envelope,
+/// the handed push's position, the lock's token, and how many push jobs were queued.
 const COMPLETE_SIGN: &str = concat!(
     "WITH handed AS MATERIALIZED (SELECT a.position FROM artifacts a WHERE $7::uuid IS NOT NULL \
         AND a.execution_id = $12 \
@@ -408,8 +408,8 @@ const COMPLETE_SIGN: &str = concat!(
 /// execution's state — attested (stamped once, its last error cleared) when every other
 /// artifact was already pushed — and release the tag lock the push held (`$9` name, `$10`
 /// owner, `$11` token). `$4` position, `$5` attempts, `$6` reference, `$7` manifest digest, `$8`
-/// worker, `$12` the execution. Returns whether the job was finished (0 or 1), the state written, and the
-/// execution's receipt time if this statement attested it.
+/// worker, `$12` the execution. Returns whether the job was finished (0 or 1), the state
+/// written, and the execution's receipt time if this statement attested it.
 const COMPLETE_PUSH: &str = concat!(
     "WITH ",
     done_cte!(),
@@ -451,9 +451,9 @@ const PROMOTE_ATTESTED: &str = concat!(
 /// Record a failed attempt in one statement: the leased job (`$1`, token `$2`) is queued again
 /// `$3` milliseconds from now, or dead when `$3` is NULL; a push job's artifact is retrying or
 /// dead with the error; the execution shows the error (`$4`) and its state. `$5` attempts, `$6`
-/// the execution, `$7` the artifact's position (a push job's). The
-/// job is read as it was (running), so its own death is taken from what the statement writes,
-/// as is its artifact's state. Returns whether the lease held (0 or 1): a lost lease writes
+/// the execution, `$7` the artifact's position (a push job's). The job is read as it was
+/// (running), so its own death is taken from what the statement writes, as is its artifact's
+/// state. Returns whether the lease held (0 or 1): a lost lease writes
 /// nothing.
 const FAIL: &str = concat!(
     "WITH failed AS (UPDATE jobs SET state = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'queued' END, \
