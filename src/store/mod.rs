@@ -870,6 +870,11 @@ pub trait Store: Send + Sync {
     async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError>;
     /// The connection pools' sizes right now. No I/O.
     fn pool_stats(&self) -> Vec<PoolStats>;
+    /// This store for one caller whose statements run one after another (a worker's job): on
+    /// PostgreSQL the connection its first statement takes is kept for the next ones, and goes
+    /// back to the pool when the returned store is dropped. `None` where that saves nothing
+    /// (SQLite's connections are in-process).
+    fn session(&self) -> Option<DynStore>;
 
     /// Take a named lock for `ttl` if it is free, expired or already `owner`'s, with a fencing
     /// token higher than the lock's last one; `None` while someone else holds it. Serializes

@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::dialect::{Clock, Column, Db, Encoding, SqlxQuery, millis};
+use super::dialect::{Clock, Column, Db, Encoding, Pg, SqlxQuery, millis};
 use super::sql::{self, Marker, Statements};
 use super::{
     BuildCompleted, Digest, HandOff, Job, JobKind, Lock, NewExecution, PushRecord, Signed,
@@ -44,7 +44,7 @@ pub async fn connect(
         })
         .connect_with(options)
         .await?;
-    Ok(Db::Postgres(pool))
+    Ok(Db::Postgres(Pg::new(pool)))
 }
 
 /// A pooled connection idle for this long is pinged before it is handed out.
@@ -477,10 +477,10 @@ const FAIL: &str = concat!(
     SELECT COUNT(*) FROM failed"
 );
 
-/// Record a failed attempt with [`FAIL`]: one statement, on the pool or in the caller's
-/// transaction (burying a stopped job).
-pub async fn fail_job<'c>(
-    db: impl sqlx::PgExecutor<'c>,
+/// Record a failed attempt with [`FAIL`]: one statement, on the store's connection or in the
+/// caller's transaction (burying a stopped job).
+pub async fn fail_job(
+    conn: &mut PgConnection,
     job: &Job,
     error: &str,
     retry_in: Option<Duration>,
@@ -493,7 +493,7 @@ pub async fn fail_job<'c>(
         .bind(job.attempts)
         .bind(job.execution_id.0)
         .bind(job.artifact_position)
-        .fetch_one(db)
+        .fetch_one(conn)
         .await?;
     if failed == 0 {
         return Err(StoreError::LeaseLost(job.id));
@@ -532,7 +532,7 @@ const COMPLETE_RESOLVE: &str = concat!(
 
 /// Complete a resolve job with [`COMPLETE_RESOLVE`]: one statement, or nothing written.
 pub async fn complete_resolve(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     job: &Job,
     digests: &[(i32, Digest)],
     statement: &[u8],
@@ -545,7 +545,7 @@ pub async fn complete_resolve(
         .bind(digests.iter().map(|(p, _)| *p).collect::<Vec<_>>())
         .bind(digests.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>())
         .bind(statement)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     if !leased {
         return Err(StoreError::LeaseLost(job.id));
@@ -558,7 +558,7 @@ pub async fn complete_resolve(
 
 /// Complete a sign job with [`COMPLETE_SIGN`]: one statement.
 pub async fn complete_sign(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     job: &Job,
     envelope: &[u8],
     key_id: &str,
@@ -578,7 +578,7 @@ pub async fn complete_sign(
         .bind(hand_off.map(|h| h.lock))
         .bind(hand_off.map(|h| millis(h.lock_ttl)))
         .bind(job.execution_id.0)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
@@ -616,7 +616,7 @@ type SignRow = (i64, Option<Vec<u8>>, Option<i32>, Option<i64>, i64);
 /// Complete a push job with [`COMPLETE_PUSH`]: one statement (and [`PROMOTE_ATTESTED`] after
 /// it when it left the execution pushing).
 pub async fn complete_push(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     job: &Job,
     record: &PushRecord,
     lock: Option<&Lock>,
@@ -636,7 +636,7 @@ pub async fn complete_push(
             .bind(lock.map(|l| l.owner.as_str()))
             .bind(lock.map(|l| l.token))
             .bind(job.execution_id.0)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
@@ -646,7 +646,7 @@ pub async fn complete_push(
         (None, Some("pushing")) => sqlx::query_as(PROMOTE_ATTESTED)
             .bind(job.execution_id.0)
             .bind(now)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?
             .and_then(|(received, stamped): (OffsetDateTime, bool)| stamped.then_some(received)),
         (None, _) => None,

@@ -9,15 +9,16 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::dialect::{Clock, Db, On, Query, Row, Tx};
+use super::dialect::{Clock, Db, On, Query, Row, Tx, with_conn};
 use super::rows::{self, ArtifactRow, ExecutionRow};
 use super::*;
 
 /// A [`Store`] over a PostgreSQL or SQLite database.
 pub struct SqlStore {
     db: Db,
-    /// When stopped jobs were last looked for ([`SqlStore::bury_stopped_jobs`]).
-    buried_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When stopped jobs were last looked for ([`SqlStore::bury_stopped_jobs`]), shared with
+    /// this store's sessions.
+    buried_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// While claims keep finding work, stopped jobs are looked for at most this often: they cannot
@@ -34,7 +35,7 @@ impl SqlStore {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             db: postgres::connect(url, max_connections, acquire_timeout).await?,
-            buried_at: std::sync::Mutex::new(None),
+            buried_at: Arc::default(),
         })
     }
 
@@ -46,7 +47,7 @@ impl SqlStore {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             db: sqlite::connect(url, max_connections, acquire_timeout).await?,
-            buried_at: std::sync::Mutex::new(None),
+            buried_at: Arc::default(),
         })
     }
 
@@ -187,7 +188,7 @@ async fn fail_in(
     retry_in: Option<Duration>,
 ) -> Result<(), StoreError> {
     if let Tx::Postgres(pg) = tx {
-        return postgres::fail_job(&mut **pg, job, error, retry_in).await;
+        return postgres::fail_job(pg, job, error, retry_in).await;
     }
     let now = OffsetDateTime::now_utc();
     let retry_at = Clock::Later(now, retry_in);
@@ -793,8 +794,11 @@ impl Store for SqlStore {
         digests: &[(i32, Digest)],
         statement: &[u8],
     ) -> Result<(), StoreError> {
-        if let Db::Postgres(pool) = &self.db {
-            return postgres::complete_resolve(pool, job, digests, statement).await;
+        if let Db::Postgres(pg) = &self.db {
+            return with_conn!(pg, |c| postgres::complete_resolve(
+                &mut c, job, digests, statement
+            )
+            .await);
         }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
@@ -837,8 +841,11 @@ impl Store for SqlStore {
         key_id: &str,
         hand_off: Option<HandOff<'_>>,
     ) -> Result<Signed, StoreError> {
-        if let Db::Postgres(pool) = &self.db {
-            return postgres::complete_sign(pool, job, envelope, key_id, hand_off).await;
+        if let Db::Postgres(pg) = &self.db {
+            return with_conn!(pg, |c| postgres::complete_sign(
+                &mut c, job, envelope, key_id, hand_off
+            )
+            .await);
         }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
@@ -899,8 +906,9 @@ impl Store for SqlStore {
         record: &PushRecord,
         lock: Option<&Lock>,
     ) -> Result<Option<Duration>, StoreError> {
-        if let Db::Postgres(pool) = &self.db {
-            return postgres::complete_push(pool, job, record, lock).await;
+        if let Db::Postgres(pg) = &self.db {
+            return with_conn!(pg, |c| postgres::complete_push(&mut c, job, record, lock)
+                .await);
         }
         let now = OffsetDateTime::now_utc();
         let id = job.execution_id.0;
@@ -936,8 +944,9 @@ impl Store for SqlStore {
         error: &str,
         retry_in: Option<Duration>,
     ) -> Result<(), StoreError> {
-        if let Db::Postgres(pool) = &self.db {
-            return postgres::fail_job(pool, job, error, retry_in).await;
+        if let Db::Postgres(pg) = &self.db {
+            return with_conn!(pg, |c| postgres::fail_job(&mut c, job, error, retry_in)
+                .await);
         }
         let mut tx = self.db.begin().await?;
         fail_in(&mut tx, job, error, retry_in).await?;
@@ -998,6 +1007,16 @@ impl Store for SqlStore {
 
     fn pool_stats(&self) -> Vec<PoolStats> {
         self.db.pool_stats()
+    }
+
+    fn session(&self) -> Option<DynStore> {
+        match &self.db {
+            Db::Postgres(pg) => Some(Arc::new(SqlStore {
+                db: Db::Postgres(pg.session()),
+                buried_at: Arc::clone(&self.buried_at),
+            })),
+            Db::Sqlite { .. } => None,
+        }
     }
 
     async fn try_lock(

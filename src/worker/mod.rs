@@ -28,7 +28,7 @@ use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
 use crate::store::{
     ArtifactRecord, Execution, HandOff, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState,
-    StoreError,
+    Store, StoreError,
 };
 
 /// How long a push job waits for another writer of the same tag before retrying later.
@@ -195,7 +195,9 @@ async fn run_one(
     hard_stop: Option<&CancellationToken>,
 ) -> Result<usize, StoreError> {
     let leasing = leasing(app);
-    let Some(job) = app.store.claim_job(owner, &leasing).await? else {
+    let session = keeps_connection(app).then(|| app.store.session()).flatten();
+    let store: &dyn Store = session.as_deref().unwrap_or(app.store.as_ref());
+    let Some(job) = store.claim_job(owner, &leasing).await? else {
         return Ok(0);
     };
     let mut ran = 0;
@@ -208,15 +210,23 @@ async fn run_one(
         if ran > 0 && app.shutdown.is_cancelled() {
             // A stopping worker starts nothing new: the handed-over push goes back to the queue.
             if let Some(lock) = &leased.lock {
-                unlock(app, lock).await;
+                unlock(store, lock).await;
             }
-            app.store.release_job(&leased.job).await?;
+            store.release_job(&leased.job).await?;
             break;
         }
-        next = run_job(app, owner, hard_stop, &leasing, leased).await?;
+        next = run_job(app, store, owner, hard_stop, &leasing, leased).await?;
         ran += 1;
     }
     Ok(ran)
+}
+
+/// Whether a worker's job keeps one database connection from its claim to its completion
+/// ([`Store::session`]): only while the pool has room for one per concurrent job and as many
+/// again for the API, ingest and the heartbeats, which still take theirs from the pool.
+fn keeps_connection(app: &App) -> bool {
+    let workers = u64::try_from(app.settings.worker.concurrency).unwrap_or(u64::MAX);
+    workers.saturating_mul(2) <= u64::from(app.settings.database.max_connections)
 }
 
 /// A job this worker holds the lease of, with what its predecessor already read and locked for it.
@@ -235,6 +245,7 @@ struct Prefetched {
 /// Run one leased job to an outcome; returns the job it handed this worker, if any.
 async fn run_job(
     app: &App,
+    store: &dyn Store,
     owner: &str,
     hard_stop: Option<&CancellationToken>,
     leasing: &Leasing,
@@ -242,7 +253,7 @@ async fn run_job(
 ) -> Result<Option<Leased>, StoreError> {
     crate::metrics::job_attempt(job.kind.as_str());
     let span = tracing::info_span!("job", worker.id = owner, job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
-    let attempt = AssertUnwindSafe(execute(app, &job, owner, read, lock)).catch_unwind();
+    let attempt = AssertUnwindSafe(execute(app, store, &job, owner, read, lock)).catch_unwind();
     let stopped = async {
         match hard_stop {
             Some(stop) => stop.cancelled().await,
@@ -260,7 +271,7 @@ async fn run_job(
             )).because("panic")),
         },
         _ = stopped => {
-            app.store.release_job(&job).await?;
+            store.release_job(&job).await?;
             tracing::info!(parent: &span, "job released at shutdown");
             return Ok(None);
         }
@@ -286,7 +297,7 @@ async fn run_job(
                     tracing::error!(parent: &span, error = %f.message, permanent = f.permanent, "job failed for good")
                 }
             }
-            match app.store.fail_job(&job, &f.message, retry_in).await {
+            match store.fail_job(&job, &f.message, retry_in).await {
                 Ok(()) | Err(StoreError::LeaseLost(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -346,15 +357,18 @@ fn backoff(app: &App, attempts: i32) -> Duration {
 
 async fn execute(
     app: &App,
+    store: &dyn Store,
     job: &Job,
     owner: &str,
     read: Option<Prefetched>,
     lock: Option<Lock>,
 ) -> Result<Option<Leased>, Failure> {
     match job.kind {
-        JobKind::Resolve => resolve(app, job).await.map(|()| None),
-        JobKind::Sign => sign(app, job).await,
-        JobKind::Push => push(app, job, owner, read, lock).await.map(|()| None),
+        JobKind::Resolve => resolve(app, store, job).await.map(|()| None),
+        JobKind::Sign => sign(app, store, job).await,
+        JobKind::Push => push(app, store, job, owner, read, lock)
+            .await
+            .map(|()| None),
     }
 }
 
@@ -362,14 +376,12 @@ async fn execute(
 /// for a multi-arch image, the index's digest), complete the stored statement template with them
 /// and store it — serialized once — with the sign job. A tag not in the registry (yet) is retried
 /// with backoff: the image may be pushed after the webhook.
-async fn resolve(app: &App, job: &Job) -> Result<(), Failure> {
-    let execution = app
-        .store
+async fn resolve(app: &App, store: &dyn Store, job: &Job) -> Result<(), Failure> {
+    let execution = store
         .execution(job.execution_id)
         .await?
         .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
-    let template = app
-        .store
+    let template = store
         .statement_template(job.execution_id)
         .await?
         .ok_or_else(|| {
@@ -425,7 +437,7 @@ async fn resolve(app: &App, job: &Job) -> Result<(), Failure> {
         })
         .collect::<Result<Vec<_>, Failure>>()?;
     let statement = provenance::to_bytes(&provenance::with_subjects(template, &artifacts));
-    match app.store.complete_resolve(job, &resolved, &statement).await {
+    match store.complete_resolve(job, &resolved, &statement).await {
         Ok(()) => {
             app.notify_worker();
             Ok(())
@@ -472,9 +484,8 @@ fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) 
     failure.because(code)
 }
 
-async fn sign(app: &App, job: &Job) -> Result<Option<Leased>, Failure> {
-    let (mut execution, statement) = app
-        .store
+async fn sign(app: &App, store: &dyn Store, job: &Job) -> Result<Option<Leased>, Failure> {
+    let (mut execution, statement) = store
         .execution_with_statement(job.execution_id)
         .await?
         .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
@@ -512,8 +523,7 @@ async fn sign(app: &App, job: &Job) -> Result<Option<Leased>, Failure> {
         lock,
         lock_ttl: Duration::from_secs(app.settings.worker.lock_ttl_secs),
     });
-    match app
-        .store
+    match store
         .complete_sign(job, &envelope, key_id.as_str(), hand_off)
         .await
     {
@@ -554,6 +564,7 @@ fn sign_failure(e: SignError) -> Failure {
 
 async fn push(
     app: &App,
+    store: &dyn Store,
     job: &Job,
     owner: &str,
     read: Option<Prefetched>,
@@ -563,14 +574,10 @@ async fn push(
         let (execution, envelope) = match read {
             Some(read) => (read.execution, read.envelope),
             None => {
-                let execution = app
-                    .store
-                    .execution(job.execution_id)
-                    .await?
-                    .ok_or_else(|| {
-                        Failure::permanent("execution vanished").because("missing_data")
-                    })?;
-                let envelope = app.store.envelope(job.execution_id).await?.ok_or_else(|| {
+                let execution = store.execution(job.execution_id).await?.ok_or_else(|| {
+                    Failure::permanent("execution vanished").because("missing_data")
+                })?;
+                let envelope = store.envelope(job.execution_id).await?.ok_or_else(|| {
                     Failure::permanent("no stored envelope to push").because("missing_data")
                 })?;
                 (execution, envelope)
@@ -589,7 +596,7 @@ async fn push(
         Ok(target) => target,
         Err(f) => {
             if let Some(lock) = &handed_lock {
-                unlock(app, lock).await;
+                unlock(store, lock).await;
             }
             return Err(f);
         }
@@ -605,13 +612,13 @@ async fn push(
         other => {
             // A lock handed over for another tag (never expected) is not held on to.
             if let Some(stale) = &other {
-                unlock(app, stale).await;
+                unlock(store, stale).await;
             }
-            acquire(app, &name, owner, ttl).await?
+            acquire(store, &name, owner, ttl).await?
         }
     };
     let fence = Fence {
-        app,
+        store,
         lock: &lock,
         in_doubt: AtomicBool::new(false),
     };
@@ -661,7 +668,7 @@ async fn push(
         if fence.in_doubt.load(Ordering::SeqCst) {
             tracing::info!(lock = %name, "push failed with its manifest write's fate unknown; the lock is left to expire");
         } else {
-            unlock(app, &lock).await;
+            unlock(store, &lock).await;
         }
     }
     let push_outcome = match &pushed {
@@ -676,7 +683,7 @@ async fn push(
         reference: outcome.reference,
         manifest_digest: outcome.manifest_digest,
     };
-    match app.store.complete_push(job, &record, Some(&lock)).await {
+    match store.complete_push(job, &record, Some(&lock)).await {
         Ok(attested) => {
             if let Some(after) = attested {
                 crate::metrics::attested(after);
@@ -685,7 +692,7 @@ async fn push(
         }
         Err(e) => {
             // Nothing was written, the lock's release included.
-            unlock(app, &lock).await;
+            unlock(store, &lock).await;
             match e {
                 StoreError::LeaseLost(_) => Ok(()),
                 e => Err(e.into()),
@@ -700,8 +707,8 @@ fn tag_lock(image: &ImageRef, digest: &Digest) -> String {
 }
 
 /// Release a tag lock; if that fails, it expires on its own.
-async fn unlock(app: &App, lock: &Lock) {
-    if let Err(e) = app.store.unlock(lock).await {
+async fn unlock(store: &dyn Store, lock: &Lock) {
+    if let Err(e) = store.unlock(lock).await {
         tracing::warn!(error = %e, lock = %lock.name, "unlock failed; the lock expires on its own");
     }
 }
@@ -709,7 +716,7 @@ async fn unlock(app: &App, lock: &Lock) {
 /// The check before a manifest write: this worker still holds the tag lock under its token
 /// (the database's clock decides whether it has expired).
 struct Fence<'a> {
-    app: &'a App,
+    store: &'a dyn Store,
     lock: &'a Lock,
     /// Set when a check passed (a manifest write may be sent from then on), cleared when that
     /// write's answer settled it.
@@ -728,7 +735,7 @@ impl WriteFence for Fence<'_> {
                 ),
             )
         };
-        match self.app.store.holds_lock(self.lock).await {
+        match self.store.holds_lock(self.lock).await {
             Ok(true) => {
                 self.in_doubt.store(true, Ordering::SeqCst);
                 Ok(())
@@ -769,10 +776,15 @@ fn push_failure(e: &RegistryError, attempt: i32, missing_image_retries: u32) -> 
 
 /// Wait for the tag lock, polling with jitter, up to [`TAG_LOCK_WAIT`]. A stopped holder's lock
 /// is free `ttl` after its last renewal.
-async fn acquire(app: &App, name: &str, owner: &str, ttl: Duration) -> Result<Lock, Failure> {
+async fn acquire(
+    store: &dyn Store,
+    name: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Lock, Failure> {
     let deadline = tokio::time::Instant::now() + TAG_LOCK_WAIT;
     loop {
-        if let Some(lock) = app.store.try_lock(name, owner, ttl).await? {
+        if let Some(lock) = store.try_lock(name, owner, ttl).await? {
             return Ok(lock);
         }
         if tokio::time::Instant::now() >= deadline {

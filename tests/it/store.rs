@@ -1188,6 +1188,97 @@ async fn postgres_two_pushes_of_one_execution_completing_at_once_leave_it_attest
     assert!(e.attested_at.is_some());
 }
 
+/// A worker's job runs its statements through a session ([`store::Store::session`]): on
+/// PostgreSQL, one connection from the claim to the completion, back in the pool when the session
+/// is dropped. Its backend killed midway costs the one statement that was sent to it, not the
+/// session: the next statement runs on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_session_keeps_one_connection_and_outlives_its_backend_being_killed() {
+    use sqlx::Connection as _;
+
+    let f = fixture(Backend::Postgres).await;
+    let e = created_with(&f, "run-1", 2).await;
+    let mut admin = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
+    // The backends whose last statement starts with `prefix`.
+    async fn backends_of(admin: &mut sqlx::PgConnection, prefix: &str) -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND starts_with(query, $1)",
+        )
+        .bind(prefix)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+    }
+
+    let session = f.store.session().expect("PostgreSQL stores have sessions");
+    let sign = session.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!((sign.kind, sign.execution_id), (JobKind::Sign, e.id));
+    let claimed_on = backends_of(&mut admin, "UPDATE jobs SET state = 'running'").await;
+    assert_eq!(claimed_on.len(), 1, "one backend ran the claim");
+    let (read, _) = session
+        .execution_with_statement(e.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.id, e.id);
+    let signed = session
+        .complete_sign(&sign, b"env", "k", None)
+        .await
+        .unwrap();
+    assert_eq!(signed.envelope, b"env");
+    let completed_on = backends_of(&mut admin, "WITH handed AS MATERIALIZED").await;
+    assert_eq!(
+        completed_on, claimed_on,
+        "the completion ran on the claim's connection"
+    );
+    let busy = |s: &DynStore| s.pool_stats().iter().map(|p| p.size - p.idle).sum::<u32>();
+    assert_eq!(
+        busy(&f.store),
+        1,
+        "the session holds its connection between statements"
+    );
+
+    // The session's backend is killed: the statement sent to it fails, the next one does not.
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(claimed_on[0])
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    let lost = session.execution(e.id).await;
+    assert!(
+        matches!(lost, Err(StoreError::Database(_))),
+        "the killed backend's statement fails: {lost:?}"
+    );
+    let push = session.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!((push.kind, push.execution_id), (JobKind::Push, e.id));
+    let reclaimed_on = backends_of(&mut admin, "UPDATE jobs SET state = 'running'").await;
+    assert_eq!(reclaimed_on.len(), 1);
+    assert_ne!(
+        reclaimed_on, claimed_on,
+        "a fresh connection replaced the dead one"
+    );
+
+    drop(session);
+    let mut held = u32::MAX;
+    for _ in 0..100 {
+        held = busy(&f.store);
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        held, 0,
+        "a dropped session's connection is back in the pool"
+    );
+    assert!(
+        fixture(Backend::Sqlite).await.store.session().is_none(),
+        "SQLite runs in-process: no session to keep"
+    );
+}
+
 async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_rest(
     backend: Backend,
 ) {
