@@ -445,10 +445,16 @@ impl Db {
 
 /// A pool's connections as sqlx counts them.
 fn pool_stats<DB: Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
+    let size = pool.size();
+    // sqlx counts idle connections in a counter of its own, raised only after a returned
+    // connection is back in the idle queue: a connection taken from the queue in that moment
+    // lowers the counter first, and it wraps below zero until the raise lands (sqlx-core 0.9,
+    // `PoolInner::release`). No more connections are idle than the pool has.
+    let idle = u32::try_from(pool.num_idle()).map_or(size, |idle| idle.min(size));
     PoolStats {
         name,
-        size: pool.size(),
-        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        size,
+        idle,
         max: pool.options().get_max_connections(),
     }
 }

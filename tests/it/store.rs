@@ -1211,6 +1211,20 @@ async fn postgres_a_session_keeps_one_connection_and_outlives_its_backend_being_
         .unwrap()
     }
 
+    let busy = |s: &DynStore| s.pool_stats().iter().map(|p| p.size - p.idle).sum::<u32>();
+    // Connections go back to the pool in the background (sqlx pings them first): wait for
+    // `f.store`'s pool to have `want` connections in use.
+    let settled = async |want: u32| {
+        for _ in 0..100 {
+            if busy(&f.store) == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        busy(&f.store)
+    };
+    assert_eq!(settled(0).await, 0, "the set-up's connections are back");
+
     let session = f.store.session().expect("PostgreSQL stores have sessions");
     let sign = session.claim_job("w", &LEASING).await.unwrap().unwrap();
     assert_eq!((sign.kind, sign.execution_id), (JobKind::Sign, e.id));
@@ -1232,7 +1246,6 @@ async fn postgres_a_session_keeps_one_connection_and_outlives_its_backend_being_
         completed_on, claimed_on,
         "the completion ran on the claim's connection"
     );
-    let busy = |s: &DynStore| s.pool_stats().iter().map(|p| p.size - p.idle).sum::<u32>();
     assert_eq!(
         busy(&f.store),
         1,
@@ -1261,16 +1274,9 @@ async fn postgres_a_session_keeps_one_connection_and_outlives_its_backend_being_
     );
 
     drop(session);
-    let mut held = u32::MAX;
-    for _ in 0..100 {
-        held = busy(&f.store);
-        if held == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        held, 0,
+        settled(0).await,
+        0,
         "a dropped session's connection is back in the pool"
     );
     assert!(
