@@ -1259,6 +1259,19 @@ async fn postgres_a_session_keeps_one_connection_and_outlives_its_backend_being_
         .await
         .unwrap();
     assert!(killed);
+    // A terminated backend answers its client before it leaves `pg_stat_activity`.
+    for _ in 0..100 {
+        let gone: bool =
+            sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(claimed_on[0])
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let lost = session.execution(e.id).await;
     assert!(
         matches!(lost, Err(StoreError::Database(_))),
