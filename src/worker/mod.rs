@@ -14,7 +14,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use rand::RngExt as _;
@@ -27,8 +27,8 @@ use crate::domain::{Artifact, Digest, ImageRef, KeyId};
 use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
 use crate::store::{
-    ArtifactRecord, Execution, HandOff, Job, JobKind, Leasing, Lock, Pruned, PushRecord, PushState,
-    Store, StoreError,
+    ArtifactRecord, DynStore, Execution, HandOff, Job, JobKind, Leasing, Lock, Pruned, PushRecord,
+    PushState, Store, StoreError,
 };
 
 /// How long a push job waits for another writer of the same tag before retrying later.
@@ -148,14 +148,17 @@ pub async fn run(app: Arc<App>) {
 
 async fn job_loop(app: Arc<App>, owner: String, hard_stop: CancellationToken) {
     let poll = Duration::from_millis(app.settings.worker.poll_interval_ms);
+    let mut session = Session::default();
     while !app.shutdown.is_cancelled() {
         // Register interest before claiming, so a notify between the claim and the wait is kept.
         let notified = app.jobs_queued.notified();
-        match run_one(&app, &owner, Some(&hard_stop)).await {
+        match run_one(&app, session.store(&app), &owner, Some(&hard_stop)).await {
             Ok(0) => {}
             Ok(_) => continue,
             Err(e) => tracing::error!(error = %e, "claiming a job failed"),
         }
+        // Nothing to do: the connection goes back to the pool while this loop waits.
+        session.end();
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep(poll) => {}
@@ -168,12 +171,49 @@ async fn job_loop(app: Arc<App>, owner: String, hard_stop: CancellationToken) {
 /// worker deterministically instead of sleeping.
 pub async fn run_pending_jobs(app: &App) -> Result<usize, StoreError> {
     let owner = worker_id(&app.settings.worker.name);
+    let mut session = Session::default();
     let mut ran = 0;
     loop {
-        match run_one(app, &owner, None).await? {
+        match run_one(app, session.store(app), &owner, None).await? {
             0 => return Ok(ran),
             n => ran += n,
         }
+    }
+}
+
+/// The store a job loop runs its jobs through: while it keeps finding work, one session
+/// ([`Store::session`]), so on PostgreSQL one connection serves job after job and sqlx's ping on
+/// giving a connection back is paid once per [`SESSION_RENEWAL`] instead of once per job. It is
+/// ended whenever the loop finds nothing to do, and renewed after that long so the pool's
+/// connection lifetime still applies to a loop that never idles.
+#[derive(Default)]
+struct Session {
+    current: Option<(DynStore, Instant)>,
+}
+
+/// How long a busy job loop keeps one session.
+const SESSION_RENEWAL: Duration = Duration::from_secs(60);
+
+impl Session {
+    fn store<'a>(&'a mut self, app: &'a App) -> &'a dyn Store {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= SESSION_RENEWAL)
+        {
+            self.current = None;
+        }
+        if self.current.is_none() && keeps_connection(app) {
+            self.current = app.store.session().map(|s| (s, Instant::now()));
+        }
+        match &self.current {
+            Some((session, _)) => session.as_ref(),
+            None => app.store.as_ref(),
+        }
+    }
+
+    fn end(&mut self) {
+        self.current = None;
     }
 }
 
@@ -191,12 +231,11 @@ fn leasing(app: &App) -> Leasing {
 /// any. Returns how many jobs ran: 0 when nothing was due.
 async fn run_one(
     app: &App,
+    store: &dyn Store,
     owner: &str,
     hard_stop: Option<&CancellationToken>,
 ) -> Result<usize, StoreError> {
     let leasing = leasing(app);
-    let session = keeps_connection(app).then(|| app.store.session()).flatten();
-    let store: &dyn Store = session.as_deref().unwrap_or(app.store.as_ref());
     let Some(job) = store.claim_job(owner, &leasing).await? else {
         return Ok(0);
     };
@@ -501,7 +540,7 @@ async fn sign(app: &App, store: &dyn Store, job: &Job) -> Result<Option<Leased>,
         .keyring
         .key_kind_for(&execution.account)
         .map_or("unknown", |k| k.as_str());
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let signed = sign_envelope(signer.as_ref(), IN_TOTO_PAYLOAD_TYPE, &statement).await;
     let outcome = match &signed {
         Ok(_) => "ok",
@@ -636,7 +675,7 @@ async fn push(
     .catch_unwind();
     // The whole push runs under the deadline and while the lock is renewed; losing the lock
     // drops the push, cancelling whatever request it had in flight.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let pushed = tokio::select! {
         r = tokio::time::timeout(deadline, work) => match r {
             Ok(Ok(pushed)) => pushed
