@@ -538,6 +538,15 @@ pub struct Job {
     pub owner: String,
 }
 
+/// A job just leased ([`Store::claim_job_to_run`]) with what it reads first.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    /// For a sign job: its execution and statement. `None` for other kinds, and for a sign job
+    /// whose execution is gone.
+    pub to_sign: Option<(Execution, Option<Vec<u8>>)>,
+}
+
 /// What completing a sign job wrote.
 #[derive(Debug, Clone)]
 pub struct Signed {
@@ -819,6 +828,13 @@ pub trait Store: Send + Sync {
     /// take-over, which counts the stopped attempt and a reclaim). Jobs whose worker stopped too
     /// often ([`stopped_for_good`]) are marked dead with the reason instead.
     async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError>;
+    /// [`Store::claim_job`], and for a sign job what [`Store::execution_with_statement`] reads, as
+    /// of the claim: on PostgreSQL in the claim's own statement, a round trip fewer per execution.
+    async fn claim_job_to_run(
+        &self,
+        owner: &str,
+        leasing: &Leasing,
+    ) -> Result<Option<Claimed>, StoreError>;
     /// Extend the job's lease by `lease` from now. `false`: it was taken over or finished.
     async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError>;
     /// Record the digests the resolve job found (by artifact position, for every artifact still

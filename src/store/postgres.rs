@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::dialect::{Clock, Column, Db, Encoding, Pg, SqlxQuery, millis};
+use super::rows::{ARTIFACT_NAMES, EXECUTION_COLUMN_COUNT, JOINED_COLUMNS};
 use super::sql::{self, Marker, Statements};
 use super::{
     BuildCompleted, Digest, HandOff, Job, JobKind, Lock, NewExecution, PushRecord, Signed,
@@ -51,6 +52,24 @@ pub async fn connect(
 const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 
 pub static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::render(marker));
+
+/// The claim ([`sql::CLAIM_JOB`]) and, for a sign job, the read of its execution and statement
+/// (`execution_with_statement`) in one statement: the execution's and artifacts' columns as that
+/// read gives them, then the job's from [`CLAIM_TO_RUN_JOB_AT`]. The read sees the rows as they
+/// were before the claim, which does not change them.
+pub static CLAIM_TO_RUN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH c AS ({}) SELECT {}, CASE WHEN COALESCE(a.position, 0) = 0 THEN e.statement END AS statement, \
+        c.id, c.kind, c.execution_id, c.artifact_position, c.attempts, c.lease_token, c.lease_owner \
+        FROM c LEFT JOIN executions e ON e.id = c.execution_id AND c.kind = 'sign' \
+        LEFT JOIN artifacts a ON a.execution_id = e.id",
+        sql::render(sql::CLAIM_JOB, marker),
+        *JOINED_COLUMNS
+    )
+});
+
+/// Where the job's columns start in a row of [`CLAIM_TO_RUN`].
+pub const CLAIM_TO_RUN_JOB_AT: usize = EXECUTION_COLUMN_COUNT + ARTIFACT_NAMES.len() + 1;
 
 fn marker(m: Marker<'_>) -> String {
     match m {

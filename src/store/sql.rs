@@ -213,7 +213,7 @@ const STOPPED_JOBS: &str = "SELECT id, kind, execution_id, artifact_position, at
 /// the first row; SKIP LOCKED keeps concurrent claimers off each other's rows (SQLite's single
 /// writer connection makes the one UPDATE atomic). `$1` owner, `$2` token, `$3` max reclaims,
 /// `$4` max attempts, `$5` lease (ms), `$6` now.
-const CLAIM_JOB: &str = "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+pub(super) const CLAIM_JOB: &str = "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
     reclaims = reclaims + CASE WHEN state = 'running' THEN 1 ELSE 0 END, lease_owner = $1, \
     lease_token = $2, lease_expires_at = {now+ $5}, updated_at = {now $6} \
     WHERE id = COALESCE( \

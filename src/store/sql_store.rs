@@ -2,7 +2,8 @@
 //! between them is behind [`super::dialect`] (connections, encodings, the clock) and the markers
 //! of [`super::sql`]; written per dialect are only ingest's insert ([`Db::insert_build`],
 //! [`Db::insert_builds`]) and, on PostgreSQL, completing a job in one statement (SQLite runs the
-//! shared transaction here).
+//! shared transaction here) and claiming a sign job with its execution in one statement (SQLite
+//! reads it after the claim).
 
 use std::time::Duration;
 
@@ -105,6 +106,44 @@ impl SqlStore {
     /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
     /// reason on the job, its artifact and its execution. A cheap probe comes first (on a SQLite
     /// reader): usually there is none, and no transaction is opened.
+    /// Run a claim statement (`$1` owner, `$2` token, `$3` max reclaims, `$4` max attempts,
+    /// `$5` lease, `$6` now), burying stopped jobs when they are due to be looked for: every
+    /// [`BURY_EVERY`] while claims find work, and whenever one finds none.
+    async fn claim(
+        &self,
+        owner: &str,
+        leasing: &Leasing,
+        statement: &'static str,
+    ) -> Result<Vec<Row>, StoreError> {
+        let due = self
+            .buried_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= BURY_EVERY))
+            .unwrap_or(true);
+        if due {
+            self.bury(leasing).await?;
+        }
+        let now = OffsetDateTime::now_utc();
+        let rows = self
+            .db
+            .fetch_all(
+                On::Write,
+                Query::new(statement)
+                    .bind(owner)
+                    .bind(Uuid::new_v4())
+                    .bind(i64::from(leasing.max_reclaims))
+                    .bind(i64::from(leasing.max_attempts))
+                    .bind(Clock::Later(now, Some(leasing.lease)))
+                    .bind(Clock::Now(now)),
+            )
+            .await?;
+        // Idle: a stopped job may be what is left; bury it now rather than at the next probe.
+        if rows.is_empty() && !due {
+            self.bury(leasing).await?;
+        }
+        Ok(rows)
+    }
+
     async fn bury(&self, leasing: &Leasing) -> Result<(), StoreError> {
         self.bury_stopped_jobs(leasing).await?;
         if let Ok(mut at) = self.buried_at.lock() {
@@ -368,20 +407,24 @@ fn summary(r: &Row) -> Result<ExecutionSummary, StoreError> {
     execution_row(r)?.into_execution(ArtifactCount(count))
 }
 
-fn job_row(row: &Row) -> Result<Job, StoreError> {
-    let kind: String = row.get("kind")?;
+/// A job from its columns `id, kind, execution_id, artifact_position, attempts, lease_token,
+/// lease_owner`, in that order from position `at`.
+fn job_row_at(row: &Row, at: usize) -> Result<Job, StoreError> {
+    let kind: String = row.get(at + 1)?;
     Ok(Job {
-        id: row.get("id")?,
+        id: row.get(at)?,
         kind: JobKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
-        execution_id: ExecutionId(row.get("execution_id")?),
-        artifact_position: row.get("artifact_position")?,
-        attempts: row.get("attempts")?,
-        lease_token: row.get("lease_token")?,
-        owner: row
-            .get::<Option<String>, _>("lease_owner")?
-            .unwrap_or_default(),
+        execution_id: ExecutionId(row.get(at + 2)?),
+        artifact_position: row.get(at + 3)?,
+        attempts: row.get(at + 4)?,
+        lease_token: row.get(at + 5)?,
+        owner: row.get::<Option<String>, _>(at + 6)?.unwrap_or_default(),
     })
+}
+
+fn job_row(row: &Row) -> Result<Job, StoreError> {
+    job_row_at(row, 0)
 }
 
 fn signing_key_row(r: &Row) -> Result<SigningKeyRecord, sqlx::Error> {
@@ -741,37 +784,39 @@ impl Store for SqlStore {
     }
 
     async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError> {
-        let due = self
-            .buried_at
-            .lock()
-            .map(|at| at.is_none_or(|at| at.elapsed() >= BURY_EVERY))
-            .unwrap_or(true);
-        if due {
-            self.bury(leasing).await?;
+        let rows = self.claim(owner, leasing, &self.db.sql().claim_job).await?;
+        rows.first().map(|row| job_row_at(row, 0)).transpose()
+    }
+
+    async fn claim_job_to_run(
+        &self,
+        owner: &str,
+        leasing: &Leasing,
+    ) -> Result<Option<Claimed>, StoreError> {
+        if !matches!(self.db, Db::Postgres(_)) {
+            let Some(job) = self.claim_job(owner, leasing).await? else {
+                return Ok(None);
+            };
+            let to_sign = match job.kind {
+                JobKind::Sign => self.execution_with_statement(job.execution_id).await?,
+                _ => None,
+            };
+            return Ok(Some(Claimed { job, to_sign }));
         }
-        let now = OffsetDateTime::now_utc();
-        let row = self
-            .db
-            .fetch_optional(
-                On::Write,
-                Query::new(&self.db.sql().claim_job)
-                    .bind(owner)
-                    .bind(Uuid::new_v4())
-                    .bind(i64::from(leasing.max_reclaims))
-                    .bind(i64::from(leasing.max_attempts))
-                    .bind(Clock::Later(now, Some(leasing.lease)))
-                    .bind(Clock::Now(now)),
-            )
-            .await?;
-        match row {
-            Some(row) => job_row(&row).map(Some),
-            // Idle: a stopped job may be what is left; bury it now rather than at the next probe.
-            None if !due => {
-                self.bury(leasing).await?;
-                Ok(None)
+        let rows = self.claim(owner, leasing, &postgres::CLAIM_TO_RUN).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let job = job_row_at(first, postgres::CLAIM_TO_RUN_JOB_AT)?;
+        // The execution's columns are NULL beside a job of another kind or a vanished execution.
+        let to_sign = match first.get::<Option<Uuid>, _>(0)? {
+            Some(_) => {
+                let statement = first.get::<Option<Vec<u8>>, _>("statement")?;
+                joined(rows)?.pop().map(|e| (e, statement))
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        Ok(Some(Claimed { job, to_sign }))
     }
 
     async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {

@@ -27,8 +27,8 @@ use crate::domain::{Artifact, Digest, ImageRef, KeyId};
 use crate::registry::{ErrorCode, PushRequest, RegistryError, WriteFence};
 use crate::signing::{SignError, sign_envelope};
 use crate::store::{
-    ArtifactRecord, DynStore, Execution, HandOff, Job, JobKind, Leasing, Lock, Pruned, PushRecord,
-    PushState, Store, StoreError,
+    ArtifactRecord, Claimed, DynStore, Execution, HandOff, Job, JobKind, Leasing, Lock, Pruned,
+    PushRecord, PushState, Store, StoreError,
 };
 
 /// How long a push job waits for another writer of the same tag before retrying later.
@@ -236,12 +236,13 @@ async fn run_one(
     hard_stop: Option<&CancellationToken>,
 ) -> Result<usize, StoreError> {
     let leasing = leasing(app);
-    let Some(job) = store.claim_job(owner, &leasing).await? else {
+    let Some(Claimed { job, to_sign }) = store.claim_job_to_run(owner, &leasing).await? else {
         return Ok(0);
     };
     let mut ran = 0;
     let mut next = Some(Leased {
         job,
+        to_sign,
         read: None,
         lock: None,
     });
@@ -271,6 +272,8 @@ fn keeps_connection(app: &App) -> bool {
 /// A job this worker holds the lease of, with what its predecessor already read and locked for it.
 struct Leased {
     job: Job,
+    /// A sign job's execution and statement, read with its claim.
+    to_sign: Option<(Execution, Option<Vec<u8>>)>,
     read: Option<Prefetched>,
     lock: Option<Lock>,
 }
@@ -288,11 +291,17 @@ async fn run_job(
     owner: &str,
     hard_stop: Option<&CancellationToken>,
     leasing: &Leasing,
-    Leased { job, read, lock }: Leased,
+    Leased {
+        job,
+        to_sign,
+        read,
+        lock,
+    }: Leased,
 ) -> Result<Option<Leased>, StoreError> {
     crate::metrics::job_attempt(job.kind.as_str());
     let span = tracing::info_span!("job", worker.id = owner, job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
-    let attempt = AssertUnwindSafe(execute(app, store, &job, owner, read, lock)).catch_unwind();
+    let attempt =
+        AssertUnwindSafe(execute(app, store, &job, owner, to_sign, read, lock)).catch_unwind();
     let stopped = async {
         match hard_stop {
             Some(stop) => stop.cancelled().await,
@@ -399,12 +408,13 @@ async fn execute(
     store: &dyn Store,
     job: &Job,
     owner: &str,
+    to_sign: Option<(Execution, Option<Vec<u8>>)>,
     read: Option<Prefetched>,
     lock: Option<Lock>,
 ) -> Result<Option<Leased>, Failure> {
     match job.kind {
         JobKind::Resolve => resolve(app, store, job).await.map(|()| None),
-        JobKind::Sign => sign(app, store, job).await,
+        JobKind::Sign => sign(app, store, job, to_sign).await,
         JobKind::Push => push(app, store, job, owner, read, lock)
             .await
             .map(|()| None),
@@ -523,11 +533,19 @@ fn resolve_failure(e: &RegistryError, image: &ImageRef, attempt: i32, max: u32) 
     failure.because(code)
 }
 
-async fn sign(app: &App, store: &dyn Store, job: &Job) -> Result<Option<Leased>, Failure> {
-    let (mut execution, statement) = store
-        .execution_with_statement(job.execution_id)
-        .await?
-        .ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
+/// Sign the execution's statement; `read` is its execution and statement if the claim read them.
+async fn sign(
+    app: &App,
+    store: &dyn Store,
+    job: &Job,
+    read: Option<(Execution, Option<Vec<u8>>)>,
+) -> Result<Option<Leased>, Failure> {
+    let read = match read {
+        Some(read) => Some(read),
+        None => store.execution_with_statement(job.execution_id).await?,
+    };
+    let (mut execution, statement) =
+        read.ok_or_else(|| Failure::permanent("execution vanished").because("missing_data"))?;
     let statement = statement.ok_or_else(|| {
         Failure::permanent("execution has no statement to sign").because("missing_data")
     })?;
@@ -580,6 +598,7 @@ async fn sign(app: &App, store: &dyn Store, job: &Job) -> Result<Option<Leased>,
                 }
             });
             Ok(signed.push.map(|job| Leased {
+                to_sign: None,
                 job,
                 read,
                 lock: signed.lock,

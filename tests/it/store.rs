@@ -41,6 +41,7 @@ backend_tests!(
     summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_counted,
     an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give,
     a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_lock,
+    a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_kinds_without,
 );
 
 struct Fixture {
@@ -1359,6 +1360,60 @@ async fn a_sign_completion_hands_its_first_push_to_the_signer_and_queues_the_res
     assert_eq!(e.artifacts[1].push_state, PushState::Pushed);
     assert_eq!(e.artifacts[1].pushed_by.as_deref(), Some("signer"));
     assert!(!f.store.holds_lock(&lock).await.unwrap(), "released");
+}
+
+async fn a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_kinds_without(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let templated = match f
+        .store
+        .record_build(templated_execution("run-t"))
+        .await
+        .unwrap()
+    {
+        Recorded::Created(e) => e,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    let one = created_with(&f, "run-1", 1).await;
+    let three = created_with(&f, "run-3", 3).await;
+
+    let mut kinds = Vec::new();
+    while let Some(claimed) = f.store.claim_job_to_run("w", &LEASING).await.unwrap() {
+        let job = &claimed.job;
+        assert!(
+            f.store.renew_lease(job, LEASING.lease).await.unwrap(),
+            "the job is leased to the claimer"
+        );
+        match job.kind {
+            JobKind::Sign => {
+                let (execution, statement) = claimed.to_sign.expect("a sign job's read");
+                let read = f.store.execution_with_statement(job.execution_id).await;
+                assert_eq!(Some((execution.clone(), statement.clone())), read.unwrap());
+                assert!(
+                    statement.is_some(),
+                    "a sign job's execution has its statement"
+                );
+                let images = if execution.id == one.id { 1 } else { 3 };
+                assert_eq!(execution.artifacts.len(), images);
+            }
+            _ => assert!(claimed.to_sign.is_none(), "{:?} reads nothing", job.kind),
+        }
+        kinds.push((job.kind, job.execution_id));
+        if job.kind == JobKind::Sign && job.execution_id == one.id {
+            // Its push job is queued, to be claimed below without a read.
+            f.store.complete_sign(job, b"env", "k", None).await.unwrap();
+        }
+    }
+    kinds.sort_by_key(|(kind, id)| (kind.as_str(), id.0));
+    let mut want = vec![
+        (JobKind::Push, one.id),
+        (JobKind::Resolve, templated.id),
+        (JobKind::Sign, one.id),
+        (JobKind::Sign, three.id),
+    ];
+    want.sort_by_key(|(kind, id)| (kind.as_str(), id.0));
+    assert_eq!(kinds, want);
 }
 
 /// The push of artifact `position` handed to the signer, with the tag lock `lock`.
