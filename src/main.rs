@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand};
 use attestd::App;
 use attestd::config::Settings;
 
+mod allocator;
+
+#[global_allocator]
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "attestd",
@@ -120,6 +125,10 @@ fn main() -> ExitCode {
     if let Command::PolicyEval = cli.command {
         // No runtime, no logging, no configuration: the child only reads stdin and writes stdout.
         return attestd::policy::run_child();
+    }
+    if let Err(e) = allocator::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     init_tracing();
     run_main(cli)

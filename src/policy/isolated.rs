@@ -211,6 +211,8 @@ impl Evaluator {
         command
             .arg("policy-eval")
             .env_clear()
+            // The child keeps the C library's allocator (see attestd's `allocator` module).
+            .env("ATTESTD_ALLOCATOR", "system")
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -67,6 +67,38 @@ fn generated_keys_are_cosign_format_and_never_overwritten_silently() {
     );
 }
 
+#[test]
+fn the_allocator_is_chosen_by_the_environment_and_an_unknown_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |allocator: &str, prefix: &str| {
+        Command::new(env!("CARGO_BIN_EXE_attestd"))
+            .args(["keys", "generate", "--output-key-prefix", prefix])
+            .current_dir(dir.path())
+            .env("COSIGN_PASSWORD", "correct horse battery staple")
+            .env("ATTESTD_ALLOCATOR", allocator)
+            .output()
+            .expect("run attestd")
+    };
+    for allocator in ["system", "jemalloc"] {
+        let out = run(allocator, allocator);
+        assert!(
+            out.status.success(),
+            "{allocator}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dir.path().join(format!("{allocator}.key")).exists());
+    }
+    let out = run("tcmalloc", "refused");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ATTESTD_ALLOCATOR=\"tcmalloc\"")
+            && stderr.contains("\"jemalloc\" (the default) or \"system\""),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("refused.key").exists(), "nothing written");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_exits_zero_one_or_two_with_a_clear_reason() {
     let reg = TestRegistry::anonymous().await;
