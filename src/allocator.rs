@@ -2,10 +2,11 @@
 //! `ATTESTD_ALLOCATOR=system`.
 //!
 //! jemalloc takes less CPU than glibc's malloc on attestd's request and job paths (see
-//! docs/PERFORMANCE.md). The `policy-eval` child is started with the system allocator: it runs
-//! under an address-space limit (RLIMIT_AS), and with jemalloc the test suite saw an infinitely
-//! recursive policy end the child with SIGSEGV where glibc's malloc lets it die of a stack
-//! overflow that is reported as one.
+//! docs/PERFORMANCE.md). The `policy-eval` child is started with the system allocator, so that an
+//! infinitely recursive policy always ends it with a stack overflow reported as one: in a debug
+//! build (the test suite's), jemalloc's unoptimized C code made the child die of a plain SIGSEGV
+//! instead, likely a frame of it stepping over the thread's one-page stack guard, which Rust's
+//! overflow report relies on. Release builds reported the overflow with either allocator.
 //!
 //! The choice is made at the first allocation, from the environment the process started with, and
 //! never changes, so every block is freed by the allocator that gave it.

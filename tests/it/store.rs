@@ -544,6 +544,19 @@ async fn signing(
     (e, sign)
 }
 
+/// A new execution whose two images come from templates (a resolve job is queued).
+async fn created_templated(f: &Fixture, pipeline_execution_id: &str) -> attestd::store::Execution {
+    match f
+        .store
+        .record_build(templated_execution(pipeline_execution_id))
+        .await
+        .unwrap()
+    {
+        Recorded::Created(e) => e,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
 /// A new execution of `images` images, signed by `worker`: its push jobs are queued.
 async fn signed(f: &Fixture, images: usize, worker: &str) -> attestd::store::Execution {
     let (e, sign) = signing(f, images, worker).await;
@@ -1366,15 +1379,7 @@ async fn a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_ki
     backend: Backend,
 ) {
     let f = fixture(backend).await;
-    let templated = match f
-        .store
-        .record_build(templated_execution("run-t"))
-        .await
-        .unwrap()
-    {
-        Recorded::Created(e) => e,
-        other => panic!("expected Created, got {other:?}"),
-    };
+    let templated = created_templated(&f, "run-t").await;
     let one = created_with(&f, "run-1", 1).await;
     let three = created_with(&f, "run-3", 3).await;
 
@@ -1622,15 +1627,7 @@ async fn summaries_list_the_same_page_with_artifact_counts_stored_at_ingest_or_c
 
 async fn an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give(backend: Backend) {
     let f = fixture(backend).await;
-    let templated = match f
-        .store
-        .record_build(templated_execution("run-t"))
-        .await
-        .unwrap()
-    {
-        Recorded::Created(e) => e,
-        other => panic!("expected Created, got {other:?}"),
-    };
+    let templated = created_templated(&f, "run-t").await;
     for (e, images) in [
         (created_with(&f, "run-1", 1).await, 1),
         (created_with(&f, "run-3", 3).await, 3),
