@@ -103,9 +103,6 @@ impl SqlStore {
         Ok(Recorded::Existing(execution))
     }
 
-    /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
-    /// reason on the job, its artifact and its execution. A cheap probe comes first (on a SQLite
-    /// reader): usually there is none, and no transaction is opened.
     /// Run a claim statement (`$1` owner, `$2` token, `$3` max reclaims, `$4` max attempts,
     /// `$5` lease, `$6` now), burying stopped jobs when they are due to be looked for: every
     /// [`BURY_EVERY`] while claims find work, and whenever one finds none.
@@ -144,6 +141,9 @@ impl SqlStore {
         Ok(rows)
     }
 
+    /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
+    /// reason on the job, its artifact and its execution. A cheap probe comes first (on a SQLite
+    /// reader): usually there is none, and no transaction is opened.
     async fn bury(&self, leasing: &Leasing) -> Result<(), StoreError> {
         self.bury_stopped_jobs(leasing).await?;
         if let Ok(mut at) = self.buried_at.lock() {

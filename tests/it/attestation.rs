@@ -553,3 +553,56 @@ async fn the_background_worker_attests_without_being_driven() {
     }
     app.app.shutdown.cancel();
 }
+
+/// A busy job loop keeps one PostgreSQL connection from job to job; once the queue is empty every
+/// loop gives it back, so an idle worker holds none of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_idle_job_loops_hold_no_connection_once_the_queue_is_drained() {
+    let reg = TestRegistry::anonymous().await;
+    let mut digests = Vec::new();
+    for tag in ["1.4.0", "1.5.0", "1.6.0"] {
+        digests.push(reg.push_image(REPO, tag).await);
+    }
+    let registry = reg.settings(PushFormat::Att);
+    let app = TestApp::spawn_with(Backend::Postgres, move |s| {
+        s.registries = vec![registry];
+        s.worker.enabled = true;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for (n, digest) in digests.iter().enumerate() {
+        ids.push(
+            app.record(&hook_for(&format!("run-{n}"), &reg.host(), digest))
+                .await,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        while execution(&app, id).await["attestation"]["state"] != "attested" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker did not attest in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Connections go back to the pool in the background (sqlx pings them first).
+    let in_use = || {
+        app.app
+            .store
+            .pool_stats()
+            .iter()
+            .map(|p| p.size - p.idle)
+            .sum::<u32>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while in_use() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connection(s) still taken by a worker with nothing to do",
+            in_use()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.app.shutdown.cancel();
+}
