@@ -62,50 +62,32 @@ pub fn check_env() -> Result<(), String> {
     }
 }
 
-// SAFETY: every call goes to one of two allocators, always the same one for the process's life
-// (see `decide`), so a block is freed or resized by the allocator that allocated it.
+/// The allocator every call goes to: always the same one for the process's life (see `decide`).
+#[inline]
+fn chosen() -> &'static dyn GlobalAlloc {
+    if system() { &System } else { &Jemalloc }
+}
+
+// SAFETY: every call goes to `chosen()`, so a block is freed or resized by the allocator that
+// allocated it, under that allocator's own contract.
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe {
-            if system() {
-                System.alloc(layout)
-            } else {
-                Jemalloc.alloc(layout)
-            }
-        }
+        unsafe { chosen().alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        unsafe {
-            if system() {
-                System.alloc_zeroed(layout)
-            } else {
-                Jemalloc.alloc_zeroed(layout)
-            }
-        }
+        unsafe { chosen().alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe {
-            if system() {
-                System.dealloc(ptr, layout)
-            } else {
-                Jemalloc.dealloc(ptr, layout)
-            }
-        }
+        unsafe { chosen().dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        unsafe {
-            if system() {
-                System.realloc(ptr, layout, new_size)
-            } else {
-                Jemalloc.realloc(ptr, layout, new_size)
-            }
-        }
+        unsafe { chosen().realloc(ptr, layout, new_size) }
     }
 }
