@@ -869,6 +869,17 @@ pub trait Store: Send + Sync {
         record: &PushRecord,
         lock: Option<&Lock>,
     ) -> Result<Option<Duration>, StoreError>;
+    /// [`Store::complete_push`], then, if the push was completed, the next job leased to `owner`
+    /// as [`Store::claim_job_to_run`] leases it: on PostgreSQL in the completion's own statement,
+    /// so a busy worker's completion and next claim are one round trip.
+    async fn complete_push_and_claim(
+        &self,
+        job: &Job,
+        record: &PushRecord,
+        lock: Option<&Lock>,
+        owner: &str,
+        leasing: &Leasing,
+    ) -> Result<(Option<Duration>, Option<Claimed>), StoreError>;
     /// Record a failed attempt: retried `retry_in` from now, or dead when `None`.
     async fn fail_job(
         &self,

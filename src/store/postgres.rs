@@ -59,11 +59,18 @@ pub static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::rende
 /// were before the claim, which does not change them.
 pub static CLAIM_TO_RUN: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH c AS ({}) SELECT {}, CASE WHEN COALESCE(a.position, 0) = 0 THEN e.statement END AS statement, \
-        c.id, c.kind, c.execution_id, c.artifact_position, c.attempts, c.lease_token, c.lease_owner \
-        FROM c LEFT JOIN executions e ON e.id = c.execution_id AND c.kind = 'sign' \
+        "WITH c AS ({}) SELECT {} FROM c LEFT JOIN executions e ON e.id = c.execution_id AND c.kind = 'sign' \
         LEFT JOIN artifacts a ON a.execution_id = e.id",
         sql::render(sql::CLAIM_JOB, marker),
+        *CLAIM_TO_RUN_COLUMNS
+    )
+});
+
+/// The columns of a claimed job `c` with, for a sign job, its execution `e` and artifacts `a`.
+static CLAIM_TO_RUN_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{}, CASE WHEN COALESCE(a.position, 0) = 0 THEN e.statement END AS statement, \
+        c.id, c.kind, c.execution_id, c.artifact_position, c.attempts, c.lease_token, c.lease_owner",
         *JOINED_COLUMNS
     )
 });
@@ -429,7 +436,8 @@ const COMPLETE_SIGN: &str = concat!(
 /// owner, `$11` token). `$4` position, `$5` attempts, `$6` reference, `$7` manifest digest, `$8`
 /// worker, `$12` the execution. Returns whether the job was finished (0 or 1), the state
 /// written, and the execution's receipt time if this statement attested it.
-const COMPLETE_PUSH: &str = concat!(
+macro_rules! complete_push_ctes {
+    () => { concat!(
     "WITH ",
     done_cte!(),
     ", pushed AS (UPDATE artifacts a SET push_state = 'pushed', push_attempts = $5, next_attempt_at = NULL, \
@@ -447,10 +455,60 @@ const COMPLETE_PUSH: &str = concat!(
         last_error = CASE WHEN s.state = 'attested' AND x.attested_at IS NULL THEN NULL ELSE x.last_error END \
         FROM s WHERE x.id = s.id AND x.id = $12 RETURNING x.received_at, x.attested_at), \
     unlocked AS (UPDATE locks SET expires_at = now() \
-        WHERE name = $9 AND owner = $10 AND token = $11 AND expires_at > now() AND EXISTS (SELECT 1 FROM done)) \
-    SELECT (SELECT COUNT(*) FROM done) AS done, (SELECT state FROM s) AS state, \
+        WHERE name = $9 AND owner = $10 AND token = $11 AND expires_at > now() AND EXISTS (SELECT 1 FROM done))"
+    ) };
+}
+
+/// What a push completion returns: whether the job was finished (0 or 1), the state written, and
+/// the execution's receipt time if this statement attested it.
+macro_rules! complete_push_outcome {
+    () => {
+        "(SELECT COUNT(*) FROM done) AS done, (SELECT state FROM s) AS state, \
         (SELECT received_at FROM e WHERE attested_at = $3) AS attested_from"
-);
+    };
+}
+
+const COMPLETE_PUSH: &str = concat!(complete_push_ctes!(), " SELECT ", complete_push_outcome!());
+
+/// [`COMPLETE_PUSH`], and once the job is finished, the next job claimed for `$13` owner (`$14`
+/// token, `$15` max reclaims, `$16` max attempts, `$17` lease) with its read, as [`CLAIM_TO_RUN`]
+/// returns them: a busy worker's push completion and next claim are one round trip. The
+/// completion's columns follow the job's, on every row.
+pub static COMPLETE_PUSH_AND_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    let claim = renumber(&sql::render(sql::CLAIM_JOB, marker), 12).replacen(
+        "WHERE id = COALESCE(",
+        "WHERE EXISTS (SELECT 1 FROM done) AND id = COALESCE(",
+        1,
+    );
+    assert!(claim.contains("EXISTS (SELECT 1 FROM done)"), "{claim}");
+    format!(
+        "{}, c AS ({claim}) SELECT {}, r.done, r.state, r.attested_from \
+        FROM (SELECT {}) r LEFT JOIN c ON true \
+        LEFT JOIN executions e ON e.id = c.execution_id AND c.kind = 'sign' \
+        LEFT JOIN artifacts a ON a.execution_id = e.id",
+        complete_push_ctes!(),
+        *CLAIM_TO_RUN_COLUMNS,
+        complete_push_outcome!()
+    )
+});
+
+/// `sql` with every parameter `$n` numbered `$n + by`.
+fn renumber(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// Promote an execution left `pushing` whose artifacts are all pushed by now: run after a push
 /// completion committed with `pushing`. Two pushes of one execution completing at once each see
@@ -642,21 +700,79 @@ pub async fn complete_push(
 ) -> Result<Option<Duration>, StoreError> {
     let now = OffsetDateTime::now_utc();
     let (done, state, attested_from): (i64, Option<String>, Option<OffsetDateTime>) =
-        sqlx::query_as(COMPLETE_PUSH)
-            .bind(job.id)
-            .bind(job.lease_token)
-            .bind(now)
-            .bind(job.artifact_position)
-            .bind(job.attempts)
-            .bind(&record.reference)
-            .bind(&record.manifest_digest)
-            .bind(&job.owner)
-            .bind(lock.map(|l| l.name.as_str()))
-            .bind(lock.map(|l| l.owner.as_str()))
-            .bind(lock.map(|l| l.token))
-            .bind(job.execution_id.0)
+        push_completion(COMPLETE_PUSH, job, record, lock, now)
             .fetch_one(&mut *conn)
-            .await?;
+            .await
+            .and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))?;
+    attested(conn, job, now, done, state, attested_from).await
+}
+
+/// [`complete_push`], then the next job claimed for `owner` in the same statement
+/// ([`COMPLETE_PUSH_AND_CLAIM`]): its rows as [`CLAIM_TO_RUN`] gives them (with NULL job
+/// columns when there was none to claim).
+pub async fn complete_push_and_claim(
+    conn: &mut PgConnection,
+    job: &Job,
+    record: &PushRecord,
+    lock: Option<&Lock>,
+    owner: &str,
+    leasing: &super::Leasing,
+) -> Result<(Option<Duration>, Vec<PgRow>), StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let rows = push_completion(&COMPLETE_PUSH_AND_CLAIM, job, record, lock, now)
+        .bind(owner)
+        .bind(Uuid::new_v4())
+        .bind(i64::from(leasing.max_reclaims))
+        .bind(i64::from(leasing.max_attempts))
+        .bind(millis(leasing.lease))
+        .fetch_all(&mut *conn)
+        .await?;
+    let at = CLAIM_TO_RUN_JOB_AT + 7;
+    let first = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("a push completion returned no row".into()))?;
+    let (done, state, attested_from) = (
+        first.try_get(at)?,
+        first.try_get(at + 1)?,
+        first.try_get(at + 2)?,
+    );
+    let attested = attested(conn, job, now, done, state, attested_from).await?;
+    Ok((attested, rows))
+}
+
+/// A push completion's statement with its parameters `$1`–`$12`.
+fn push_completion<'q>(
+    sql: &'static str,
+    job: &'q Job,
+    record: &'q PushRecord,
+    lock: Option<&'q Lock>,
+    now: OffsetDateTime,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(now)
+        .bind(job.artifact_position)
+        .bind(job.attempts)
+        .bind(&record.reference)
+        .bind(&record.manifest_digest)
+        .bind(&job.owner)
+        .bind(lock.map(|l| l.name.as_str()))
+        .bind(lock.map(|l| l.owner.as_str()))
+        .bind(lock.map(|l| l.token))
+        .bind(job.execution_id.0)
+}
+
+/// After a push completion: a lost lease, or the time from receipt to attestation if the push
+/// attested its execution, promoting one left `pushing` ([`PROMOTE_ATTESTED`]).
+async fn attested(
+    conn: &mut PgConnection,
+    job: &Job,
+    now: OffsetDateTime,
+    done: i64,
+    state: Option<String>,
+    attested_from: Option<OffsetDateTime>,
+) -> Result<Option<Duration>, StoreError> {
     if done == 0 {
         return Err(StoreError::LeaseLost(job.id));
     }

@@ -112,14 +112,7 @@ impl SqlStore {
         leasing: &Leasing,
         statement: &'static str,
     ) -> Result<Vec<Row>, StoreError> {
-        let due = self
-            .buried_at
-            .lock()
-            .map(|at| at.is_none_or(|at| at.elapsed() >= BURY_EVERY))
-            .unwrap_or(true);
-        if due {
-            self.bury(leasing).await?;
-        }
+        let due = self.bury_if_due(leasing).await?;
         let now = OffsetDateTime::now_utc();
         let rows = self
             .db
@@ -134,11 +127,36 @@ impl SqlStore {
                     .bind(Clock::Now(now)),
             )
             .await?;
-        // Idle: a stopped job may be what is left; bury it now rather than at the next probe.
-        if rows.is_empty() && !due {
+        self.bury_if_idle(!rows.is_empty(), due, leasing).await?;
+        Ok(rows)
+    }
+
+    /// Before a claim: bury stopped jobs if they are due to be looked for. Returns whether they
+    /// were.
+    async fn bury_if_due(&self, leasing: &Leasing) -> Result<bool, StoreError> {
+        let due = self
+            .buried_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= BURY_EVERY))
+            .unwrap_or(true);
+        if due {
             self.bury(leasing).await?;
         }
-        Ok(rows)
+        Ok(due)
+    }
+
+    /// After a claim that `found` a job or not: when idle, a stopped job may be what is left, so
+    /// it is buried now rather than at the next probe (unless that just happened).
+    async fn bury_if_idle(
+        &self,
+        found: bool,
+        due: bool,
+        leasing: &Leasing,
+    ) -> Result<(), StoreError> {
+        if !found && !due {
+            self.bury(leasing).await?;
+        }
+        Ok(())
     }
 
     /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
@@ -421,6 +439,28 @@ fn job_row_at(row: &Row, at: usize) -> Result<Job, StoreError> {
         lease_token: row.get(at + 5)?,
         owner: row.get::<Option<String>, _>(at + 6)?.unwrap_or_default(),
     })
+}
+
+/// The job a PostgreSQL claim leased with its read ([`postgres::CLAIM_TO_RUN`]), from its rows:
+/// none, or NULL job columns, when there was nothing to claim.
+fn claimed(rows: Vec<Row>) -> Result<Option<Claimed>, StoreError> {
+    let at = postgres::CLAIM_TO_RUN_JOB_AT;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    if first.get::<Option<i64>, _>(at)?.is_none() {
+        return Ok(None);
+    }
+    let job = job_row_at(first, at)?;
+    // The execution's columns are NULL beside a job of another kind or a vanished execution.
+    let to_sign = match first.get::<Option<Uuid>, _>(0)? {
+        Some(_) => {
+            let statement = first.get::<Option<Vec<u8>>, _>("statement")?;
+            joined(rows)?.pop().map(|e| (e, statement))
+        }
+        None => None,
+    };
+    Ok(Some(Claimed { job, to_sign }))
 }
 
 fn job_row(row: &Row) -> Result<Job, StoreError> {
@@ -804,19 +844,29 @@ impl Store for SqlStore {
             return Ok(Some(Claimed { job, to_sign }));
         }
         let rows = self.claim(owner, leasing, &postgres::CLAIM_TO_RUN).await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
+        claimed(rows)
+    }
+
+    async fn complete_push_and_claim(
+        &self,
+        job: &Job,
+        record: &PushRecord,
+        lock: Option<&Lock>,
+        owner: &str,
+        leasing: &Leasing,
+    ) -> Result<(Option<Duration>, Option<Claimed>), StoreError> {
+        let Db::Postgres(pg) = &self.db else {
+            let attested = self.complete_push(job, record, lock).await?;
+            return Ok((attested, self.claim_job_to_run(owner, leasing).await?));
         };
-        let job = job_row_at(first, postgres::CLAIM_TO_RUN_JOB_AT)?;
-        // The execution's columns are NULL beside a job of another kind or a vanished execution.
-        let to_sign = match first.get::<Option<Uuid>, _>(0)? {
-            Some(_) => {
-                let statement = first.get::<Option<Vec<u8>>, _>("statement")?;
-                joined(rows)?.pop().map(|e| (e, statement))
-            }
-            None => None,
-        };
-        Ok(Some(Claimed { job, to_sign }))
+        let due = self.bury_if_due(leasing).await?;
+        let (attested, rows) = with_conn!(pg, |c| postgres::complete_push_and_claim(
+            &mut c, job, record, lock, owner, leasing
+        )
+        .await)?;
+        let claimed = claimed(rows.into_iter().map(Row::Postgres).collect())?;
+        self.bury_if_idle(claimed.is_some(), due, leasing).await?;
+        Ok((attested, claimed))
     }
 
     async fn renew_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {

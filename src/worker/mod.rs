@@ -240,16 +240,11 @@ async fn run_one(
         return Ok(0);
     };
     let mut ran = 0;
-    let mut next = Some(Leased {
-        job,
-        to_sign,
-        read: None,
-        lock: None,
-    });
+    let mut next = Some(Leased::claimed(Claimed { job, to_sign }));
     while let Some(leased) = next.take() {
         if ran > 0 && app.shutdown.is_cancelled() {
             // A stopping worker starts nothing new: the handed-over push goes back to the queue.
-            if let Some(lock) = &leased.lock {
+            if let Some(lock) = &leased.given.lock {
                 unlock(store, lock).await;
             }
             store.release_job(&leased.job).await?;
@@ -272,6 +267,24 @@ fn keeps_connection(app: &App) -> bool {
 /// A job this worker holds the lease of, with what its predecessor already read and locked for it.
 struct Leased {
     job: Job,
+    given: Given,
+}
+
+impl Leased {
+    fn claimed(Claimed { job, to_sign }: Claimed) -> Self {
+        Self {
+            job,
+            given: Given {
+                to_sign,
+                ..Given::default()
+            },
+        }
+    }
+}
+
+/// What a job's claim or its predecessor already read and locked for it.
+#[derive(Default)]
+struct Given {
     /// A sign job's execution and statement, read with its claim.
     to_sign: Option<(Execution, Option<Vec<u8>>)>,
     read: Option<Prefetched>,
@@ -291,17 +304,11 @@ async fn run_job(
     owner: &str,
     hard_stop: Option<&CancellationToken>,
     leasing: &Leasing,
-    Leased {
-        job,
-        to_sign,
-        read,
-        lock,
-    }: Leased,
+    Leased { job, given }: Leased,
 ) -> Result<Option<Leased>, StoreError> {
     crate::metrics::job_attempt(job.kind.as_str());
     let span = tracing::info_span!("job", worker.id = owner, job.id = job.id, job.kind = job.kind.as_str(), execution.id = %job.execution_id, job.attempt = job.attempts);
-    let attempt =
-        AssertUnwindSafe(execute(app, store, &job, owner, to_sign, read, lock)).catch_unwind();
+    let attempt = AssertUnwindSafe(execute(app, store, &job, owner, leasing, given)).catch_unwind();
     let stopped = async {
         match hard_stop {
             Some(stop) => stop.cancelled().await,
@@ -408,16 +415,19 @@ async fn execute(
     store: &dyn Store,
     job: &Job,
     owner: &str,
-    to_sign: Option<(Execution, Option<Vec<u8>>)>,
-    read: Option<Prefetched>,
-    lock: Option<Lock>,
+    leasing: &Leasing,
+    Given {
+        to_sign,
+        read,
+        lock,
+    }: Given,
 ) -> Result<Option<Leased>, Failure> {
     match job.kind {
         JobKind::Resolve => resolve(app, store, job).await.map(|()| None),
         JobKind::Sign => sign(app, store, job, to_sign).await,
-        JobKind::Push => push(app, store, job, owner, read, lock)
-            .await
-            .map(|()| None),
+        JobKind::Push => Ok(push(app, store, job, owner, leasing, read, lock)
+            .await?
+            .map(Leased::claimed)),
     }
 }
 
@@ -598,10 +608,12 @@ async fn sign(
                 }
             });
             Ok(signed.push.map(|job| Leased {
-                to_sign: None,
                 job,
-                read,
-                lock: signed.lock,
+                given: Given {
+                    to_sign: None,
+                    read,
+                    lock: signed.lock,
+                },
             }))
         }
         // Another worker took the job over; its envelope (or the first stored) wins.
@@ -625,9 +637,10 @@ async fn push(
     store: &dyn Store,
     job: &Job,
     owner: &str,
+    leasing: &Leasing,
     read: Option<Prefetched>,
     handed_lock: Option<Lock>,
-) -> Result<(), Failure> {
+) -> Result<Option<Claimed>, Failure> {
     let target = async {
         let (execution, envelope) = match read {
             Some(read) => (read.execution, read.envelope),
@@ -741,18 +754,29 @@ async fn push(
         reference: outcome.reference,
         manifest_digest: outcome.manifest_digest,
     };
-    match store.complete_push(job, &record, Some(&lock)).await {
-        Ok(attested) => {
+    // A running worker claims its next job in the same write; a stopping one claims nothing.
+    let completed = if app.shutdown.is_cancelled() {
+        store
+            .complete_push(job, &record, Some(&lock))
+            .await
+            .map(|attested| (attested, None))
+    } else {
+        store
+            .complete_push_and_claim(job, &record, Some(&lock), owner, leasing)
+            .await
+    };
+    match completed {
+        Ok((attested, next)) => {
             if let Some(after) = attested {
                 crate::metrics::attested(after);
             }
-            Ok(())
+            Ok(next)
         }
         Err(e) => {
-            // Nothing was written, the lock's release included.
+            // Nothing was written, the lock's release included, and nothing was claimed.
             unlock(store, &lock).await;
             match e {
-                StoreError::LeaseLost(_) => Ok(()),
+                StoreError::LeaseLost(_) => Ok(None),
                 e => Err(e.into()),
             }
         }

@@ -42,6 +42,7 @@ backend_tests!(
     an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give,
     a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_lock,
     a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_kinds_without,
+    a_push_completion_claims_the_next_job_only_once_it_finished_its_own,
 );
 
 struct Fixture {
@@ -1419,6 +1420,102 @@ async fn a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_ki
     ];
     want.sort_by_key(|(kind, id)| (kind.as_str(), id.0));
     assert_eq!(kinds, want);
+}
+
+async fn a_push_completion_claims_the_next_job_only_once_it_finished_its_own(backend: Backend) {
+    let f = fixture(backend).await;
+    let two = signed(&f, 2, "signer").await;
+    let record = PushRecord {
+        reference: "r".into(),
+        manifest_digest: "sha256:00".into(),
+    };
+    let first = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    assert_eq!((first.kind, first.execution_id), (JobKind::Push, two.id));
+    let waiting = created_with(&f, "run-2", 1).await;
+
+    // The completion records the push and leases the next due job, the other push, to "w".
+    let (attested, next) = f
+        .store
+        .complete_push_and_claim(&first, &record, None, "w", &LEASING)
+        .await
+        .unwrap();
+    assert!(attested.is_none(), "one artifact is still to push");
+    let second = next.expect("the next job").job;
+    assert_eq!((second.kind, second.execution_id), (JobKind::Push, two.id));
+    assert_ne!(second.artifact_position, first.artifact_position);
+    assert_eq!(second.owner, "w");
+    assert!(f.store.renew_lease(&second, LEASING.lease).await.unwrap());
+    let e = f.store.execution(two.id).await.unwrap().unwrap();
+    let pushed = |e: &attestd::store::Execution, p: Option<i32>| {
+        e.artifacts
+            .iter()
+            .find(|a| Some(a.position) == p)
+            .unwrap()
+            .push_state
+            == PushState::Pushed
+    };
+    assert!(pushed(&e, first.artifact_position) && !pushed(&e, second.artifact_position));
+
+    // The last push attests its execution, and the next job is a sign job with its read.
+    let (attested, next) = f
+        .store
+        .complete_push_and_claim(&second, &record, None, "w", &LEASING)
+        .await
+        .unwrap();
+    assert!(attested.is_some(), "the execution is attested");
+    let sign = next.expect("the sign job");
+    assert_eq!(
+        (sign.job.kind, sign.job.execution_id),
+        (JobKind::Sign, waiting.id)
+    );
+    assert_eq!(
+        sign.to_sign,
+        f.store.execution_with_statement(waiting.id).await.unwrap()
+    );
+
+    // A completion whose lease was taken over writes nothing and claims nothing.
+    f.store
+        .complete_sign(&sign.job, b"env", "k", None)
+        .await
+        .unwrap();
+    let push = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
+    expire_lease(&f, &push).await;
+    let theirs = f.store.claim_job("other", &LEASING).await.unwrap().unwrap();
+    assert_eq!(theirs.id, push.id);
+    let queued = created_with(&f, "run-3", 1).await;
+    let lost = f
+        .store
+        .complete_push_and_claim(&push, &record, None, "w", &LEASING)
+        .await;
+    assert!(matches!(lost, Err(StoreError::LeaseLost(_))), "{lost:?}");
+    assert_eq!(
+        f.db.count("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND lease_owner = 'w'")
+            .await,
+        0,
+        "nothing leased to the loser"
+    );
+    let e = f.store.execution(waiting.id).await.unwrap().unwrap();
+    assert_eq!(e.artifacts[0].push_state, PushState::Pending, "{e:?}");
+
+    // The winner's completion claims the job left queued, and then finds none.
+    let (_, next) = f
+        .store
+        .complete_push_and_claim(&theirs, &record, None, "other", &LEASING)
+        .await
+        .unwrap();
+    let last = next.expect("run-3's sign job").job;
+    assert_eq!(last.execution_id, queued.id);
+    f.store
+        .complete_sign(&last, b"env", "k", None)
+        .await
+        .unwrap();
+    let final_push = f.store.claim_job("other", &LEASING).await.unwrap().unwrap();
+    let (_, none) = f
+        .store
+        .complete_push_and_claim(&final_push, &record, None, "other", &LEASING)
+        .await
+        .unwrap();
+    assert!(none.is_none(), "nothing left to claim");
 }
 
 /// The push of artifact `position` handed to the signer, with the tag lock `lock`.
