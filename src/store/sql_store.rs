@@ -2,8 +2,8 @@
 //! between them is behind [`super::dialect`] (connections, encodings, the clock) and the markers
 //! of [`super::sql`]; written per dialect are only ingest's insert ([`Db::insert_build`],
 //! [`Db::insert_builds`]) and, on PostgreSQL, completing a job in one statement (SQLite runs the
-//! shared transaction here) and claiming a sign job with its execution in one statement (SQLite
-//! reads it after the claim).
+//! shared transaction here) and claiming a sign job with its execution in one statement, on its
+//! own or with a push completion (SQLite reads it after the claim, and claims after completing).
 
 use std::time::Duration;
 
