@@ -1429,16 +1429,17 @@ async fn a_push_completion_claims_the_next_job_only_once_it_finished_its_own(bac
         reference: "r".into(),
         manifest_digest: "sha256:00".into(),
     };
+    let complete = async |job: &attestd::store::Job, owner: &str| {
+        f.store
+            .complete_push_and_claim(job, &record, None, owner, &LEASING)
+            .await
+    };
     let first = f.store.claim_job("w", &LEASING).await.unwrap().unwrap();
     assert_eq!((first.kind, first.execution_id), (JobKind::Push, two.id));
     let waiting = created_with(&f, "run-2", 1).await;
 
     // The completion records the push and leases the next due job, the other push, to "w".
-    let (attested, next) = f
-        .store
-        .complete_push_and_claim(&first, &record, None, "w", &LEASING)
-        .await
-        .unwrap();
+    let (attested, next) = complete(&first, "w").await.unwrap();
     assert!(attested.is_none(), "one artifact is still to push");
     let second = next.expect("the next job").job;
     assert_eq!((second.kind, second.execution_id), (JobKind::Push, two.id));
@@ -1457,11 +1458,7 @@ async fn a_push_completion_claims_the_next_job_only_once_it_finished_its_own(bac
     assert!(pushed(&e, first.artifact_position) && !pushed(&e, second.artifact_position));
 
     // The last push attests its execution, and the next job is a sign job with its read.
-    let (attested, next) = f
-        .store
-        .complete_push_and_claim(&second, &record, None, "w", &LEASING)
-        .await
-        .unwrap();
+    let (attested, next) = complete(&second, "w").await.unwrap();
     assert!(attested.is_some(), "the execution is attested");
     let sign = next.expect("the sign job");
     assert_eq!(
@@ -1483,10 +1480,7 @@ async fn a_push_completion_claims_the_next_job_only_once_it_finished_its_own(bac
     let theirs = f.store.claim_job("other", &LEASING).await.unwrap().unwrap();
     assert_eq!(theirs.id, push.id);
     let queued = created_with(&f, "run-3", 1).await;
-    let lost = f
-        .store
-        .complete_push_and_claim(&push, &record, None, "w", &LEASING)
-        .await;
+    let lost = complete(&push, "w").await;
     assert!(matches!(lost, Err(StoreError::LeaseLost(_))), "{lost:?}");
     assert_eq!(
         f.db.count("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND lease_owner = 'w'")
@@ -1498,11 +1492,7 @@ async fn a_push_completion_claims_the_next_job_only_once_it_finished_its_own(bac
     assert_eq!(e.artifacts[0].push_state, PushState::Pending, "{e:?}");
 
     // The winner's completion claims the job left queued, and then finds none.
-    let (_, next) = f
-        .store
-        .complete_push_and_claim(&theirs, &record, None, "other", &LEASING)
-        .await
-        .unwrap();
+    let (_, next) = complete(&theirs, "other").await.unwrap();
     let last = next.expect("run-3's sign job").job;
     assert_eq!(last.execution_id, queued.id);
     f.store
@@ -1510,11 +1500,7 @@ async fn a_push_completion_claims_the_next_job_only_once_it_finished_its_own(bac
         .await
         .unwrap();
     let final_push = f.store.claim_job("other", &LEASING).await.unwrap().unwrap();
-    let (_, none) = f
-        .store
-        .complete_push_and_claim(&final_push, &record, None, "other", &LEASING)
-        .await
-        .unwrap();
+    let (_, none) = complete(&final_push, "other").await.unwrap();
     assert!(none.is_none(), "nothing left to claim");
 }
 
