@@ -227,8 +227,8 @@ fn leasing(app: &App) -> Leasing {
     }
 }
 
-/// Claim one job and run it to an outcome, then the push its sign job handed this worker, if
-/// any. Returns how many jobs ran: 0 when nothing was due.
+/// Claim one job and run it to an outcome, then the push its sign job handed this worker or the
+/// job its push completion claimed, and so on. Returns how many jobs ran: 0 when nothing was due.
 async fn run_one(
     app: &App,
     store: &dyn Store,
@@ -243,7 +243,8 @@ async fn run_one(
     let mut next = Some(Leased::claimed(Claimed { job, to_sign }));
     while let Some(leased) = next.take() {
         if ran > 0 && app.shutdown.is_cancelled() {
-            // A stopping worker starts nothing new: the handed-over push goes back to the queue.
+            // A stopping worker starts nothing new: the handed-over push, or the job a push
+            // completion claimed, goes back to the queue.
             if let Some(lock) = &leased.given.lock {
                 unlock(store, lock).await;
             }
