@@ -112,7 +112,10 @@ impl SqlStore {
         leasing: &Leasing,
         statement: &'static str,
     ) -> Result<Vec<Row>, StoreError> {
-        let due = self.bury_if_due(leasing).await?;
+        let due = self.bury_due();
+        if due {
+            self.bury(leasing).await?;
+        }
         let now = OffsetDateTime::now_utc();
         let rows = self
             .db
@@ -127,36 +130,19 @@ impl SqlStore {
                     .bind(Clock::Now(now)),
             )
             .await?;
-        self.bury_if_idle(!rows.is_empty(), due, leasing).await?;
+        // Idle: a stopped job may be what is left; bury it now rather than at the next probe.
+        if rows.is_empty() && !due {
+            self.bury(leasing).await?;
+        }
         Ok(rows)
     }
 
-    /// Before a claim: bury stopped jobs if they are due to be looked for. Returns whether they
-    /// were.
-    async fn bury_if_due(&self, leasing: &Leasing) -> Result<bool, StoreError> {
-        let due = self
-            .buried_at
+    /// Whether stopped jobs are due to be looked for ([`BURY_EVERY`]).
+    fn bury_due(&self) -> bool {
+        self.buried_at
             .lock()
             .map(|at| at.is_none_or(|at| at.elapsed() >= BURY_EVERY))
-            .unwrap_or(true);
-        if due {
-            self.bury(leasing).await?;
-        }
-        Ok(due)
-    }
-
-    /// After a claim that `found` a job or not: when idle, a stopped job may be what is left, so
-    /// it is buried now rather than at the next probe (unless that just happened).
-    async fn bury_if_idle(
-        &self,
-        found: bool,
-        due: bool,
-        leasing: &Leasing,
-    ) -> Result<(), StoreError> {
-        if !found && !due {
-            self.bury(leasing).await?;
-        }
-        Ok(())
+            .unwrap_or(true)
     }
 
     /// Mark dead the jobs whose lease expired once too often ([`stopped_for_good`]), with the
@@ -825,7 +811,7 @@ impl Store for SqlStore {
 
     async fn claim_job(&self, owner: &str, leasing: &Leasing) -> Result<Option<Job>, StoreError> {
         let rows = self.claim(owner, leasing, &self.db.sql().claim_job).await?;
-        rows.first().map(|row| job_row_at(row, 0)).transpose()
+        rows.first().map(job_row).transpose()
     }
 
     async fn claim_job_to_run(
@@ -859,13 +845,18 @@ impl Store for SqlStore {
             let attested = self.complete_push(job, record, lock).await?;
             return Ok((attested, self.claim_job_to_run(owner, leasing).await?));
         };
-        let due = self.bury_if_due(leasing).await?;
         let (attested, rows) = with_conn!(pg, |c| postgres::complete_push_and_claim(
             &mut c, job, record, lock, owner, leasing
         )
         .await)?;
         let claimed = claimed(rows.into_iter().map(Row::Postgres).collect())?;
-        self.bury_if_idle(claimed.is_some(), due, leasing).await?;
+        // Burying stopped jobs comes after the completion here: it is housekeeping, and its
+        // failure must neither undo a completed push nor strand the job just claimed.
+        if (claimed.is_none() || self.bury_due())
+            && let Err(e) = self.bury(leasing).await
+        {
+            tracing::warn!(error = %e, "looking for stopped jobs failed; the next claim looks again");
+        }
         Ok((attested, claimed))
     }
 
