@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::domain::scope::{RepositoryPattern, RepositoryScope};
 use crate::domain::template::ImageTemplate;
 use crate::http::auth::{Reader, Tokens};
+use crate::http::settled::SettledReads;
 use crate::ingest::group_commit::GroupCommit;
 use crate::ingest::{WebhookSource, WebhookSources};
 use crate::policy::isolated::Evaluator;
@@ -43,6 +44,8 @@ pub struct App {
     pub jobs_queued: Notify,
     /// Records webhooks in small batches, one commit each (`[ingest]`).
     pub group_commit: GroupCommit,
+    /// Responses of what can no longer change (`server.read_cache_mib`).
+    pub settled: SettledReads,
     pub shutdown: CancellationToken,
     /// Faults tests inject into the worker; attestd never sets any.
     pub faults: crate::worker::Faults,
@@ -122,6 +125,7 @@ impl App {
         let group_commit = GroupCommit::start(store.clone(), &settings.ingest, &settings.database);
         Ok(Self {
             group_commit,
+            settled: SettledReads::new(settings.server.read_cache_mib),
             settings,
             store,
             sources,

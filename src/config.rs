@@ -50,6 +50,8 @@ pub struct ServerSettings {
     pub max_in_flight_webhooks: usize,
     pub max_in_flight_reads: usize,
     pub max_in_flight_verify: usize,
+    /// MiB of responses of settled executions kept in memory (`0`: none).
+    pub read_cache_mib: u64,
 }
 
 /// What one attestd process runs (`server.role`). API and worker processes coordinate only
@@ -901,6 +903,7 @@ impl Settings {
                 "max_in_flight_webhooks": self.server.max_in_flight_webhooks,
                 "max_in_flight_reads": self.server.max_in_flight_reads,
                 "max_in_flight_verify": self.server.max_in_flight_verify,
+                "read_cache_mib": self.server.read_cache_mib,
             },
             "database": {
                 "url": db,

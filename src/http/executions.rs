@@ -3,18 +3,20 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::Reader;
+use super::settled::{self, Body};
 use super::views::{ExecutionSummaryView, ExecutionView, json_response};
 use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
-use crate::store::{AttestationState, Document, Execution, ExecutionFilter, StoredDocument};
+use crate::store::{AttestationState, Document, Execution, ExecutionFilter};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -250,19 +252,56 @@ pub async fn readable_execution(
     }
 }
 
-/// An execution's statement or envelope in one read, if the execution exists and `reader` may
-/// see it; otherwise the same 404 as [`readable_execution`].
-async fn readable_document(
+/// An execution's statement or envelope (exact stored bytes) with its content type and file
+/// name, kept once read (both are written once), if the execution exists, has the document and
+/// `reader` may see it; otherwise the 404 of a missing execution or of a missing document.
+async fn document_response(
     state: &AppState,
     reader: &Reader,
     id: &str,
     which: Document,
-) -> Result<(ExecutionId, StoredDocument), ApiError> {
+) -> Result<Response, ApiError> {
     let id: ExecutionId = id.parse().map_err(|_| ApiError::execution_not_found())?;
-    match state.store.document(id, which).await? {
-        Some(doc) if reader.can_read(&doc.account) => Ok((id, doc)),
-        _ => Err(ApiError::execution_not_found()),
+    let (body, content_type, filename) = match which {
+        Document::Statement => (
+            Body::Statement,
+            "application/vnd.in-toto+json",
+            format!("{id}.intoto.json"),
+        ),
+        Document::Envelope => (
+            Body::Envelope,
+            "application/vnd.dsse.envelope.v1+json",
+            format!("{id}.dsse.json"),
+        ),
+    };
+    if let Some(bytes) = state.settled.get(id, body, reader) {
+        return Ok(settled::document(bytes, content_type, &filename));
     }
+    let doc = match state.store.document(id, which).await? {
+        Some(doc) if reader.can_read(&doc.account) => doc,
+        _ => return Err(ApiError::execution_not_found()),
+    };
+    let Some(bytes) = doc.bytes else {
+        return Err(match which {
+            Document::Statement => ApiError::NotFound(
+                "provenance_not_found",
+                format!(
+                    "execution {id} has no provenance: the build {}",
+                    doc.status.as_str()
+                ),
+            ),
+            Document::Envelope => ApiError::NotFound(
+                "attestation_not_found",
+                format!(
+                    "execution {id} has no signed attestation yet (state: {})",
+                    doc.attestation.as_str()
+                ),
+            ),
+        });
+    };
+    let bytes = Bytes::from(bytes);
+    state.settled.keep(id, body, &doc.account, &bytes);
+    Ok(settled::document(bytes, content_type, &filename))
 }
 
 #[utoipa::path(
@@ -281,27 +320,22 @@ pub async fn get_execution(
     reader: Reader,
     Path(execution_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id: ExecutionId = execution_id
+        .parse()
+        .map_err(|_| ApiError::execution_not_found())?;
+    if let Some(bytes) = state.settled.get(id, Body::Execution, &reader) {
+        return Ok(settled::json(bytes));
+    }
     let e = readable_execution(&state, &reader, &execution_id).await?;
-    let artifacts = e.artifacts.len();
-    json_response(
-        &ExecutionView::new(e, &state.public_url),
-        1024 + 512 * artifacts,
-    )
-}
-
-fn raw_json(bytes: Vec<u8>, content_type: &'static str, filename: String) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, content_type.to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{filename}\""),
-            ),
-        ],
-        bytes,
-    )
-        .into_response()
+    let settled = e.is_settled().then(|| (e.id, e.account.clone()));
+    let mut body = Vec::with_capacity(1024 + 512 * e.artifacts.len());
+    serde_json::to_writer(&mut body, &ExecutionView::new(e, &state.public_url))
+        .map_err(|err| ApiError::Internal(err.into()))?;
+    let body = Bytes::from(body);
+    if let Some((id, account)) = settled {
+        state.settled.keep(id, Body::Execution, &account, &body);
+    }
+    Ok(settled::json(body))
 }
 
 #[utoipa::path(
@@ -320,21 +354,7 @@ pub async fn get_provenance(
     reader: Reader,
     Path(execution_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (id, doc) = readable_document(&state, &reader, &execution_id, Document::Statement).await?;
-    let bytes = doc.bytes.ok_or_else(|| {
-        ApiError::NotFound(
-            "provenance_not_found",
-            format!(
-                "execution {id} has no provenance: the build {}",
-                doc.status.as_str()
-            ),
-        )
-    })?;
-    Ok(raw_json(
-        bytes,
-        "application/vnd.in-toto+json",
-        format!("{id}.intoto.json"),
-    ))
+    document_response(&state, &reader, &execution_id, Document::Statement).await
 }
 
 #[utoipa::path(
@@ -353,21 +373,7 @@ pub async fn get_attestation(
     reader: Reader,
     Path(execution_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (id, doc) = readable_document(&state, &reader, &execution_id, Document::Envelope).await?;
-    let bytes = doc.bytes.ok_or_else(|| {
-        ApiError::NotFound(
-            "attestation_not_found",
-            format!(
-                "execution {id} has no signed attestation yet (state: {})",
-                doc.attestation.as_str()
-            ),
-        )
-    })?;
-    Ok(raw_json(
-        bytes,
-        "application/vnd.dsse.envelope.v1+json",
-        format!("{id}.dsse.json"),
-    ))
+    document_response(&state, &reader, &execution_id, Document::Envelope).await
 }
 
 /// Re-drive dead or backing-off jobs of an execution with the same stored envelope.

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod observe;
 pub mod roles;
 pub mod server;
+pub mod settled;
 pub mod stats;
 pub mod ui;
 pub mod verify;

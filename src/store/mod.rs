@@ -317,6 +317,27 @@ pub type ExecutionSummary = Execution<ArtifactCount>;
 pub struct ArtifactCount(pub u32);
 
 impl Execution {
+    /// Whether nothing can change this record any more, so a copy of it stays true: a build that
+    /// did not succeed (nothing to attest, no job), or an attestation pushed to every artifact's
+    /// registry and stamped `attested_at`. Every later write leaves such a row as it is: the
+    /// statement and the envelope are written once, pushed artifacts have no job left to fail or
+    /// re-drive, and `retry_execution` finds nothing to re-queue. (An execution is `attested`
+    /// for a moment before its `attested_at` is written on SQLite: not settled yet.)
+    pub fn is_settled(&self) -> bool {
+        self.last_error.is_none()
+            && match self.attestation {
+                AttestationState::Skipped => true,
+                AttestationState::Attested => {
+                    self.attested_at.is_some()
+                        && self
+                            .artifacts
+                            .iter()
+                            .all(|a| a.push_state == PushState::Pushed && a.last_error.is_none())
+                }
+                _ => false,
+            }
+    }
+
     /// The record exactly as `record_build` has just stored it, without reading it back.
     fn recorded(new: &NewExecution) -> Self {
         let b = &new.build;

@@ -18,6 +18,8 @@ backend_tests!(
     unlisted_registry_host_is_refused_at_ingest,
     failed_build_is_recorded_without_attestation_work,
     other_accounts_executions_look_missing_on_every_read_route,
+    kept_responses_are_never_given_to_another_account,
+    settled_executions_are_read_from_the_database_once_and_the_rest_every_time,
     reads_need_a_token,
     lists_filter_and_page_with_a_cursor,
     basic_view_pages_like_the_full_view_with_artifact_counts_instead_of_artifacts,
@@ -406,6 +408,119 @@ async fn other_accounts_executions_look_missing_on_every_read_route(backend: Bac
         .await
         .unwrap();
     assert_eq!(admin["id"], id.as_str());
+}
+
+async fn kept_responses_are_never_given_to_another_account(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut failed = webhook("run-failed");
+    failed["status"] = json!("failed");
+    let settled = app.record(&failed).await;
+    let signed = app.record(&webhook("run-1")).await;
+    app.app.run_pending_jobs().await.unwrap();
+    // acme reads everything first, so whatever attestd keeps in memory is kept now: the failed
+    // build's execution, the other's statement and envelope.
+    let routes = [
+        format!("/v1/executions/{settled}"),
+        format!("/v1/executions/{signed}/provenance"),
+        format!("/v1/executions/{signed}/attestation"),
+    ];
+    let mut own = Vec::new();
+    for path in &routes {
+        let resp = app.get(path, TOKEN).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        own.push(resp.bytes().await.unwrap());
+    }
+    let missing = uuid::Uuid::now_v7();
+    for (path, suffix) in routes.iter().zip(["", "/provenance", "/attestation"]) {
+        let theirs = app.get(path, OTHER_TOKEN).await;
+        assert_eq!(theirs.status(), 404, "globex reading {path}");
+        let theirs: Value = theirs.json().await.unwrap();
+        let absent: Value = app
+            .get(&format!("/v1/executions/{missing}{suffix}"), OTHER_TOKEN)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            theirs, absent,
+            "another account's kept response must look exactly like a missing one ({path})"
+        );
+    }
+    for (path, own) in routes.iter().zip(&own) {
+        let admin = app.get(path, ADMIN_TOKEN).await;
+        assert_eq!(admin.status(), 200, "{path}");
+        assert_eq!(&admin.bytes().await.unwrap(), own, "the admin reads {path}");
+    }
+}
+
+/// GET an execution as acme: its status and body.
+async fn read(app: &TestApp, path: &str) -> (u16, Value) {
+    let resp = app.get(path, TOKEN).await;
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn settled_executions_are_read_from_the_database_once_and_the_rest_every_time(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let mut failed = webhook("run-failed");
+    failed["status"] = json!("failed");
+    let settled = format!("/v1/executions/{}", app.record(&failed).await);
+    let pending = format!("/v1/executions/{}", app.record(&webhook("run-1")).await);
+    let (_, first) = read(&app, &settled).await;
+    assert_eq!(first["attestation"]["state"], "skipped");
+    let (_, e) = read(&app, &pending).await;
+    assert_eq!(e["attestation"]["state"], "pending");
+    let statement = app.get(&format!("{pending}/provenance"), TOKEN).await;
+    assert_eq!(statement.status(), 200);
+    let statement = statement.bytes().await.unwrap();
+    let (status, unsigned) = read(&app, &format!("{pending}/attestation")).await;
+    assert_eq!(
+        (status, unsigned["error"]["code"].as_str()),
+        (404, Some("attestation_not_found"))
+    );
+
+    // A change no write of attestd makes (a settled row is never written again), made behind
+    // its back to tell the reads that went to the database from those that did not.
+    let rewritten = app
+        .db
+        .execute(
+            "UPDATE executions SET branch = 'rewritten' \
+             WHERE pipeline_execution_id IN ('run-failed', 'run-1')",
+        )
+        .await;
+    assert_eq!(rewritten, 2);
+    assert_eq!(
+        read(&app, &settled).await.1,
+        first,
+        "a settled execution is answered as first read"
+    );
+    let (_, e) = read(&app, &pending).await;
+    assert_eq!(
+        e["branch"], "rewritten",
+        "an execution that can still change is read from the database every time"
+    );
+
+    // The worker signs: the pending execution moves on, and its envelope appears.
+    app.app.run_pending_jobs().await.unwrap();
+    let (_, e) = read(&app, &pending).await;
+    assert_ne!(e["attestation"]["state"], "pending", "{e}");
+    assert!(e["attestation"]["signedAt"].is_string(), "{e}");
+    let (status, envelope) = read(&app, &format!("{pending}/attestation")).await;
+    assert_eq!(status, 200, "{envelope}");
+    assert!(envelope["signatures"][0]["sig"].is_string(), "{envelope}");
+    let again = app.get(&format!("{pending}/provenance"), TOKEN).await;
+    assert_eq!(again.bytes().await.unwrap(), statement);
+
+    // With `server.read_cache_mib = 0` every read goes to the database.
+    let app = app.restart_with(|s| s.server.read_cache_mib = 0).await;
+    assert_eq!(read(&app, &settled).await.1["branch"], "rewritten");
+    app.db
+        .execute(
+            "UPDATE executions SET branch = 'again' WHERE pipeline_execution_id = 'run-failed'",
+        )
+        .await;
+    assert_eq!(read(&app, &settled).await.1["branch"], "again");
 }
 
 async fn reads_need_a_token(backend: Backend) {

@@ -382,6 +382,13 @@ async fn image_pushed_after_the_webhook_is_attested_on_a_later_attempt(backend: 
     assert_eq!(layers[0].1, app.attestation(id).await);
     let (_, pem) = dev_public_key(&app).await;
     assert!(python_verifies(&layers[0].1, &pem));
+
+    // Attested everywhere, it is settled: read from the database no more (a change behind
+    // attestd's back, which no write of its own makes, tells).
+    app.db
+        .execute("UPDATE executions SET branch = 'rewritten' WHERE pipeline_execution_id = 'run-1'")
+        .await;
+    assert_eq!(execution(&app, id).await, e);
 }
 
 async fn registry_outage_is_retried_until_the_registry_is_back(backend: Backend) {
