@@ -2,12 +2,15 @@
 //! attestd and prints throughput and latency percentiles. Driven by `scripts/bench/ingest`.
 //!
 //! `cargo run --release --example bench_ingest -- <url> <secret> <account> <requests> <concurrency>`
+//!
+//! `BENCH_STATUS` sets the builds' status (default `succeeded`; `failed` records builds with
+//! nothing to attest).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn body(account: &str, n: usize) -> String {
+fn body(account: &str, status: &str, n: usize) -> String {
     serde_json::json!({
         "schemaVersion": 1,
         "accountId": account,
@@ -22,7 +25,7 @@ fn body(account: &str, n: usize) -> String {
         "builderVersion": {"ci": "2.4.1", "buildkit": "0.17.0"},
         "startedOn": "2026-11-25T10:00:00Z",
         "finishedOn": "2026-11-25T10:04:31Z",
-        "status": "succeeded",
+        "status": status,
         "artifacts": [{"image": "localhost:5000/acme/bench-app:1.0", "digest": format!("sha256:{:064x}", n)}]
     })
     .to_string()
@@ -42,6 +45,7 @@ async fn main() {
     };
     let requests: usize = requests.parse().expect("requests");
     let concurrency: usize = concurrency.parse().expect("concurrency");
+    let status = std::env::var("BENCH_STATUS").unwrap_or_else(|_| "succeeded".into());
     let endpoint = format!("{}/v1/webhooks/build", url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -51,7 +55,7 @@ async fn main() {
     let bodies: Arc<Vec<(String, String)>> = Arc::new(
         (0..requests)
             .map(|n| {
-                let b = body(account, n);
+                let b = body(account, &status, n);
                 let sig = attestd::ingest::signature::sign(secret.as_bytes(), b.as_bytes());
                 (b, sig)
             })

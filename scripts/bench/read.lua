@@ -1,6 +1,8 @@
 -- wrk script for scripts/bench/read: every request reads a random execution of the ids file.
--- wrk <url> -s read.lua -- <ids-file> <execution|provenance|list|list-basic> <token>
--- list-basic is list's page in the basic view (view=basic: artifact counts, not artifacts).
+-- wrk <url> -s read.lua -- <ids-file> <mode> <token>, mode one of execution, provenance, list,
+-- list-basic (the list's page in the basic view: artifact counts, not artifacts), and settled,
+-- settled-list, settled-basic: the same reads of settled executions (scripts/bench/read gives
+-- each mode its ids).
 -- It prints one line; scripts/bench/read fails the run unless its "non200=" field is 0.
 local ids, mode = {}, nil
 local threads = 0
@@ -15,7 +17,7 @@ function init(args)
   mode = args[2]
   wrk.headers["Authorization"] = "Bearer " .. args[3]
   table.sort(ids)
-  if mode == "list" or mode == "list-basic" then
+  if mode:find("list") or mode:find("basic") then
     -- the 50 executions received before a random one (never among the oldest 50: pages are full)
     local page = {}
     for i = 51, #ids do page[#page + 1] = ids[i] end
@@ -27,13 +29,13 @@ end
 function request()
   local id = ids[math.random(#ids)]
   local path
-  if mode == "execution" then
+  if mode == "execution" or mode == "settled" then
     path = "/v1/executions/" .. id
   elseif mode == "provenance" then
     path = "/v1/executions/" .. id .. "/provenance"
-  elseif mode == "list" then
+  elseif mode == "list" or mode == "settled-list" then
     path = "/v1/executions?limit=50&cursor=" .. id
-  elseif mode == "list-basic" then
+  elseif mode == "list-basic" or mode == "settled-basic" then
     path = "/v1/executions?limit=50&view=basic&cursor=" .. id
   else
     error("unknown mode " .. tostring(mode))

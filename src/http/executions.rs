@@ -1,6 +1,8 @@
 //! Execution reads: one record, its provenance statement and DSSE envelope (exact stored bytes),
 //! filtered lists with cursor pagination, and re-driving failed deliveries.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -197,9 +199,15 @@ pub async fn list_executions(
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     let filter = params.to_filter(&reader)?;
+    let view = params.view()?;
+    // A filter on the attestation state is read in one query: the items of a page read in two
+    // could have moved on to another state in between.
+    if state.settled.is_on() && filter.attestation.is_none() {
+        return page_of_kept_items(&state, &reader, &filter, view).await;
+    }
     let base = &state.public_url;
     // The response's buffer: about 1.5 KB per item in full, 1 KB in basic (a page is 40–60 KB).
-    let (page, capacity) = match params.view()? {
+    let (page, capacity) = match view {
         ListView::Full => {
             let executions = state.store.list_executions(&filter).await?;
             let capacity = 64 + executions.len() * 1536;
@@ -230,6 +238,104 @@ pub async fn list_executions(
         }
     };
     json_response(&page, capacity)
+}
+
+/// The page `filter` selects, its settled items as kept and the others read: the page's ids
+/// first, then the executions not kept, in a second query only if there are any. The bytes are
+/// those of the page read in one query ([`ExecutionPage`] serialized).
+async fn page_of_kept_items(
+    state: &AppState,
+    reader: &Reader,
+    filter: &ExecutionFilter,
+    view: ListView,
+) -> Result<Response, ApiError> {
+    let ids = state.store.list_execution_ids(filter).await?;
+    let body = match view {
+        ListView::Full => Body::Execution,
+        ListView::Basic => Body::Summary,
+    };
+    let mut items: Vec<Option<Bytes>> = ids
+        .iter()
+        .map(|id| state.settled.get(*id, body, reader))
+        .collect();
+    let missing: Vec<ExecutionId> = ids
+        .iter()
+        .zip(&items)
+        .filter_map(|(id, kept)| kept.is_none().then_some(*id))
+        .collect();
+    if !missing.is_empty() {
+        let base = &state.public_url;
+        let mut read: HashMap<ExecutionId, Bytes> = match view {
+            ListView::Full => state
+                .store
+                .executions_in(&missing)
+                .await?
+                .into_iter()
+                .map(|e| {
+                    let capacity = 1024 + 512 * e.artifacts.len();
+                    let item = (e.id, e.account.clone(), e.is_settled());
+                    (item, serialized(&ExecutionView::new(e, base), capacity))
+                })
+                .map(|(item, bytes)| keep(state, item, body, bytes))
+                .collect::<Result<_, _>>()?,
+            ListView::Basic => state
+                .store
+                .execution_summaries_in(&missing)
+                .await?
+                .into_iter()
+                .map(|e| {
+                    let item = (e.id, e.account.clone(), e.is_settled());
+                    (item, serialized(&ExecutionSummaryView::new(e, base), 1024))
+                })
+                .map(|(item, bytes)| keep(state, item, body, bytes))
+                .collect::<Result<_, _>>()?,
+        };
+        for (id, item) in ids.iter().zip(&mut items) {
+            if item.is_none() {
+                *item = read.remove(id);
+            }
+        }
+    }
+    let next_cursor = (ids.len() == filter.limit as usize)
+        .then(|| ids.last())
+        .flatten();
+    let items: Vec<Bytes> = items.into_iter().flatten().collect();
+    let mut page = Vec::with_capacity(64 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+    page.extend_from_slice(b"{\"items\":[");
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            page.push(b',');
+        }
+        page.extend_from_slice(item);
+    }
+    page.extend_from_slice(b"],\"nextCursor\":");
+    match next_cursor {
+        Some(id) => page.extend_from_slice(format!("\"{id}\"").as_bytes()),
+        None => page.extend_from_slice(b"null"),
+    }
+    page.push(b'}');
+    Ok(settled::json(Bytes::from(page)))
+}
+
+/// A view serialized into a buffer of about its size.
+fn serialized<T: Serialize>(view: &T, capacity: usize) -> Result<Bytes, ApiError> {
+    let mut body = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut body, view).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Bytes::from(body))
+}
+
+/// Keep a serialized execution if it is settled; the id and bytes either way.
+fn keep(
+    state: &AppState,
+    (id, account, settled): (ExecutionId, AccountId, bool),
+    body: Body,
+    bytes: Result<Bytes, ApiError>,
+) -> Result<(ExecutionId, Bytes), ApiError> {
+    let bytes = bytes?;
+    if settled {
+        state.settled.keep(id, body, &account, &bytes);
+    }
+    Ok((id, bytes))
 }
 
 /// The cursor of the page after `page`: its last execution's id, when the page is full.
@@ -327,15 +433,11 @@ pub async fn get_execution(
         return Ok(settled::json(bytes));
     }
     let e = readable_execution(&state, &reader, &execution_id).await?;
-    let settled = e.is_settled().then(|| (e.id, e.account.clone()));
-    let mut body = Vec::with_capacity(1024 + 512 * e.artifacts.len());
-    serde_json::to_writer(&mut body, &ExecutionView::new(e, &state.public_url))
-        .map_err(|err| ApiError::Internal(err.into()))?;
-    let body = Bytes::from(body);
-    if let Some((id, account)) = settled {
-        state.settled.keep(id, Body::Execution, &account, &body);
-    }
-    Ok(settled::json(body))
+    let capacity = 1024 + 512 * e.artifacts.len();
+    let item = (e.id, e.account.clone(), e.is_settled());
+    let bytes = serialized(&ExecutionView::new(e, &state.public_url), capacity);
+    let (_, bytes) = keep(&state, item, Body::Execution, bytes)?;
+    Ok(settled::json(bytes))
 }
 
 #[utoipa::path(

@@ -1,6 +1,6 @@
 //! Responses for what can no longer change, kept in this process's memory: a settled execution
-//! (see [`crate::store::Execution::is_settled`]) as `GET /v1/executions/{id}` serializes it, and a statement or
-//! envelope once stored (both are written once). Every replica may keep its own copy without
+//! (see [`crate::store::Execution::is_settled`]) as `GET /v1/executions/{id}` and a list page's
+//! items serialize it, and a statement or envelope once stored (both are written once). Every replica may keep its own copy without
 //! being told of writes elsewhere, because there are none to be told of; what can still change is
 //! never kept and is read from the database every time.
 //!
@@ -20,8 +20,10 @@ use crate::domain::{AccountId, ExecutionId};
 /// Which response of an execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Body {
-    /// `GET /v1/executions/{id}`.
+    /// `GET /v1/executions/{id}`, and an item of a list page in the full view.
     Execution,
+    /// An item of a list page in the basic view.
+    Summary,
     /// `GET /v1/executions/{id}/provenance`.
     Statement,
     /// `GET /v1/executions/{id}/attestation`.
@@ -61,6 +63,11 @@ impl SettledReads {
                 Cache::with_weighter(items, bytes, Size)
             }),
         }
+    }
+
+    /// Whether responses are kept at all (`server.read_cache_mib` > 0).
+    pub fn is_on(&self) -> bool {
+        self.cache.is_some()
     }
 
     /// The kept response, if there is one and `reader` may see it.

@@ -316,28 +316,25 @@ pub type ExecutionSummary = Execution<ArtifactCount>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArtifactCount(pub u32);
 
-impl Execution {
+impl<A> Execution<A> {
     /// Whether nothing can change this record any more, so a copy of it stays true: a build that
     /// did not succeed (nothing to attest, no job), or an attestation pushed to every artifact's
-    /// registry and stamped `attested_at`. Every later write leaves such a row as it is: the
-    /// statement and the envelope are written once, pushed artifacts have no job left to fail or
-    /// re-drive, and `retry_execution` finds nothing to re-queue. (An execution is `attested`
-    /// for a moment before its `attested_at` is written on SQLite: not settled yet.)
+    /// registry (the only state `attested` is ever given for) and stamped `attested_at`. Every
+    /// later write leaves such a row as it is: the statement and the envelope are written once,
+    /// pushed artifacts have no job left to fail or re-drive, and `retry_execution` finds nothing
+    /// to re-queue. (An execution is `attested` for a moment before its `attested_at` is written
+    /// on SQLite: not settled yet.)
     pub fn is_settled(&self) -> bool {
         self.last_error.is_none()
             && match self.attestation {
                 AttestationState::Skipped => true,
-                AttestationState::Attested => {
-                    self.attested_at.is_some()
-                        && self
-                            .artifacts
-                            .iter()
-                            .all(|a| a.push_state == PushState::Pushed && a.last_error.is_none())
-                }
+                AttestationState::Attested => self.attested_at.is_some(),
                 _ => false,
             }
     }
+}
 
+impl Execution {
     /// The record exactly as `record_build` has just stored it, without reading it back.
     fn recorded(new: &NewExecution) -> Self {
         let b = &new.build;
@@ -795,6 +792,19 @@ pub trait Store: Send + Sync {
     async fn list_execution_summaries(
         &self,
         filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionSummary>, StoreError>;
+    /// The ids of the page [`Store::list_executions`] reads, in its order, and nothing else:
+    /// what a reader that keeps settled executions needs first.
+    async fn list_execution_ids(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionId>, StoreError>;
+    /// The executions of `ids` (those that exist), in no particular order.
+    async fn executions_in(&self, ids: &[ExecutionId]) -> Result<Vec<Execution>, StoreError>;
+    /// [`Store::executions_in`] as summaries, like [`Store::list_execution_summaries`]'s.
+    async fn execution_summaries_in(
+        &self,
+        ids: &[ExecutionId],
     ) -> Result<Vec<ExecutionSummary>, StoreError>;
     /// The stored statement bytes, exactly as serialized (at ingest, or once the execution's
     /// image digests were resolved).

@@ -155,6 +155,9 @@ pub fn executions_where_end(ascending: bool) -> &'static str {
     }
 }
 
+/// The start of a filtered page of execution ids; the caller appends its filters, order and limit.
+pub const EXECUTION_IDS_WHERE: &str = "SELECT id FROM executions WHERE TRUE";
+
 /// The start of a filtered page of executions each with the number of its artifacts: as stored
 /// at ingest, or for executions recorded before it was (NULL), counted on the artifacts' primary
 /// key (execution_id, position) — never reading an artifact row. The caller appends its filters

@@ -578,6 +578,46 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn list_execution_ids(
+        &self,
+        f: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionId>, StoreError> {
+        let mut q = Query::dynamic(sql::EXECUTION_IDS_WHERE.to_owned());
+        push_page(&mut q, f);
+        self.db
+            .fetch_all(On::Read, q)
+            .await?
+            .iter()
+            .map(|r| Ok(ExecutionId(r.get(0)?)))
+            .collect()
+    }
+
+    async fn executions_in(&self, ids: &[ExecutionId]) -> Result<Vec<Execution>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let mut q = Query::dynamic(sql::executions_where());
+        q.push(" AND ");
+        self.db.push_in(&mut q, "id", &ids);
+        q.push(sql::executions_where_end(false));
+        joined(self.db.fetch_all(On::Read, q).await?)
+    }
+
+    async fn execution_summaries_in(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<Vec<ExecutionSummary>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let mut q = Query::dynamic(sql::execution_summaries_where());
+        q.push(" AND ");
+        self.db.push_in(&mut q, "id", &ids);
+        q.push(sql::execution_summaries_where_end(false));
+        self.db
+            .fetch_all(On::Read, q)
+            .await?
+            .iter()
+            .map(summary)
+            .collect()
+    }
+
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {
         self.bytes(sql::SELECT_STATEMENT, id).await
     }

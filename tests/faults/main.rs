@@ -11,6 +11,7 @@ mod openbao_outage;
 mod postgres_outage;
 mod proxy_modes;
 mod registry_outage;
+mod settled_reads;
 mod slowloris;
 mod stall;
 mod storm;
@@ -44,6 +45,11 @@ fn a_registry_outage_leaves_intake_unaffected_and_delivers_afterwards() {
 #[test]
 fn a_postgres_crash_answers_503_at_once_and_loses_nothing_acknowledged() {
     support::run(postgres_outage::run());
+}
+
+#[test]
+fn reads_of_settled_executions_ride_out_a_postgres_crash_and_the_rest_say_503() {
+    support::run(settled_reads::run());
 }
 
 #[test]

@@ -20,6 +20,7 @@ backend_tests!(
     other_accounts_executions_look_missing_on_every_read_route,
     kept_responses_are_never_given_to_another_account,
     settled_executions_are_read_from_the_database_once_and_the_rest_every_time,
+    list_pages_are_the_same_bytes_with_their_settled_items_kept,
     reads_need_a_token,
     lists_filter_and_page_with_a_cursor,
     basic_view_pages_like_the_full_view_with_artifact_counts_instead_of_artifacts,
@@ -600,6 +601,132 @@ async fn lists_filter_and_page_with_a_cursor(backend: Backend) {
     let bad = app.get("/v1/executions?status=green", TOKEN).await;
     assert_eq!(bad.status(), 400);
     assert_eq!(error_code(bad).await, "invalid_query");
+}
+
+/// Every page of `path` (which has a query) read as `token`, following `nextCursor`: the bytes.
+async fn page_bytes(app: &TestApp, path: &str, token: &str) -> Vec<bytes::Bytes> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.to_owned(),
+        };
+        let resp = app.get(&url, token).await;
+        assert_eq!(resp.status(), 200, "{url}");
+        let page = resp.bytes().await.unwrap();
+        let json: Value = serde_json::from_slice(&page).unwrap();
+        cursor = json["nextCursor"].as_str().map(str::to_owned);
+        pages.push(page);
+        if cursor.is_none() {
+            return pages;
+        }
+    }
+}
+
+const LISTS: [&str; 5] = [
+    "/v1/executions?limit=2",
+    "/v1/executions?limit=3&order=asc",
+    "/v1/executions?limit=2&view=basic",
+    "/v1/executions?limit=50&view=basic&order=asc",
+    "/v1/executions?limit=2&attestation=skipped",
+];
+
+async fn list_pages_are_the_same_bytes_with_their_settled_items_kept(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for run in ["f1", "f2", "f3"] {
+        let mut failed = webhook(run);
+        failed["status"] = json!("failed");
+        app.record(&failed).await;
+    }
+    for run in ["p1", "p2"] {
+        app.record(&webhook(run)).await;
+    }
+    let mut theirs = globex_webhook("g1");
+    theirs["status"] = json!("failed");
+    let resp = app
+        .post_webhook_signed(theirs.to_string().as_bytes(), OTHER_SECRET)
+        .await;
+    assert_eq!(resp.status(), 202);
+
+    // The admin reads every page first: globex's settled execution is kept too.
+    for list in LISTS {
+        page_bytes(&app, list, ADMIN_TOKEN).await;
+    }
+    let mut first = Vec::new();
+    for list in LISTS {
+        let pages = page_bytes(&app, list, TOKEN).await;
+        assert_eq!(
+            page_bytes(&app, list, TOKEN).await,
+            pages,
+            "{list} read again"
+        );
+        first.push(pages);
+    }
+    let acme_items: usize = first[0]
+        .iter()
+        .map(|p| {
+            serde_json::from_slice::<Value>(p).unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(acme_items, 5, "acme's list holds acme's executions only");
+
+    // The worker signs the pending ones: their items change, the settled ones' do not.
+    app.app.run_pending_jobs().await.unwrap();
+    let mut signed = Vec::new();
+    for list in LISTS {
+        signed.push(page_bytes(&app, list, TOKEN).await);
+    }
+    let states = |pages: &[bytes::Bytes]| -> Vec<String> {
+        pages
+            .iter()
+            .flat_map(|p| {
+                let page: Value = serde_json::from_slice(p).unwrap();
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["attestation"]["state"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(
+        states(&first[0]).iter().filter(|s| *s == "pending").count(),
+        2
+    );
+    assert_eq!(
+        states(&signed[0])
+            .iter()
+            .filter(|s| *s == "pending")
+            .count(),
+        0
+    );
+
+    // The same database read with nothing kept gives the same bytes (but for the restarted
+    // app's address in the links).
+    let before = app.url("");
+    let app = app.restart_with(|s| s.server.read_cache_mib = 0).await;
+    let text = |pages: &[bytes::Bytes]| -> Vec<String> {
+        pages
+            .iter()
+            .map(|p| String::from_utf8(p.to_vec()).unwrap())
+            .collect()
+    };
+    for (list, signed) in LISTS.iter().zip(&signed) {
+        let read: Vec<String> = text(&page_bytes(&app, list, TOKEN).await)
+            .iter()
+            .map(|p| p.replace(&app.url(""), &before))
+            .collect();
+        assert!(
+            read == text(signed),
+            "{list}: the pages read in one query differ:\n{read:?}\n{:?}",
+            text(signed)
+        );
+    }
 }
 
 /// A failed build naming no image (as a CI's own webhook records one), recorded directly.
