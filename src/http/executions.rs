@@ -2,6 +2,7 @@
 //! filtered lists with cursor pagination, and re-driving failed deliveries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -18,7 +19,10 @@ use super::views::{ExecutionSummaryView, ExecutionView, json_response};
 use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
-use crate::store::{AttestationState, Document, Execution, ExecutionFilter};
+use crate::store::{
+    AttestationState, Document, DynStore, Execution, ExecutionFilter, ExecutionSummary, HasId,
+    Listed, StoreError,
+};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -240,66 +244,28 @@ pub async fn list_executions(
     json_response(&page, capacity)
 }
 
-/// The page `filter` selects, its settled items as kept and the others read: the page's ids
-/// first, then the executions not kept, in a second query only if there are any. The bytes are
-/// those of the page read in one query ([`ExecutionPage`] serialized).
+/// The page `filter` selects, its settled items as kept and the others read: one query that
+/// leaves out the columns of settled rows, then, only for settled rows not kept yet, a second.
+/// The bytes are those of the page read in one query ([`ExecutionPage`] serialized).
 async fn page_of_kept_items(
     state: &AppState,
     reader: &Reader,
     filter: &ExecutionFilter,
     view: ListView,
 ) -> Result<Response, ApiError> {
-    let ids = state.store.list_execution_ids(filter).await?;
-    let body = match view {
-        ListView::Full => Body::Execution,
-        ListView::Basic => Body::Summary,
-    };
-    let mut items: Vec<Option<Bytes>> = ids
-        .iter()
-        .map(|id| state.settled.get(*id, body, reader))
-        .collect();
-    let missing: Vec<ExecutionId> = ids
-        .iter()
-        .zip(&items)
-        .filter_map(|(id, kept)| kept.is_none().then_some(*id))
-        .collect();
-    if !missing.is_empty() {
-        let base = &state.public_url;
-        let mut read: HashMap<ExecutionId, Bytes> = match view {
-            ListView::Full => state
-                .store
-                .executions_in(&missing)
-                .await?
-                .into_iter()
-                .map(|e| {
-                    let capacity = 1024 + 512 * e.artifacts.len();
-                    let item = (e.id, e.account.clone(), e.is_settled());
-                    (item, serialized(&ExecutionView::new(e, base), capacity))
-                })
-                .map(|(item, bytes)| keep(state, item, body, bytes))
-                .collect::<Result<_, _>>()?,
-            ListView::Basic => state
-                .store
-                .execution_summaries_in(&missing)
-                .await?
-                .into_iter()
-                .map(|e| {
-                    let item = (e.id, e.account.clone(), e.is_settled());
-                    (item, serialized(&ExecutionSummaryView::new(e, base), 1024))
-                })
-                .map(|(item, bytes)| keep(state, item, body, bytes))
-                .collect::<Result<_, _>>()?,
-        };
-        for (id, item) in ids.iter().zip(&mut items) {
-            if item.is_none() {
-                *item = read.remove(id);
-            }
+    let (items, next_cursor) = match view {
+        ListView::Full => {
+            let listed = state.store.list_executions_unless_settled(filter).await?;
+            kept_or_read(state, reader, listed, filter.limit).await?
         }
-    }
-    let next_cursor = (ids.len() == filter.limit as usize)
-        .then(|| ids.last())
-        .flatten();
-    let items: Vec<Bytes> = items.into_iter().flatten().collect();
+        ListView::Basic => {
+            let listed = state
+                .store
+                .list_execution_summaries_unless_settled(filter)
+                .await?;
+            kept_or_read(state, reader, listed, filter.limit).await?
+        }
+    };
     let mut page = Vec::with_capacity(64 + items.iter().map(|i| i.len() + 1).sum::<usize>());
     page.extend_from_slice(b"{\"items\":[");
     for (n, item) in items.iter().enumerate() {
@@ -317,25 +283,112 @@ async fn page_of_kept_items(
     Ok(settled::json(Bytes::from(page)))
 }
 
+/// An execution as a list page shows it, in either view.
+trait PageItem: Sized + HasId {
+    /// Which kept response it is.
+    const BODY: Body;
+    fn account(&self) -> &AccountId;
+    fn is_settled(&self) -> bool;
+    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError>;
+    /// The executions of `ids`, read in this view.
+    async fn read_in(store: &DynStore, ids: &[ExecutionId]) -> Result<Vec<Self>, StoreError>;
+}
+
+impl PageItem for Execution {
+    const BODY: Body = Body::Execution;
+    fn account(&self) -> &AccountId {
+        &self.account
+    }
+    fn is_settled(&self) -> bool {
+        Execution::is_settled(self)
+    }
+    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError> {
+        let capacity = 1024 + 512 * self.artifacts.len();
+        serialized(&ExecutionView::new(self, base), capacity)
+    }
+    async fn read_in(store: &DynStore, ids: &[ExecutionId]) -> Result<Vec<Self>, StoreError> {
+        store.executions_in(ids).await
+    }
+}
+
+impl PageItem for ExecutionSummary {
+    const BODY: Body = Body::Summary;
+    fn account(&self) -> &AccountId {
+        &self.account
+    }
+    fn is_settled(&self) -> bool {
+        ExecutionSummary::is_settled(self)
+    }
+    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError> {
+        serialized(&ExecutionSummaryView::new(self, base), 1024)
+    }
+    async fn read_in(store: &DynStore, ids: &[ExecutionId]) -> Result<Vec<Self>, StoreError> {
+        store.execution_summaries_in(ids).await
+    }
+}
+
+/// A page's items serialized, in order, and the cursor of the next page (its last id, when it
+/// is full): each settled item as kept (or read now and kept), each other one as read.
+async fn kept_or_read<T: PageItem>(
+    state: &AppState,
+    reader: &Reader,
+    listed: Vec<Listed<T>>,
+    limit: u32,
+) -> Result<(Vec<Bytes>, Option<ExecutionId>), ApiError> {
+    let next_cursor = listed
+        .last()
+        .map(Listed::id)
+        .filter(|_| listed.len() == limit as usize);
+    let mut missing = Vec::new();
+    let mut items: Vec<Result<Bytes, Listed<T>>> = listed
+        .into_iter()
+        .map(|item| match item {
+            Listed::Settled(id) => state.settled.get(id, T::BODY, reader).ok_or_else(|| {
+                missing.push(id);
+                Listed::Settled(id)
+            }),
+            read => Err(read),
+        })
+        .collect();
+    let mut read_now: HashMap<ExecutionId, T> = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        T::read_in(&state.store, &missing)
+            .await?
+            .into_iter()
+            .map(|e| (e.id(), e))
+            .collect()
+    };
+    let base = &state.public_url;
+    let mut page = Vec::with_capacity(items.len());
+    for item in items.drain(..) {
+        let e = match item {
+            Ok(kept) => {
+                page.push(kept);
+                continue;
+            }
+            Err(Listed::Read(e)) => e,
+            // Executions are never deleted: one listed is there to read.
+            Err(Listed::Settled(id)) => match read_now.remove(&id) {
+                Some(e) => e,
+                None => continue,
+            },
+        };
+        let (id, account, is_settled) = (e.id(), e.account().clone(), e.is_settled());
+        let bytes = e.to_bytes(base)?;
+        if is_settled {
+            state.settled.keep(id, T::BODY, &account, &bytes);
+        }
+        page.push(bytes);
+    }
+    Ok((page, next_cursor))
+}
+
 /// A view serialized into a buffer of about its size.
 fn serialized<T: Serialize>(view: &T, capacity: usize) -> Result<Bytes, ApiError> {
     let mut body = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut body, view).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Bytes::from(body))
-}
-
-/// Keep a serialized execution if it is settled; the id and bytes either way.
-fn keep(
-    state: &AppState,
-    (id, account, settled): (ExecutionId, AccountId, bool),
-    body: Body,
-    bytes: Result<Bytes, ApiError>,
-) -> Result<(ExecutionId, Bytes), ApiError> {
-    let bytes = bytes?;
-    if settled {
-        state.settled.keep(id, body, &account, &bytes);
-    }
-    Ok((id, bytes))
 }
 
 /// The cursor of the page after `page`: its last execution's id, when the page is full.
@@ -433,10 +486,11 @@ pub async fn get_execution(
         return Ok(settled::json(bytes));
     }
     let e = readable_execution(&state, &reader, &execution_id).await?;
-    let capacity = 1024 + 512 * e.artifacts.len();
-    let item = (e.id, e.account.clone(), e.is_settled());
-    let bytes = serialized(&ExecutionView::new(e, &state.public_url), capacity);
-    let (_, bytes) = keep(&state, item, Body::Execution, bytes)?;
+    let (id, account, is_settled) = (e.id, e.account.clone(), e.is_settled());
+    let bytes = e.to_bytes(&state.public_url)?;
+    if is_settled {
+        state.settled.keep(id, Body::Execution, &account, &bytes);
+    }
     Ok(settled::json(bytes))
 }
 

@@ -43,6 +43,7 @@ backend_tests!(
     a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_lock,
     a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_kinds_without,
     a_push_completion_claims_the_next_job_only_once_it_finished_its_own,
+    a_page_read_unless_settled_is_the_page_with_only_the_ids_of_settled_executions,
 );
 
 struct Fixture {
@@ -1734,5 +1735,86 @@ async fn an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give(
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+async fn a_page_read_unless_settled_is_the_page_with_only_the_ids_of_settled_executions(
+    backend: Backend,
+) {
+    let f = fixture(backend).await;
+    let now = f.db.seconds_ago(0);
+    // (run, images, attestation state, attested_at, last_error): every state the page's hint
+    // must tell apart as `Execution::is_settled` does.
+    let cases = [
+        ("skipped", 1, "skipped", "NULL", "NULL"),
+        ("skipped-with-error", 1, "skipped", "NULL", "'x'"),
+        ("attested", 2, "attested", now.as_str(), "NULL"),
+        ("attested-unstamped", 2, "attested", "NULL", "NULL"),
+        ("attested-with-error", 1, "attested", now.as_str(), "'x'"),
+        ("resolving", 1, "resolving", "NULL", "NULL"),
+        ("pending", 3, "pending", "NULL", "NULL"),
+        ("pushing", 2, "pushing", "NULL", "'x'"),
+        ("failed", 1, "failed", "NULL", "'x'"),
+    ];
+    for (run, images, state, attested_at, error) in cases {
+        created_with(&f, run, images).await;
+        f.db.execute(&format!(
+            "UPDATE executions SET attestation_state = '{state}', attested_at = {attested_at}, \
+             last_error = {error} WHERE pipeline_execution_id = '{run}'"
+        ))
+        .await;
+    }
+    let mut settled = Vec::new();
+    for ascending in [false, true] {
+        let mut filter = store::ExecutionFilter {
+            limit: 4,
+            ascending,
+            ..Default::default()
+        };
+        loop {
+            let page = f.store.list_executions(&filter).await.unwrap();
+            let expected: Vec<store::Listed<store::Execution>> = page
+                .iter()
+                .map(|e| match e.is_settled() {
+                    true => store::Listed::Settled(e.id),
+                    false => store::Listed::Read(e.clone()),
+                })
+                .collect();
+            let listed = f
+                .store
+                .list_executions_unless_settled(&filter)
+                .await
+                .unwrap();
+            assert_eq!(listed, expected, "full view, ascending: {ascending}");
+            let summaries = f.store.list_execution_summaries(&filter).await.unwrap();
+            let expected: Vec<store::Listed<store::ExecutionSummary>> = summaries
+                .iter()
+                .map(|e| match e.is_settled() {
+                    true => store::Listed::Settled(e.id),
+                    false => store::Listed::Read(e.clone()),
+                })
+                .collect();
+            let listed = f
+                .store
+                .list_execution_summaries_unless_settled(&filter)
+                .await
+                .unwrap();
+            assert_eq!(listed, expected, "basic view, ascending: {ascending}");
+            settled.extend(
+                page.iter()
+                    .filter(|e| e.is_settled())
+                    .map(|e| e.pipeline_execution_id.clone()),
+            );
+            if page.len() < 4 {
+                break;
+            }
+            filter.after = page.last().map(|e| e.id);
+        }
+    }
+    settled.sort();
+    assert_eq!(
+        settled,
+        ["attested", "attested", "skipped", "skipped"],
+        "settled: skipped, and attested with its time, without an error (once per order)"
     );
 }
