@@ -20,8 +20,7 @@ use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
 use crate::store::{
-    AttestationState, Document, DynStore, Execution, ExecutionFilter, ExecutionSummary, HasId,
-    Listed, StoreError,
+    AttestationState, Document, DynStore, Execution, ExecutionFilter, ExecutionSummary, StoreError,
 };
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -244,67 +243,61 @@ pub async fn list_executions(
     json_response(&page, capacity)
 }
 
-/// The page `filter` selects, its settled items as kept and the others read: one query that
-/// leaves out the columns of settled rows, then, only for settled rows not kept yet, a second.
-/// The bytes are those of the page read in one query ([`ExecutionPage`] serialized).
+/// The page `filter` selects, its settled items as kept and the others read: the page's ids
+/// first, then the executions not kept, in a second query only if there are any. The bytes are
+/// those of the page read in one query ([`ExecutionPage`] serialized).
 async fn page_of_kept_items(
     state: &AppState,
     reader: &Reader,
     filter: &ExecutionFilter,
     view: ListView,
 ) -> Result<Response, ApiError> {
-    let (items, next_cursor) = match view {
-        ListView::Full => {
-            let listed = state.store.list_executions_unless_settled(filter).await?;
-            kept_or_read(state, reader, listed, filter.limit).await?
-        }
+    let ids = state.store.list_execution_ids(filter).await?;
+    let next_cursor = ids.last().filter(|_| ids.len() == filter.limit as usize);
+    let page = match view {
+        ListView::Full => kept_or_read::<Execution>(state, reader, &ids, next_cursor).await?,
         ListView::Basic => {
-            let listed = state
-                .store
-                .list_execution_summaries_unless_settled(filter)
-                .await?;
-            kept_or_read(state, reader, listed, filter.limit).await?
+            kept_or_read::<ExecutionSummary>(state, reader, &ids, next_cursor).await?
         }
     };
-    let mut page = Vec::with_capacity(64 + items.iter().map(|i| i.len() + 1).sum::<usize>());
-    page.extend_from_slice(b"{\"items\":[");
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            page.push(b',');
-        }
-        page.extend_from_slice(item);
-    }
-    page.extend_from_slice(b"],\"nextCursor\":");
-    match next_cursor {
-        Some(id) => page.extend_from_slice(format!("\"{id}\"").as_bytes()),
-        None => page.extend_from_slice(b"null"),
-    }
-    page.push(b'}');
     Ok(settled::json(Bytes::from(page)))
 }
 
 /// An execution as a list page shows it, in either view.
-trait PageItem: Sized + HasId {
+trait PageItem: Sized {
     /// Which kept response it is.
     const BODY: Body;
+    /// About how long its JSON is, to size buffers.
+    const TYPICAL_BYTES: usize;
+    fn id(&self) -> ExecutionId;
     fn account(&self) -> &AccountId;
     fn is_settled(&self) -> bool;
-    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError>;
+    /// Its JSON, appended to `out`.
+    fn write(self, base: &Arc<str>, out: &mut Vec<u8>) -> Result<(), ApiError>;
+    /// Its JSON alone.
+    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError> {
+        let mut out = Vec::with_capacity(Self::TYPICAL_BYTES);
+        self.write(base, &mut out)?;
+        Ok(Bytes::from(out))
+    }
     /// The executions of `ids`, read in this view.
     async fn read_in(store: &DynStore, ids: &[ExecutionId]) -> Result<Vec<Self>, StoreError>;
 }
 
 impl PageItem for Execution {
     const BODY: Body = Body::Execution;
+    const TYPICAL_BYTES: usize = 1536;
+    fn id(&self) -> ExecutionId {
+        self.id
+    }
     fn account(&self) -> &AccountId {
         &self.account
     }
     fn is_settled(&self) -> bool {
         Execution::is_settled(self)
     }
-    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError> {
-        let capacity = 1024 + 512 * self.artifacts.len();
-        serialized(&ExecutionView::new(self, base), capacity)
+    fn write(self, base: &Arc<str>, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        write_json(&ExecutionView::new(self, base), out)
     }
     async fn read_in(store: &DynStore, ids: &[ExecutionId]) -> Result<Vec<Self>, StoreError> {
         store.executions_in(ids).await
@@ -313,44 +306,42 @@ impl PageItem for Execution {
 
 impl PageItem for ExecutionSummary {
     const BODY: Body = Body::Summary;
+    const TYPICAL_BYTES: usize = 1024;
+    fn id(&self) -> ExecutionId {
+        self.id
+    }
     fn account(&self) -> &AccountId {
         &self.account
     }
     fn is_settled(&self) -> bool {
         ExecutionSummary::is_settled(self)
     }
-    fn to_bytes(self, base: &Arc<str>) -> Result<Bytes, ApiError> {
-        serialized(&ExecutionSummaryView::new(self, base), 1024)
+    fn write(self, base: &Arc<str>, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        write_json(&ExecutionSummaryView::new(self, base), out)
     }
     async fn read_in(store: &DynStore, ids: &[ExecutionId]) -> Result<Vec<Self>, StoreError> {
         store.execution_summaries_in(ids).await
     }
 }
 
-/// A page's items serialized, in order, and the cursor of the next page (its last id, when it
-/// is full): each settled item as kept (or read now and kept), each other one as read.
+/// A page of `ids` serialized: each item as kept, or read (in one query for all of them) and
+/// kept if settled; then the cursor of the next page.
 async fn kept_or_read<T: PageItem>(
     state: &AppState,
     reader: &Reader,
-    listed: Vec<Listed<T>>,
-    limit: u32,
-) -> Result<(Vec<Bytes>, Option<ExecutionId>), ApiError> {
-    let next_cursor = listed
-        .last()
-        .map(Listed::id)
-        .filter(|_| listed.len() == limit as usize);
-    let mut missing = Vec::new();
-    let mut items: Vec<Result<Bytes, Listed<T>>> = listed
-        .into_iter()
-        .map(|item| match item {
-            Listed::Settled(id) => state.settled.get(id, T::BODY, reader).ok_or_else(|| {
-                missing.push(id);
-                Listed::Settled(id)
-            }),
-            read => Err(read),
-        })
+    ids: &[ExecutionId],
+    next_cursor: Option<&ExecutionId>,
+) -> Result<Vec<u8>, ApiError> {
+    let kept: Vec<Option<Bytes>> = ids
+        .iter()
+        .map(|id| state.settled.get(*id, T::BODY, reader))
         .collect();
-    let mut read_now: HashMap<ExecutionId, T> = if missing.is_empty() {
+    let missing: Vec<ExecutionId> = ids
+        .iter()
+        .zip(&kept)
+        .filter_map(|(id, kept)| kept.is_none().then_some(*id))
+        .collect();
+    let mut read: HashMap<ExecutionId, T> = if missing.is_empty() {
         HashMap::new()
     } else {
         T::read_in(&state.store, &missing)
@@ -360,35 +351,45 @@ async fn kept_or_read<T: PageItem>(
             .collect()
     };
     let base = &state.public_url;
-    let mut page = Vec::with_capacity(items.len());
-    for item in items.drain(..) {
-        let e = match item {
-            Ok(kept) => {
-                page.push(kept);
-                continue;
-            }
-            Err(Listed::Read(e)) => e,
-            // Executions are never deleted: one listed is there to read.
-            Err(Listed::Settled(id)) => match read_now.remove(&id) {
-                Some(e) => e,
+    let mut page = Vec::with_capacity(64 + ids.len() * T::TYPICAL_BYTES);
+    page.extend_from_slice(b"{\"items\":[");
+    let mut first = true;
+    for (id, kept) in ids.iter().zip(kept) {
+        let item = match kept {
+            Some(bytes) => Ok(bytes),
+            // Executions are never deleted; one gone since its id was read is left out.
+            None => match read.remove(id) {
+                Some(e) => Err(e),
                 None => continue,
             },
         };
-        let (id, account, is_settled) = (e.id(), e.account().clone(), e.is_settled());
-        let bytes = e.to_bytes(base)?;
-        if is_settled {
-            state.settled.keep(id, T::BODY, &account, &bytes);
+        if !first {
+            page.push(b',');
         }
-        page.push(bytes);
+        first = false;
+        match item {
+            Ok(kept) => page.extend_from_slice(&kept),
+            Err(e) if e.is_settled() => {
+                let account = e.account().clone();
+                let bytes = e.to_bytes(base)?;
+                page.extend_from_slice(&bytes);
+                state.settled.keep(*id, T::BODY, &account, &bytes);
+            }
+            Err(e) => e.write(base, &mut page)?,
+        }
     }
-    Ok((page, next_cursor))
+    page.extend_from_slice(b"],\"nextCursor\":");
+    match next_cursor {
+        Some(id) => page.extend_from_slice(format!("\"{id}\"").as_bytes()),
+        None => page.extend_from_slice(b"null"),
+    }
+    page.push(b'}');
+    Ok(page)
 }
 
-/// A view serialized into a buffer of about its size.
-fn serialized<T: Serialize>(view: &T, capacity: usize) -> Result<Bytes, ApiError> {
-    let mut body = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut body, view).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Bytes::from(body))
+/// A view's JSON appended to `out`.
+fn write_json<T: Serialize>(view: &T, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    serde_json::to_writer(out, view).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// The cursor of the page after `page`: its last execution's id, when the page is full.

@@ -312,38 +312,6 @@ pub struct Execution<A = Vec<ArtifactRecord>> {
 /// reads, without touching the artifacts' rows.
 pub type ExecutionSummary = Execution<ArtifactCount>;
 
-/// An item of a page read for a reader that keeps settled executions.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Listed<E> {
-    /// An execution that looks settled: its id only.
-    Settled(ExecutionId),
-    /// An execution that may still change, read.
-    Read(E),
-}
-
-impl<E> Listed<E> {
-    pub fn id(&self) -> ExecutionId
-    where
-        E: HasId,
-    {
-        match self {
-            Self::Settled(id) => *id,
-            Self::Read(e) => e.id(),
-        }
-    }
-}
-
-/// What has an execution id.
-pub trait HasId {
-    fn id(&self) -> ExecutionId;
-}
-
-impl<A> HasId for Execution<A> {
-    fn id(&self) -> ExecutionId {
-        self.id
-    }
-}
-
 /// How many artifacts (images) an execution has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArtifactCount(pub u32);
@@ -825,18 +793,12 @@ pub trait Store: Send + Sync {
         &self,
         filter: &ExecutionFilter,
     ) -> Result<Vec<ExecutionSummary>, StoreError>;
-    /// The page [`Store::list_executions`] reads, in its order, with only the id of each
-    /// execution that looks settled (for a reader that keeps settled executions: it reads those
-    /// it has not kept with [`Store::executions_in`]).
-    async fn list_executions_unless_settled(
+    /// The ids of the page [`Store::list_executions`] reads, in its order, and nothing else:
+    /// what a reader that keeps settled executions needs first.
+    async fn list_execution_ids(
         &self,
         filter: &ExecutionFilter,
-    ) -> Result<Vec<Listed<Execution>>, StoreError>;
-    /// [`Store::list_executions_unless_settled`] for [`Store::list_execution_summaries`].
-    async fn list_execution_summaries_unless_settled(
-        &self,
-        filter: &ExecutionFilter,
-    ) -> Result<Vec<Listed<ExecutionSummary>>, StoreError>;
+    ) -> Result<Vec<ExecutionId>, StoreError>;
     /// The executions of `ids` (those that exist), in no particular order.
     async fn executions_in(&self, ids: &[ExecutionId]) -> Result<Vec<Execution>, StoreError>;
     /// [`Store::executions_in`] as summaries, like [`Store::list_execution_summaries`]'s.

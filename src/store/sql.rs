@@ -11,7 +11,7 @@
 //! time arithmetic of the dashboard (`{day column}`, `{seconds from to}`). A `{now $n}` parameter
 //! is bound last: PostgreSQL has no such parameter.
 
-use super::rows::{ARTIFACT_COLUMNS, ARTIFACT_NAMES, EXECUTION_COLUMNS, JOINED_COLUMNS};
+use super::rows::{ARTIFACT_COLUMNS, EXECUTION_COLUMNS, JOINED_COLUMNS};
 
 /// One part of a template that a dialect writes its own way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,70 +155,8 @@ pub fn executions_where_end(ascending: bool) -> &'static str {
     }
 }
 
-/// Whether an execution can no longer change, in SQL: what `Execution::is_settled` decides, as a
-/// hint only. A page read with it leaves out the columns of the rows it holds true, for a reader
-/// that keeps settled executions; the reader keeps only what `is_settled` says is settled, and
-/// reads any row the hint left out that it has not kept.
-const SETTLED: &str = "(last_error IS NULL AND (attestation_state = 'skipped' \
-    OR (attestation_state = 'attested' AND attested_at IS NOT NULL)))";
-
-/// An execution column of a page read with the [`SETTLED`] hint: NULL in a settled row (its id
-/// stays).
-fn unless_settled(column: &str) -> String {
-    match column {
-        "id" => "e.id".to_owned(),
-        c => format!("CASE WHEN e.settled THEN NULL ELSE e.{c} END"),
-    }
-}
-
-/// [`executions_where`] with the [`SETTLED`] hint: a settled execution's row holds its id and,
-/// last, `settled` true; its other columns and its artifacts' are NULL. The caller appends its
-/// filters, order and limit, then [`executions_where_end_unless_settled`].
-pub fn executions_where_unless_settled() -> String {
-    let execution = EXECUTION_COLUMNS
-        .split(',')
-        .map(|c| unless_settled(c.trim()));
-    let artifact = ARTIFACT_NAMES.iter().map(|c| format!("a.{c} AS a_{c}"));
-    let columns = execution.chain(artifact).collect::<Vec<_>>().join(", ");
-    format!(
-        "SELECT {columns}, e.settled FROM (SELECT {EXECUTION_COLUMNS}, {SETTLED} AS settled \
-         FROM executions WHERE TRUE"
-    )
-}
-
-/// The end of [`executions_where_unless_settled`]: the artifacts of the rows not settled.
-pub fn executions_where_end_unless_settled(ascending: bool) -> &'static str {
-    if ascending {
-        ") e LEFT JOIN artifacts a ON a.execution_id = e.id AND NOT e.settled \
-         ORDER BY e.id ASC, a.position"
-    } else {
-        ") e LEFT JOIN artifacts a ON a.execution_id = e.id AND NOT e.settled \
-         ORDER BY e.id DESC, a.position"
-    }
-}
-
-/// Where a row of [`executions_where_unless_settled`] has its `settled`.
-pub const SETTLED_COLUMN: usize = super::rows::EXECUTION_COLUMN_COUNT + ARTIFACT_NAMES.len();
-
-/// [`execution_summaries_where`] with the [`SETTLED`] hint; ends with
-/// [`execution_summaries_where_end`].
-pub fn execution_summaries_where_unless_settled() -> String {
-    let execution = EXECUTION_COLUMNS
-        .split(',')
-        .map(|c| unless_settled(c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "SELECT {execution}, e.known_count, CASE WHEN e.settled THEN NULL ELSE COALESCE(e.known_count, \
-            (SELECT COUNT(*) FROM artifacts a WHERE a.execution_id = e.id)) END AS artifact_count, \
-            e.settled \
-         FROM (SELECT {EXECUTION_COLUMNS}, artifact_count AS known_count, {SETTLED} AS settled \
-            FROM executions WHERE TRUE"
-    )
-}
-
-/// Where a row of [`execution_summaries_where_unless_settled`] has its `settled`.
-pub const SUMMARY_SETTLED_COLUMN: usize = SUMMARY_COUNT_COLUMN + 1;
+/// The start of a filtered page of execution ids; the caller appends its filters, order and limit.
+pub const EXECUTION_IDS_WHERE: &str = "SELECT id FROM executions WHERE TRUE";
 
 /// The start of a filtered page of executions each with the number of its artifacts: as stored
 /// at ingest, or for executions recorded before it was (NULL), counted on the artifacts' primary

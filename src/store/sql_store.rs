@@ -578,54 +578,17 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn list_executions_unless_settled(
+    async fn list_execution_ids(
         &self,
         f: &ExecutionFilter,
-    ) -> Result<Vec<Listed<Execution>>, StoreError> {
-        let mut q = Query::dynamic(sql::executions_where_unless_settled());
+    ) -> Result<Vec<ExecutionId>, StoreError> {
+        let mut q = Query::dynamic(sql::EXECUTION_IDS_WHERE.to_owned());
         push_page(&mut q, f);
-        q.push(sql::executions_where_end_unless_settled(f.ascending));
-        let rows = self.db.fetch_all(On::Read, q).await?;
-        // The page's order, then the rows of what was read, joined as any page's.
-        let mut order: Vec<(Uuid, bool)> = Vec::new();
-        let mut read = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: Uuid = r.get(0)?;
-            if order.last().is_none_or(|(last, _)| *last != id) {
-                order.push((id, r.get(sql::SETTLED_COLUMN)?));
-            }
-            if !order.last().is_some_and(|(_, settled)| *settled) {
-                read.push(r);
-            }
-        }
-        let mut read = joined(read)?.into_iter();
-        order
-            .into_iter()
-            .map(|(id, settled)| match settled {
-                true => Ok(Listed::Settled(ExecutionId(id))),
-                false => read
-                    .next()
-                    .map(Listed::Read)
-                    .ok_or_else(|| StoreError::Corrupt(format!("execution {id} not read"))),
-            })
-            .collect()
-    }
-
-    async fn list_execution_summaries_unless_settled(
-        &self,
-        f: &ExecutionFilter,
-    ) -> Result<Vec<Listed<ExecutionSummary>>, StoreError> {
-        let mut q = Query::dynamic(sql::execution_summaries_where_unless_settled());
-        push_page(&mut q, f);
-        q.push(sql::execution_summaries_where_end(f.ascending));
         self.db
             .fetch_all(On::Read, q)
             .await?
             .iter()
-            .map(|r| match r.get(sql::SUMMARY_SETTLED_COLUMN)? {
-                true => Ok(Listed::Settled(ExecutionId(r.get(0)?))),
-                false => summary(r).map(Listed::Read),
-            })
+            .map(|r| Ok(ExecutionId(r.get(0)?)))
             .collect()
     }
 

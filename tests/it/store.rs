@@ -43,7 +43,7 @@ backend_tests!(
     a_handed_push_whose_tag_is_locked_by_another_worker_comes_without_the_lock,
     a_claimed_sign_job_comes_with_what_its_separate_read_gives_and_other_kinds_without,
     a_push_completion_claims_the_next_job_only_once_it_finished_its_own,
-    a_page_read_unless_settled_is_the_page_with_only_the_ids_of_settled_executions,
+    a_pages_ids_then_its_executions_by_id_read_what_the_page_reads,
 );
 
 struct Fixture {
@@ -1738,13 +1738,11 @@ async fn an_execution_with_its_statement_is_one_read_of_what_the_two_reads_give(
     );
 }
 
-async fn a_page_read_unless_settled_is_the_page_with_only_the_ids_of_settled_executions(
-    backend: Backend,
-) {
+async fn a_pages_ids_then_its_executions_by_id_read_what_the_page_reads(backend: Backend) {
     let f = fixture(backend).await;
     let now = f.db.seconds_ago(0);
-    // (run, images, attestation state, attested_at, last_error): every state the page's hint
-    // must tell apart as `Execution::is_settled` does.
+    // (run, images, attestation state, attested_at, last_error): every state, to check which
+    // `Execution::is_settled` calls settled on the way.
     let cases = [
         ("skipped", 1, "skipped", "NULL", "NULL"),
         ("skipped-with-error", 1, "skipped", "NULL", "'x'"),
@@ -1773,33 +1771,25 @@ async fn a_page_read_unless_settled_is_the_page_with_only_the_ids_of_settled_exe
         };
         loop {
             let page = f.store.list_executions(&filter).await.unwrap();
-            let expected: Vec<store::Listed<store::Execution>> = page
-                .iter()
-                .map(|e| match e.is_settled() {
-                    true => store::Listed::Settled(e.id),
-                    false => store::Listed::Read(e.clone()),
-                })
-                .collect();
-            let listed = f
-                .store
-                .list_executions_unless_settled(&filter)
-                .await
-                .unwrap();
-            assert_eq!(listed, expected, "full view, ascending: {ascending}");
-            let summaries = f.store.list_execution_summaries(&filter).await.unwrap();
-            let expected: Vec<store::Listed<store::ExecutionSummary>> = summaries
-                .iter()
-                .map(|e| match e.is_settled() {
-                    true => store::Listed::Settled(e.id),
-                    false => store::Listed::Read(e.clone()),
-                })
-                .collect();
-            let listed = f
-                .store
-                .list_execution_summaries_unless_settled(&filter)
-                .await
-                .unwrap();
-            assert_eq!(listed, expected, "basic view, ascending: {ascending}");
+            let ids = f.store.list_execution_ids(&filter).await.unwrap();
+            assert_eq!(
+                ids,
+                page.iter().map(|e| e.id).collect::<Vec<_>>(),
+                "ascending: {ascending}"
+            );
+            let by_id = |mut v: Vec<store::Execution>| {
+                v.sort_by_key(|e| e.id);
+                v
+            };
+            assert_eq!(
+                by_id(f.store.executions_in(&ids).await.unwrap()),
+                by_id(page.clone())
+            );
+            let mut summaries = f.store.list_execution_summaries(&filter).await.unwrap();
+            let mut in_ids = f.store.execution_summaries_in(&ids).await.unwrap();
+            summaries.sort_by_key(|e| e.id);
+            in_ids.sort_by_key(|e| e.id);
+            assert_eq!(in_ids, summaries);
             settled.extend(
                 page.iter()
                     .filter(|e| e.is_settled())
