@@ -357,10 +357,11 @@ async fn kept_or_read<T: PageItem>(
     for (id, kept) in ids.iter().zip(kept) {
         let item = match kept {
             Some(bytes) => Ok(bytes),
-            // Executions are never deleted; one gone since its id was read is left out.
+            // Executions are never deleted; one gone since its id was read is left out. The
+            // page's filter is scoped to the reader's account; checked again all the same.
             None => match read.remove(id) {
-                Some(e) => Err(e),
-                None => continue,
+                Some(e) if reader.can_read(e.account()) => Err(e),
+                _ => continue,
             },
         };
         if !first {

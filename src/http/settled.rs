@@ -1,8 +1,9 @@
 //! Responses for what can no longer change, kept in this process's memory: a settled execution
 //! (see [`crate::store::Execution::is_settled`]) as `GET /v1/executions/{id}` and a list page's
-//! items serialize it, and a statement or envelope once stored (both are written once). Every replica may keep its own copy without
-//! being told of writes elsewhere, because there are none to be told of; what can still change is
-//! never kept and is read from the database every time.
+//! items serialize it, and a statement or envelope once stored (both are written once). Every
+//! replica may keep its own copy without being told of writes elsewhere, because there are none
+//! to be told of; what can still change is never kept and is read from the database every time.
+//! (The links in a kept response are written from `server.public_url`, fixed for the process.)
 //!
 //! A kept response remembers its account. A reader of another account gets no answer from here
 //! and goes to the database like any read of something it may not see, so the 404 it gets and the

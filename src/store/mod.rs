@@ -322,8 +322,8 @@ impl<A> Execution<A> {
     /// registry (the only state `attested` is ever given for) and stamped `attested_at`. Every
     /// later write leaves such a row as it is: the statement and the envelope are written once,
     /// pushed artifacts have no job left to fail or re-drive, and `retry_execution` finds nothing
-    /// to re-queue. (An execution is `attested` for a moment before its `attested_at` is written
-    /// on SQLite: not settled yet.)
+    /// to re-queue. (`attested_at` is written with the state, in one statement or transaction; a
+    /// row with the state and without the time would not count as settled.)
     pub fn is_settled(&self) -> bool {
         self.last_error.is_none()
             && match self.attestation {

@@ -28,6 +28,16 @@ pub struct SqlStore {
 const BURY_EVERY: Duration = Duration::from_secs(5);
 
 impl SqlStore {
+    /// The rows of a summary page's query ([`sql::execution_summaries_where`]).
+    async fn summaries(&self, q: Query<'_>) -> Result<Vec<ExecutionSummary>, StoreError> {
+        self.db
+            .fetch_all(On::Read, q)
+            .await?
+            .iter()
+            .map(summary)
+            .collect()
+    }
+
     /// Connect to PostgreSQL at a `postgres://` URL.
     pub async fn postgres(
         url: &str,
@@ -570,12 +580,7 @@ impl Store for SqlStore {
         let mut q = Query::dynamic(sql::execution_summaries_where());
         push_page(&mut q, f);
         q.push(sql::execution_summaries_where_end(f.ascending));
-        self.db
-            .fetch_all(On::Read, q)
-            .await?
-            .iter()
-            .map(summary)
-            .collect()
+        self.summaries(q).await
     }
 
     async fn list_execution_ids(
@@ -610,12 +615,7 @@ impl Store for SqlStore {
         q.push(" AND ");
         self.db.push_in(&mut q, "id", &ids);
         q.push(sql::execution_summaries_where_end(false));
-        self.db
-            .fetch_all(On::Read, q)
-            .await?
-            .iter()
-            .map(summary)
-            .collect()
+        self.summaries(q).await
     }
 
     async fn statement(&self, id: ExecutionId) -> Result<Option<Vec<u8>>, StoreError> {

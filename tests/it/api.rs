@@ -360,26 +360,30 @@ async fn failed_build_is_recorded_without_attestation_work(backend: Backend) {
     assert_eq!(error_code(resp).await, "provenance_not_found");
 }
 
+/// `path` (acme's) read as globex answers 404 exactly as the same route (`suffix`) of the
+/// `missing` execution does.
+async fn looks_missing_to_globex(app: &TestApp, path: &str, missing: uuid::Uuid, suffix: &str) {
+    let theirs = app.get(path, OTHER_TOKEN).await;
+    assert_eq!(theirs.status(), 404, "globex reading {path}");
+    let theirs: Value = theirs.json().await.unwrap();
+    let absent: Value = app
+        .get(&format!("/v1/executions/{missing}{suffix}"), OTHER_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs, absent,
+        "another account's execution must look exactly like a missing one ({path})"
+    );
+}
+
 async fn other_accounts_executions_look_missing_on_every_read_route(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let id = &app.record(&webhook("run-1")).await;
     let missing = uuid::Uuid::now_v7();
     for path in ["", "/provenance", "/attestation"] {
-        let theirs = app
-            .get(&format!("/v1/executions/{id}{path}"), OTHER_TOKEN)
-            .await;
-        assert_eq!(theirs.status(), 404, "{path}");
-        let theirs: Value = theirs.json().await.unwrap();
-        let absent: Value = app
-            .get(&format!("/v1/executions/{missing}{path}"), OTHER_TOKEN)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            theirs, absent,
-            "another account's execution must look exactly like a missing one ({path})"
-        );
+        looks_missing_to_globex(&app, &format!("/v1/executions/{id}{path}"), missing, path).await;
     }
     let retry = app
         .http
@@ -433,19 +437,7 @@ async fn kept_responses_are_never_given_to_another_account(backend: Backend) {
     }
     let missing = uuid::Uuid::now_v7();
     for (path, suffix) in routes.iter().zip(["", "/provenance", "/attestation"]) {
-        let theirs = app.get(path, OTHER_TOKEN).await;
-        assert_eq!(theirs.status(), 404, "globex reading {path}");
-        let theirs: Value = theirs.json().await.unwrap();
-        let absent: Value = app
-            .get(&format!("/v1/executions/{missing}{suffix}"), OTHER_TOKEN)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            theirs, absent,
-            "another account's kept response must look exactly like a missing one ({path})"
-        );
+        looks_missing_to_globex(&app, path, missing, suffix).await;
     }
     for (path, own) in routes.iter().zip(&own) {
         let admin = app.get(path, ADMIN_TOKEN).await;
