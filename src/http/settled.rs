@@ -12,6 +12,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use metrics::{Counter, Gauge};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
@@ -47,9 +48,30 @@ impl Weighter<(ExecutionId, Body), Kept> for Size {
     }
 }
 
+impl Body {
+    const ALL: [Body; 4] = [
+        Body::Execution,
+        Body::Summary,
+        Body::Statement,
+        Body::Envelope,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Execution => "execution",
+            Self::Summary => "summary",
+            Self::Statement => "statement",
+            Self::Envelope => "envelope",
+        }
+    }
+}
+
 /// The kept responses, at most `server.read_cache_mib` of them; none when it is 0.
 pub struct SettledReads {
     cache: Option<Cache<(ExecutionId, Body), Kept, Size>>,
+    /// `attestd_read_cache_lookups_total` (hit, miss) per [`Body`], in [`Body::ALL`]'s order.
+    lookups: [(Counter, Counter); 4],
+    kept_bytes: Gauge,
 }
 
 /// An execution response is ~1–2 KB, a statement ~4 KB, an envelope ~5 KB.
@@ -63,6 +85,8 @@ impl SettledReads {
                 let items = usize::try_from(bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX);
                 Cache::with_weighter(items, bytes, Size)
             }),
+            lookups: Body::ALL.map(|body| crate::metrics::read_cache_lookups(body.as_str())),
+            kept_bytes: crate::metrics::read_cache_bytes(),
         }
     }
 
@@ -73,8 +97,17 @@ impl SettledReads {
 
     /// The kept response, if there is one and `reader` may see it.
     pub fn get(&self, id: ExecutionId, body: Body, reader: &Reader) -> Option<Bytes> {
-        let kept = self.cache.as_ref()?.get(&(id, body))?;
-        reader.can_read(&kept.account).then_some(kept.bytes)
+        let cache = self.cache.as_ref()?;
+        let found = cache
+            .get(&(id, body))
+            .filter(|kept| reader.can_read(&kept.account))
+            .map(|kept| kept.bytes);
+        let (hit, miss) = &self.lookups[body as usize];
+        match found {
+            Some(_) => hit.increment(1),
+            None => miss.increment(1),
+        }
+        found
     }
 
     /// Keep a response of `account`'s execution: call only for what can no longer change.
@@ -85,6 +118,7 @@ impl SettledReads {
                 bytes: bytes.clone(),
             };
             cache.insert((id, body), kept);
+            self.kept_bytes.set(cache.weight() as f64);
         }
     }
 }
@@ -147,6 +181,13 @@ mod tests {
         );
         assert_eq!(get(&Reader::Account(globex), Body::Execution), None);
         assert_eq!(get(&Reader::Account(acme), Body::Statement), None);
+    }
+
+    #[test]
+    fn each_body_counts_under_its_own_name() {
+        for (i, body) in Body::ALL.into_iter().enumerate() {
+            assert_eq!(body as usize, i, "{body:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub const DB_CONNECTIONS: &str = "attestd_db_connections";
 pub const DB_CONNECTIONS_MAX: &str = "attestd_db_connections_max";
 pub const INGEST_BATCH_ROWS: &str = "attestd_ingest_batch_rows";
 pub const INGEST_BATCH_DURATION: &str = "attestd_ingest_batch_duration_seconds";
+pub const READ_CACHE_LOOKUPS: &str = "attestd_read_cache_lookups_total";
+pub const READ_CACHE_BYTES: &str = "attestd_read_cache_bytes";
 
 /// Webhook handling is milliseconds unless the database is slow.
 const WEBHOOK_BUCKETS: &[f64] = &[
@@ -178,6 +180,28 @@ fn describe() {
         Unit::Seconds,
         "Time one group commit at ingest took, connection wait included."
     );
+    describe_counter!(
+        READ_CACHE_LOOKUPS,
+        "Responses looked up in memory (server.read_cache_mib), by response and whether one was kept (hit) or the database was read (miss)."
+    );
+    describe_gauge!(
+        READ_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of responses kept in memory, as weighed against server.read_cache_mib."
+    );
+}
+
+/// The counters of one kind of kept response: lookups that found it, and that did not.
+pub fn read_cache_lookups(body: &'static str) -> (::metrics::Counter, ::metrics::Counter) {
+    (
+        counter!(READ_CACHE_LOOKUPS, "body" => body, "result" => "hit"),
+        counter!(READ_CACHE_LOOKUPS, "body" => body, "result" => "miss"),
+    )
+}
+
+/// The gauge of the bytes kept in memory.
+pub fn read_cache_bytes() -> ::metrics::Gauge {
+    gauge!(READ_CACHE_BYTES)
 }
 
 /// `attestd_build_info{version, store} 1`.

@@ -11,6 +11,7 @@ mod support;
 
 mod access;
 mod exposition;
+mod read_cache;
 mod scrape;
 mod store;
 
