@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::auth::Reader;
 use super::settled::{self, Body};
-use super::views::{ExecutionSummaryView, ExecutionView, json_response};
+use super::views::{ExecutionSummaryView, ExecutionView, json_bytes, json_response};
 use crate::app::AppState;
 use crate::domain::{AccountId, BuildStatus, ExecutionId};
 use crate::error::ApiError;
@@ -260,7 +260,7 @@ async fn page_of_kept_items(
             kept_or_read::<ExecutionSummary>(state, reader, &ids, next_cursor).await?
         }
     };
-    Ok(settled::json(Bytes::from(page)))
+    Ok(json_bytes(Bytes::from(page)))
 }
 
 /// An execution as a list page shows it, in either view.
@@ -485,7 +485,7 @@ pub async fn get_execution(
         .parse()
         .map_err(|_| ApiError::execution_not_found())?;
     if let Some(bytes) = state.settled.get(id, Body::Execution, &reader) {
-        return Ok(settled::json(bytes));
+        return Ok(json_bytes(bytes));
     }
     let e = readable_execution(&state, &reader, &execution_id).await?;
     let (id, account, is_settled) = (e.id, e.account.clone(), e.is_settled());
@@ -493,7 +493,7 @@ pub async fn get_execution(
     if is_settled {
         state.settled.keep(id, Body::Execution, &account, &bytes);
     }
-    Ok(settled::json(bytes))
+    Ok(json_bytes(bytes))
 }
 
 #[utoipa::path(

@@ -123,18 +123,6 @@ impl SettledReads {
     }
 }
 
-/// A JSON body with the content type every API response has.
-pub fn json(bytes: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        bytes,
-    )
-        .into_response()
-}
-
 /// A stored document, byte for byte, named `filename` for a browser saving it.
 pub fn document(bytes: Bytes, content_type: &'static str, filename: &str) -> Response {
     let disposition = HeaderValue::from_str(&format!("inline; filename=\"{filename}\""))

@@ -18,7 +18,12 @@ use crate::store::{ArtifactRecord, AttestationState, Execution, ExecutionSummary
 pub fn json_response<T: Serialize>(value: &T, capacity: usize) -> Result<Response, ApiError> {
     let mut body = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut body, value).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(json_bytes(body.into()))
+}
+
+/// JSON already serialized (a response kept in memory, a page put together from its items).
+pub fn json_bytes(body: bytes::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// An execution with its artifacts and their delivery state: `GET /v1/executions/{id}`, and
